@@ -1,0 +1,198 @@
+"""Mesh extraction and export on analytic SDFs (sphere, ellipsoid, off-centre shapes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from diffnphr.mesh import BOX_MAX, BOX_MIN, export_mesh, extract_mesh, extract_mesh_with_stats
+
+CENTRE = torch.tensor([0.07, 0.11, -0.23])  # off the box centre and off the grid nodes
+RADII = torch.tensor([0.25, 0.4, 0.33])
+
+
+def sphere(centre: torch.Tensor = CENTRE, radius: float = 0.3):
+    """Exact signed distance to a sphere, negative inside."""
+    return lambda points: (points - centre).norm(dim=1) - radius
+
+
+def ellipsoid(slope: float = 1.0):
+    """A field, ``slope`` times 1-Lipschitz, whose zero set is the ellipsoid of semi-axes RADII."""
+    scale = slope * RADII.min()
+    return lambda points: ((points - CENTRE) / RADII).norm(dim=1).sub(1.0) * scale
+
+
+def ellipsoid_distance_bound(vertices: np.ndarray) -> np.ndarray:
+    """An upper bound on each vertex's distance to the ellipsoid: that to its radial projection."""
+    offset = vertices - CENTRE.numpy()
+    scaled_norm = np.linalg.norm(offset / RADII.numpy(), axis=1)
+    return np.linalg.norm(offset, axis=1) * np.abs(1.0 - 1.0 / scaled_norm)
+
+
+def smallest_voxel(resolution: int) -> float:
+    return float(min((np.array(BOX_MAX) - np.array(BOX_MIN)) / (resolution - 1)))
+
+
+@pytest.mark.parametrize("method", ["dense", "narrow_band"])
+def test_vertices_lie_within_half_a_voxel_of_the_true_surface(method):
+    resolution = 64
+    mesh = extract_mesh(sphere(), resolution=resolution, method=method)
+    sphere_error = np.abs(np.linalg.norm(mesh.vertices - CENTRE.numpy(), axis=1) - 0.3)
+    assert sphere_error.max() < 0.5 * smallest_voxel(resolution)
+
+    mesh = extract_mesh(ellipsoid(), resolution=resolution, method=method)
+    assert ellipsoid_distance_bound(mesh.vertices).max() < 0.5 * smallest_voxel(resolution)
+
+
+@pytest.mark.parametrize(
+    ("sdf_fn", "resolution"),
+    [
+        (sphere(), 97),
+        # Cut by the box's max faces, where the narrow band pads its grid.
+        (sphere(centre=torch.tensor([0.45, 0.65, 0.1]), radius=0.2), 64),
+        (ellipsoid(), 100),  # 99 steps: the narrow band pads its grid past the box
+        (ellipsoid(slope=4.0), 64),  # steeper than a distance, as a network may be
+        # A blob smaller than a coarse cell, with no coarse node inside: no sign change to see.
+        (sphere(centre=torch.tensor([-0.064, 0.148, 0.153]), radius=0.03), 48),
+    ],
+    ids=["sphere", "sphere-cut-by-box", "ellipsoid-padded", "steep-ellipsoid", "small-blob"],
+)
+def test_narrow_band_gives_the_dense_mesh(sdf_fn, resolution):
+    dense = extract_mesh(sdf_fn, resolution=resolution, method="dense")
+    band = extract_mesh(sdf_fn, resolution=resolution, method="narrow_band")
+    assert len(band.vertices) == len(dense.vertices)
+    np.testing.assert_array_equal(band.faces, dense.faces)
+    np.testing.assert_allclose(band.vertices, dense.vertices, atol=1e-5, rtol=0)
+
+
+def test_narrow_band_evaluates_far_fewer_sdf_queries():
+    band = extract_mesh_with_stats(sphere(), resolution=128, method="narrow_band")
+    dense = extract_mesh_with_stats(sphere(), resolution=32, method="dense")
+    assert dense.num_sdf_queries == 32**3
+    assert band.num_sdf_queries < 0.2 * 128**3
+
+
+def test_faces_point_outwards():
+    mesh = extract_mesh(sphere(), resolution=64)
+    outward = np.einsum("ij,ij->i", mesh.face_normals, mesh.triangles_center - CENTRE.numpy())
+    assert (outward > 0).all()
+    assert mesh.is_watertight
+    assert mesh.volume == pytest.approx(4.0 / 3.0 * np.pi * 0.3**3, rel=0.01)
+
+
+def test_colours_are_queried_at_the_final_vertices_and_land_on_them():
+    queried = []
+
+    def red_where_x_positive(points):
+        queried.append(points.clone())
+        red = (points[:, 0] > CENTRE[0]).float()
+        green = (points[:, 1] - BOX_MIN[1]) / (BOX_MAX[1] - BOX_MIN[1])
+        return torch.stack([red, green, 1.0 - red], dim=1)
+
+    mesh = extract_mesh(ellipsoid(), resolution=64, color_fn=red_where_x_positive)
+    colours = mesh.visual.vertex_colors
+    assert colours.dtype == np.uint8 and colours.shape == (len(mesh.vertices), 4)
+    np.testing.assert_allclose(torch.cat(queried).numpy(), mesh.vertices, atol=1e-6)
+
+    right = mesh.vertices[:, 0] > CENTRE[0].item()
+    assert right.any() and (~right).any()
+    np.testing.assert_array_equal(colours[:, 0], np.where(right, 255, 0))
+    np.testing.assert_array_equal(colours[:, 2], np.where(right, 0, 255))
+    expected_green = (mesh.vertices[:, 1] - BOX_MIN[1]) / (BOX_MAX[1] - BOX_MIN[1]) * 255
+    np.testing.assert_allclose(colours[:, 1], expected_green, atol=1)
+    assert (colours[:, 3] == 255).all()
+
+
+def test_sdf_is_queried_in_chunks_under_inference_mode_and_chunking_does_not_change_the_mesh():
+    batches = []
+
+    def recording_sphere(points):
+        batches.append((len(points), points.device, torch.is_inference_mode_enabled()))
+        return sphere()(points)
+
+    small = extract_mesh(recording_sphere, resolution=64, chunk_size=1000, device="cpu")
+    assert max(size for size, _, _ in batches) <= 1000
+    assert all(device == torch.device("cpu") and inference for _, device, inference in batches)
+    default = extract_mesh(sphere(), resolution=64)
+    np.testing.assert_array_equal(small.faces, default.faces)
+    np.testing.assert_array_equal(small.vertices, default.vertices)
+
+
+def test_keep_largest_component_drops_the_smaller_blob():
+    big, small = sphere(radius=0.25), sphere(centre=torch.tensor([-0.4, -0.35, 0.25]), radius=0.08)
+
+    def two_blobs(points):
+        return torch.minimum(big(points), small(points))
+
+    both = extract_mesh(two_blobs, resolution=64)
+    largest = extract_mesh(two_blobs, resolution=64, keep_largest_component=True)
+    assert len(both.split(only_watertight=False)) == 2
+    assert len(largest.split(only_watertight=False)) == 1
+    assert np.linalg.norm(largest.vertices - CENTRE.numpy(), axis=1).max() < 0.26
+
+
+@pytest.mark.parametrize("values", [1.0, -1.0], ids=["all-outside", "all-inside"])
+def test_a_box_without_surface_raises_a_clear_error(values):
+    with pytest.raises(ValueError, match="No surface found in the box"):
+        extract_mesh(lambda points: torch.full((len(points),), values), resolution=32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "sparse"}, "Unknown extraction method"),
+        ({"resolution": 2}, "resolution must be"),
+        ({"bbox": ((0.0, 0.0, 0.0), (1.0, -1.0, 1.0))}, "min < max"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"sdf_fn": lambda points: points}, "sdf_fn returned shape"),
+        ({"sdf_fn": lambda points: torch.full((len(points),), float("nan"))}, "NaN"),
+        ({"color_fn": lambda points: points[:, :2]}, "color_fn returned shape"),
+    ],
+)
+def test_bad_input_is_refused_with_a_sentence(kwargs, message):
+    arguments = {"sdf_fn": sphere(), "resolution": 32, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        extract_mesh(arguments.pop("sdf_fn"), **arguments)
+
+
+@pytest.fixture(scope="module")
+def coloured_mesh() -> trimesh.Trimesh:
+    return extract_mesh(
+        ellipsoid(), resolution=48, color_fn=lambda points: (points - torch.tensor(BOX_MIN)) / 1.4
+    )
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".obj", ".ply"])
+def test_export_reloads_with_the_same_vertices_and_colours(coloured_mesh, tmp_path, suffix):
+    path = export_mesh(coloured_mesh, tmp_path / "nested" / f"head{suffix}")
+    assert path.is_file()
+    reloaded = trimesh.load(path, force="mesh", process=False)
+    assert len(reloaded.vertices) == len(coloured_mesh.vertices)
+    # The same coordinates: no axis swap or rotation on the way (+y up, +z forward kept).
+    np.testing.assert_allclose(reloaded.vertices, coloured_mesh.vertices, atol=1e-6)
+    np.testing.assert_array_equal(reloaded.faces, coloured_mesh.faces)
+    np.testing.assert_array_equal(reloaded.visual.vertex_colors, coloured_mesh.visual.vertex_colors)
+
+
+def test_glb_places_the_mesh_without_any_node_transform(coloured_mesh, tmp_path):
+    scene = trimesh.load(export_mesh(coloured_mesh, tmp_path / "head.glb"), process=False)
+    transform, _ = scene.graph[scene.graph.nodes_geometry[0]]
+    np.testing.assert_array_equal(transform, np.eye(4))
+
+
+def test_obj_stores_colours_on_the_vertex_lines(coloured_mesh, tmp_path):
+    path = export_mesh(coloured_mesh, tmp_path / "head.obj")
+    first_vertex = next(line for line in path.read_text().splitlines() if line.startswith("v "))
+    assert len(first_vertex.split()) == 7
+
+
+def test_export_format_argument_wins_and_unknown_formats_are_refused(coloured_mesh, tmp_path):
+    path = export_mesh(coloured_mesh, tmp_path / "head.bin", file_format="GLB")
+    reloaded = trimesh.load(path, file_type="glb", force="mesh")
+    assert reloaded.vertices.shape == coloured_mesh.vertices.shape
+    with pytest.raises(ValueError, match=r"use a \.glb, \.obj or \.ply"):
+        export_mesh(coloured_mesh, tmp_path / "head.stl")
+    with pytest.raises(ValueError, match="format 'fbx'"):
+        export_mesh(coloured_mesh, tmp_path / "head.glb", file_format="fbx")
