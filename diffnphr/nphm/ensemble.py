@@ -1,0 +1,124 @@
+"""Ensembles of small MLPs, stored member by member (official names) and run as one batched GEMM per layer.
+
+MonoNPHM evaluates, for every query, 13 (query, node) edges, each through the MLP of that node's
+ensemble member. `MemberBlocks` lays the edges out in fixed-size blocks, every block owned by a
+single member, so that a layer of all members is one `torch.baddbmm` over the blocks with that
+layer's stacked weights gathered per block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+# Block sizes are multiples of this; the block size minimises (padded rows + this weight times
+# the number of blocks): every block costs a copy of its member's weights, worth about as
+# much as this many rows of GEMM work.
+_BLOCK_ALIGN = 16
+_BLOCK_COST_IN_ROWS = 64
+
+
+class EnsembleMember(nn.Module):
+    """One MLP in the official layout: `layers` = [Linear, act, Linear, act, ..., Linear]."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, n_hidden: int, out_dim: int, activation: Callable[[], nn.Module]):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * n_hidden
+        modules: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            modules += [nn.Linear(d_in, d_out), activation()]
+        modules.append(nn.Linear(dims[-1], out_dim))
+        self.layers = nn.ModuleList(modules)
+
+
+class MLPEnsemble(nn.Module):
+    """`n_members` MLPs of identical shape; state-dict names `layers.{member}.layers.{2i}.weight|bias`."""
+
+    def __init__(
+        self,
+        n_members: int,
+        in_dim: int,
+        hidden_dim: int,
+        n_hidden: int,
+        out_dim: int,
+        activation: Callable[[], nn.Module],
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EnsembleMember(in_dim, hidden_dim, n_hidden, out_dim, activation) for _ in range(n_members)
+        )
+
+    def stacked(self) -> list[tuple[Tensor, Tensor]]:
+        """Weights and biases of every Linear layer stacked over members: [(W [M,out,in], b [M,out]), ...].
+
+        Differentiable with respect to the members' parameters, so it can be rebuilt per step in training.
+        """
+        linears = [[m for m in member.layers if isinstance(m, nn.Linear)] for member in self.layers]
+        return [
+            (torch.stack([lins[i].weight for lins in linears]), torch.stack([lins[i].bias for lins in linears]))
+            for i in range(len(linears[0]))
+        ]
+
+
+def _block_size(counts: Tensor) -> int:
+    """Block size for edges with these per-member counts (searched on the host over multiples of 16)."""
+    counts = counts.cpu()
+    largest = max(int(counts.max()), 1)
+    candidates = torch.arange(_BLOCK_ALIGN, largest + _BLOCK_ALIGN, _BLOCK_ALIGN)
+    blocks = (counts.unsqueeze(0) + candidates.unsqueeze(1) - 1).div(candidates.unsqueeze(1), rounding_mode="floor")
+    n_blocks = blocks.sum(dim=1)
+    cost = n_blocks * candidates + _BLOCK_COST_IN_ROWS * n_blocks
+    return int(candidates[int(cost.argmin())])
+
+
+class MemberBlocks:
+    """A layout of E edges into blocks of equal size, each block holding edges of one member only.
+
+    Edges keep their own order outside; `scatter` / `gather` move per-edge rows in and out of the
+    padded [n_blocks, block, F] layout (padding rows are zero and their results are discarded).
+    """
+
+    def __init__(self, member: Tensor, n_members: int):
+        member = member.reshape(-1)
+        n_edges = member.numel()
+        device = member.device
+        counts = torch.bincount(member, minlength=n_members)
+        self.block = _block_size(counts)
+        blocks_per_member = (counts + self.block - 1) // self.block
+        first_block = torch.cumsum(blocks_per_member, 0) - blocks_per_member
+        first_edge = torch.cumsum(counts, 0) - counts
+        sorted_member, order = torch.sort(member, stable=True)
+        rank = torch.arange(n_edges, device=device) - first_edge[sorted_member]
+        slot_sorted = (first_block[sorted_member] + rank // self.block) * self.block + rank % self.block
+        self.slot = torch.empty_like(slot_sorted).index_copy_(0, order, slot_sorted)
+        self.block_member = torch.repeat_interleave(torch.arange(n_members, device=device), blocks_per_member)
+        self.n_blocks = self.block_member.numel()
+
+    @property
+    def n_slots(self) -> int:
+        """Rows of the padded layout (edges plus padding)."""
+        return self.n_blocks * self.block
+
+    def scatter(self, values: Tensor) -> Tensor:
+        """Per-edge rows [E, F] -> padded blocks [n_blocks, block, F] (zeros in padding)."""
+        padded = values.new_zeros(self.n_slots, values.shape[-1]).index_copy(0, self.slot, values)
+        return padded.view(self.n_blocks, self.block, values.shape[-1])
+
+    def gather_rows(self, table: Tensor, index: Tensor) -> Tensor:
+        """Rows table[index[e]] of every edge e ([R, F] table, [E] index) as padded blocks (row 0 in padding)."""
+        slot_index = index.new_zeros(self.n_slots).index_copy(0, self.slot, index.reshape(-1))
+        return table[slot_index].view(self.n_blocks, self.block, table.shape[-1])
+
+    def gather(self, blocks: Tensor) -> Tensor:
+        """Padded blocks [n_blocks, block, F] -> per-edge rows [E, F] in the original edge order."""
+        return blocks.reshape(self.n_slots, blocks.shape[-1]).index_select(0, self.slot)
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Apply each block's member layer: x [n_blocks, block, in] with stacked weight [M, out, in], bias [M, out]."""
+        return self.linear_onto(bias.index_select(0, self.block_member).unsqueeze(1), x, weight)
+
+    def linear_onto(self, base: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+        """base + each block's member weights applied to x (base [n_blocks, block or 1, out], weight [M, out, in])."""
+        return torch.baddbmm(base, x, weight.index_select(0, self.block_member).transpose(1, 2))
