@@ -1,0 +1,206 @@
+"""`LatentDiffusion`: the conditional 1D U-Net, the data normalisation it models, and its noise process.
+
+Training noise comes from diffusers' `DDPMScheduler`; sampling uses `DDIMScheduler` (default) or
+`DPMSolverMultistepScheduler` (DPM-Solver++), all built from the same `DiffusionConfig` so the
+training and sampling noise schedules always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from torch import Tensor
+
+from diffnphr.diffusion.config import DiffusionConfig
+from diffnphr.diffusion.unet import UNet1D
+from diffnphr.weights import PretrainedModule
+
+SAMPLERS = ("ddim", "dpmsolver++")
+
+
+class LatentDiffusion(PretrainedModule):
+    """Conditional diffusion over fixed-length latent vectors, conditioned on an image embedding.
+
+    Holds the U-Net and the per-dimension statistics (`data_mean`, `data_std`, saved with the
+    weights) that map raw latents to the unit-scale space the diffusion runs in.
+    """
+
+    config_class = DiffusionConfig
+
+    def __init__(self, config: DiffusionConfig) -> None:
+        if config.in_channels != 1:
+            raise ValueError(f"LatentDiffusion models 1-channel latent vectors; got in_channels={config.in_channels}.")
+        super().__init__(config)
+        self.unet = UNet1D(config)
+        self.register_buffer("data_mean", torch.zeros(config.sample_length))
+        self.register_buffer("data_std", torch.ones(config.sample_length))
+        self.noise_scheduler = DDPMScheduler(**self._schedule_kwargs())
+
+    def _schedule_kwargs(self) -> dict[str, object]:
+        return {
+            "num_train_timesteps": self.config.num_train_timesteps,
+            "beta_schedule": self.config.beta_schedule,
+            "prediction_type": self.config.prediction_type,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        """The device the weights live on (where sampling noise is drawn)."""
+        return self.data_mean.device
+
+    @property
+    def max_sampling_steps(self) -> int:
+        """The most denoising steps `sample` accepts (half the training timesteps, as the samplers' spacing needs)."""
+        return self.config.num_train_timesteps // 2
+
+    def set_normalization(self, mean: Tensor, std: Tensor) -> None:
+        """Store the per-dimension mean/std of the training latents (raw space) for (de)normalising."""
+        length = self.config.sample_length
+        mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+        if mean.shape != (length,) or std.shape != (length,):
+            raise ValueError(
+                f"Normalisation statistics must have shape ({length},); got mean {tuple(mean.shape)} "
+                f"and std {tuple(std.shape)}."
+            )
+        if not torch.isfinite(mean).all() or not torch.isfinite(std).all() or (std <= 0).any():
+            raise ValueError(
+                "Normalisation statistics must be finite and the std strictly positive "
+                "(give constant dimensions, such as the latent's padding, a std of 1)."
+            )
+        self.data_mean.copy_(mean)
+        self.data_std.copy_(std)
+
+    def normalize(self, latents: Tensor) -> Tensor:
+        """Raw latents [B, L] -> the unit-scale space the diffusion models."""
+        return (latents - self.data_mean) / self.data_std
+
+    def denormalize(self, samples: Tensor) -> Tensor:
+        """Diffusion-space samples [B, L] -> raw latents."""
+        return samples * self.data_std + self.data_mean
+
+    def _check_condition(self, z_cond: Tensor) -> None:
+        if z_cond.dim() != 2 or z_cond.shape[1] != self.config.cond_dim:
+            raise ValueError(f"z_cond must have shape [B, {self.config.cond_dim}]; got {tuple(z_cond.shape)}.")
+
+    def training_loss(self, x0: Tensor, z_cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Denoising loss (scalar) for a batch of raw latents `x0` [B, L] and conditions `z_cond` [B, C].
+
+        Uniform timesteps, the configured target (noise or velocity), condition dropout to the null
+        embedding with probability `cond_drop_prob`, optional min-SNR-γ weighting (`snr_gamma`).
+        `generator`, if given, must live on the model's device.
+        """
+        self._check_condition(z_cond)
+        if x0.dim() != 2 or x0.shape != (z_cond.shape[0], self.config.sample_length):
+            raise ValueError(
+                f"x0 must have shape [{z_cond.shape[0]}, {self.config.sample_length}] to match z_cond; "
+                f"got {tuple(x0.shape)}."
+            )
+        batch, device = x0.shape[0], x0.device
+        clean = self.normalize(x0).unsqueeze(1)
+        timesteps = torch.randint(
+            0, self.config.num_train_timesteps, (batch,), device=device, generator=generator
+        )
+        noise = torch.randn(clean.shape, device=device, dtype=clean.dtype, generator=generator)
+        noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
+        if self.config.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = self.noise_scheduler.get_velocity(clean, noise, timesteps)
+        drop = torch.rand(batch, device=device, generator=generator) < self.config.cond_drop_prob
+        prediction = self.unet(noisy, timesteps, z_cond, drop)
+        per_sample = (prediction - target).pow(2).mean(dim=(1, 2))
+        if self.config.snr_gamma is not None:
+            per_sample = per_sample * self._min_snr_weight(timesteps)
+        return per_sample.mean()
+
+    def _min_snr_weight(self, timesteps: Tensor) -> Tensor:
+        """min(SNR, γ) expressed for the configured target (Hang et al. 2023, min-SNR-γ)."""
+        alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alphas / (1 - alphas)
+        clipped = snr.clamp(max=self.config.snr_gamma)
+        return clipped / snr if self.config.prediction_type == "epsilon" else clipped / (snr + 1)
+
+    def make_sampler(self, name: str) -> DDIMScheduler | DPMSolverMultistepScheduler:
+        """A fresh sampling scheduler (`"ddim"` or `"dpmsolver++"`) matching the training schedule.
+
+        v-prediction starts from t = T-1 ("trailing" steps, exact for few steps). With the cosine
+        schedule alpha_bar(T-1) ≈ 2e-9, where an epsilon model's clean-sample estimate is amplified
+        ~2e4 times, so epsilon models start one stride lower ("leading" steps, offset 1, as in
+        Stable Diffusion).
+        """
+        if self.config.prediction_type == "v_prediction":
+            spacing: dict[str, object] = {"timestep_spacing": "trailing"}
+        else:
+            spacing = {"timestep_spacing": "leading", "steps_offset": 1}
+        if name == "ddim":
+            sampler = DDIMScheduler(**self._schedule_kwargs(), **spacing, clip_sample=False)
+            # Step coefficients in float64: next to alpha_bar ≈ 0, DDIM with eta > 0 takes the square
+            # root of 1 - alpha_bar_prev - sigma² ≈ 1e-8, which float32 rounds below zero (NaN).
+            sampler.alphas_cumprod = sampler.alphas_cumprod.double()
+            return sampler
+        if name == "dpmsolver++":
+            return DPMSolverMultistepScheduler(**self._schedule_kwargs(), **spacing, algorithm_type="dpmsolver++")
+        raise ValueError(f"Unknown sampler {name!r}; choose one of {SAMPLERS}.")
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        z_cond: Tensor,
+        num_steps: int = 25,
+        eta: float = 0.0,
+        seed: int | None = 0,
+        guidance_scale: float = 1.0,
+        scheduler: str = "ddim",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        """Draw raw latents [B, L] for image embeddings `z_cond` [B, cond_dim].
+
+        Deterministic for a given `seed` on a given device (`None` draws a fresh seed), including
+        DDIM with `eta > 0`. `guidance_scale != 1` applies classifier-free guidance (conditional
+        and null condition in one batched forward). `progress(step, total)` is called after each
+        denoising step.
+        """
+        self._check_condition(z_cond)
+        if not 1 <= num_steps <= self.max_sampling_steps:
+            raise ValueError(f"num_steps must be between 1 and {self.max_sampling_steps}; got {num_steps}.")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0; got {eta}.")
+        if eta != 0 and scheduler != "ddim":
+            raise ValueError("eta only applies to the 'ddim' sampler.")
+        sampler = self.make_sampler(scheduler)
+        sampler.set_timesteps(num_steps, device=self.device)
+
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+
+        batch = z_cond.shape[0]
+        dtype = self.data_mean.dtype
+        z_cond = z_cond.to(device=self.device, dtype=dtype)
+        guided = guidance_scale != 1.0
+        if guided:
+            cond_input = torch.cat([z_cond, z_cond])
+            drop = torch.arange(2 * batch, device=self.device) >= batch
+        shape = (batch, 1, self.config.sample_length)
+        sample = torch.randn(shape, generator=generator, device=self.device, dtype=dtype) * sampler.init_noise_sigma
+
+        total = len(sampler.timesteps)
+        for index, timestep in enumerate(sampler.timesteps):
+            model_input = sampler.scale_model_input(sample, timestep)
+            if guided:
+                both = self.unet(torch.cat([model_input, model_input]), timestep, cond_input, drop)
+                conditional, unconditional = both.chunk(2)
+                prediction = unconditional + guidance_scale * (conditional - unconditional)
+            else:
+                prediction = self.unet(model_input, timestep, z_cond)
+            if scheduler == "ddim":
+                sample = sampler.step(prediction, timestep, sample, eta=eta, generator=generator).prev_sample
+            else:
+                sample = sampler.step(prediction, timestep, sample, generator=generator).prev_sample
+            if progress is not None:
+                progress(index + 1, total)
+        return self.denormalize(sample.squeeze(1))
