@@ -109,7 +109,7 @@ class MemberBlocks:
     def gather_rows(self, table: Tensor, index: Tensor) -> Tensor:
         """Rows table[index[e]] of every edge e ([R, F] table, [E] index) as padded blocks (row 0 in padding)."""
         slot_index = index.new_zeros(self.n_slots).index_copy(0, self.slot, index.reshape(-1))
-        return table[slot_index].view(self.n_blocks, self.block, table.shape[-1])
+        return table.index_select(0, slot_index).view(self.n_blocks, self.block, table.shape[-1])
 
     def gather(self, blocks: Tensor) -> Tensor:
         """Padded blocks [n_blocks, block, F] -> per-edge rows [E, F] in the original edge order."""
