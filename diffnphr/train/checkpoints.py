@@ -1,0 +1,101 @@
+"""Checkpoints of a training run that travel between short GPU commands.
+
+A checkpoint is a folder `checkpoint-<step>` in the run folder holding
+
+* `tensors-*.safetensors`: every tensor needed to continue (weights, codebooks, RNG states),
+  in shards of at most 15 MB so each file fits the 16 MiB that comes back from the GPU machine;
+* `optimizer.pt`: the optimisers' moments (`torch.save`, read back with `weights_only=True`).
+  It is large and optional: a run resumed without it restarts the moments (the trainer then
+  warms its learning rates up again), so only the other files need to travel;
+* `state.json`: the step and any JSON-able facts; written last, so a folder without it is an
+  interrupted save and is ignored.
+
+Folders are written under a temporary name and renamed, and only the newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+TENSORS_PATTERN = "tensors{suffix}.safetensors"
+MAX_SHARD_SIZE = "15MB"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint folder holds: its tensors, the optimiser states (None if absent) and the state."""
+
+    path: Path
+    tensors: dict[str, Tensor]
+    optimizers: dict[str, Any] | None
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        """The training step at which it was saved."""
+        return int(self.state["step"])
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    tensors: dict[str, Tensor],
+    optimizers: dict[str, Any],
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write `checkpoint-<step>` (module docstring) and delete all but the newest `keep` checkpoints."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    run_dir = Path(run_dir)
+    final = run_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+    partial = run_dir / f".{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    cpu = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    split = split_torch_state_dict_into_shards(cpu, filename_pattern=TENSORS_PATTERN, max_shard_size=MAX_SHARD_SIZE)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({name: cpu[name] for name in names}, str(partial / filename))
+    torch.save(optimizers, partial / OPTIMIZER_FILE)
+    (partial / STATE_FILE).write_text(json.dumps({**state, "step": int(step)}, indent=1) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(json.loads((p / STATE_FILE).read_text())["step"]))
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint folder; tensors and optimiser states land on `device`."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (it has no {STATE_FILE}).")
+    tensors: dict[str, Tensor] = {}
+    for shard in sorted(path.glob("tensors*.safetensors")):
+        tensors.update(load_file(str(shard), device=str(device)))
+    optimizers = None
+    if (path / OPTIMIZER_FILE).is_file():
+        optimizers = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
+    return Checkpoint(path, tensors, optimizers, json.loads((path / STATE_FILE).read_text()))
