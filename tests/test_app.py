@@ -1,0 +1,72 @@
+"""The Gradio app as an API user meets it: `python app.py` in a subprocess, called with gradio_client."""
+
+from __future__ import annotations
+
+import pytest
+import trimesh
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError, ValidationError
+
+# image, seed, randomize seed, DDIM steps, guidance, mesh resolution, use the centre if no face
+SETTINGS = (4, False, 2, 1.0, 32, False)
+
+
+@pytest.fixture(scope="module")
+def client(app_url, tmp_path_factory) -> Client:
+    return Client(app_url, download_files=str(tmp_path_factory.mktemp("downloads")), verbose=False)
+
+
+def _coloured_mesh(path: str) -> trimesh.Trimesh:
+    mesh = trimesh.load(path, force="mesh")
+    assert len(mesh.vertices) > 100 and len(mesh.faces) > 100
+    assert mesh.visual.kind == "vertex" and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+    return mesh
+
+
+def test_only_reconstruct_and_transfer_are_public(client):
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        "/reconstruct",
+        "/transfer",
+    }
+
+
+def test_reconstruct_returns_crop_coloured_glb_downloads_seed_and_timings(client, face_photo_file):
+    crop, glb, downloads, seed, details = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
+
+    _coloured_mesh(glb)
+    assert sorted(path.rsplit(".", 1)[-1] for path in downloads) == ["glb", "obj", "ply"]
+    assert crop.endswith(".png")
+    assert seed == 4 and details["seed"] == 4
+    assert {"crop", "encode", "diffusion", "extraction", "colour", "total"} <= set(details["seconds"])
+
+
+def test_transfer_returns_a_coloured_glb(client, face_photo_file):
+    glb, downloads, seed, details = client.predict(
+        handle_file(face_photo_file), handle_file(face_photo_file), *SETTINGS, api_name="/transfer"
+    )
+    _coloured_mesh(glb)
+    assert len(downloads) == 3 and seed == 4 and details["faces"] > 0
+
+
+def test_bad_photos_get_the_sentence_and_the_server_keeps_serving(
+    client, no_face_photo_file, not_an_image_file, face_photo_file
+):
+    with pytest.raises(AppError, match="No face was found"):
+        client.predict(handle_file(no_face_photo_file), *SETTINGS, api_name="/reconstruct")
+    with pytest.raises(AppError, match="not an image we can read"):
+        client.predict(handle_file(not_an_image_file), *SETTINGS, api_name="/reconstruct")
+
+    # the explicit choice: use the centre of a face-less photo
+    _, glb, _, _, details = client.predict(handle_file(no_face_photo_file), *SETTINGS[:-1], True, api_name="/reconstruct")
+    _coloured_mesh(glb)
+    assert any("centre" in warning for warning in details["warnings"])
+
+    _, glb, _, _, _ = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
+    _coloured_mesh(glb)
+
+
+def test_missing_photos_are_rejected_before_queueing(client, face_photo_file):
+    with pytest.raises(ValidationError, match="Please upload a photo first"):
+        client.predict(None, *SETTINGS, api_name="/reconstruct")
+    with pytest.raises(ValidationError, match="photo whose expression"):
+        client.predict(handle_file(face_photo_file), None, *SETTINGS, api_name="/transfer")

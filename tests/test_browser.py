@@ -1,0 +1,76 @@
+"""The app in a real browser: Debian's chromium driven by Playwright uploads a photo and sees a 3D head.
+
+Screenshots land in `test-artifacts/` (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+# Flags that keep headless chromium quiet and offline (see reference/gradio.md).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# What the viewer shows where there is no mesh: its clear colour (0.93 grey), and white before
+# the WebGL scene has drawn its first frame.
+EMPTY_VIEWER_COLOURS = np.array([[237, 237, 237], [255, 255, 255]])
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and not os.environ.get("CI"),
+        reason="Debian's chromium is not installed (in CI this test must run: .ci/run installs it)",
+    ),
+]
+
+
+def _share_of_mesh_pixels(png: Path) -> float:
+    """Fraction of pixels that are clearly neither the viewer's background nor blank white."""
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    distances = np.abs(pixels[:, :, None, :] - EMPTY_VIEWER_COLOURS).sum(axis=-1)
+    return float((distances.min(axis=-1) > 30).mean())
+
+
+def test_upload_reconstruct_and_see_the_head(app_url, face_photo_file):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    viewer_png = ARTIFACTS / "browser_reconstruct_viewer.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            upload = page.locator("#photo input[type=file]")
+            upload.wait_for(state="attached", timeout=60_000)
+            upload.set_input_files(str(face_photo_file))
+            page.locator("#reconstruct_button").click()
+            page.wait_for_selector("#head_model canvas", timeout=180_000)
+            page.wait_for_selector("#crop_preview img", timeout=30_000)
+
+            # The canvas appears before the mesh is drawn: wait until the head covers part of it.
+            deadline = time.monotonic() + 90
+            while True:
+                page.locator("#head_model canvas").screenshot(path=str(viewer_png))
+                covered = _share_of_mesh_pixels(viewer_png)
+                if covered > 0.05 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            page.screenshot(path=str(ARTIFACTS / "browser_reconstruct_page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert covered > 0.05, f"the viewer shows no head; see {viewer_png}"
