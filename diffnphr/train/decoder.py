@@ -54,7 +54,8 @@ PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
 RESUMABLE_OVERRIDES = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "precision")
 
 
-def _default_sampling() -> SamplingConfig:
+def training_sampling() -> SamplingConfig:
+    """Points per head and step in decoder training (latent fitting uses fewer off-surface points)."""
     return SamplingConfig(
         surface_points=1024,
         face_fraction=0.5,
@@ -75,7 +76,7 @@ class DecoderTrainingConfig:
     heldout_identities: int = 100
     expressions_per_identity: int = 8
     model: MonoNPHMConfig = field(default_factory=MonoNPHMConfig.small)
-    sampling: SamplingConfig = field(default_factory=_default_sampling)
+    sampling: SamplingConfig = field(default_factory=training_sampling)
     losses: LossWeights = field(default_factory=LossWeights)
     heads_per_step: int = 64
     far_points: int = 32  # per head, uniform in [-far_extent, far_extent]^3, where offsets should vanish

@@ -26,7 +26,7 @@ from diffnphr.data.appearance import AppearanceParams
 from diffnphr.data.ict import load_ict
 from diffnphr.data.sampling import HeadSampler, SamplingConfig
 from diffnphr.nphm import MonoNPHM
-from diffnphr.train.decoder import PRECISIONS, resolve_device
+from diffnphr.train.decoder import PRECISIONS, resolve_device, training_sampling
 from diffnphr.train.head_latents import HeadLatents, load_head_latents
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
 from diffnphr.train.split import load_head_split
@@ -35,15 +35,7 @@ FIT_SETS = ("heldout", "train")
 
 
 def _fit_sampling() -> SamplingConfig:
-    return SamplingConfig(
-        surface_points=1024,
-        face_fraction=0.5,
-        near_points=256,
-        near_sigmas=(0.004, 0.04),
-        uniform_points=64,
-        correspondences=256,
-        correspondence_sigmas=(0.002, 0.01),
-    )
+    return dataclasses.replace(training_sampling(), near_points=256, uniform_points=64)
 
 
 @dataclass(frozen=True)
