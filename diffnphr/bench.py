@@ -85,12 +85,9 @@ def _bench_extraction(device: torch.device, quick: bool, method: str, resolution
     def sdf(points: torch.Tensor) -> torch.Tensor:
         scaled = ((points - centre) / radii).norm(dim=-1)
         ellipsoid = (scaled - 1.0) * radii.min()
-        return ellipsoid + 1e-3 * torch.tanh(head.sdf(points[None])[0])
+        return ellipsoid + 1e-3 * torch.tanh(head.point_sdf(points))
 
-    def rgb(points: torch.Tensor) -> torch.Tensor:
-        return (head.sdf_and_rgb(points[None])[1][0] + 1) / 2
-
-    result = extract_mesh_with_stats(sdf, resolution=resolution, method=method, color_fn=rgb, device=device)
+    result = extract_mesh_with_stats(sdf, resolution=resolution, method=method, color_fn=head.point_colour, device=device)
     return {
         "resolution": resolution,
         "sdf_queries": result.num_sdf_queries,

@@ -76,8 +76,8 @@ def decode_mesh(model: MonoNPHM, z_geo: Tensor, z_exp: Tensor, z_app: Tensor, re
     device = next(model.parameters()).device
     with torch.inference_mode():
         head = model.bind(z_geo[None].to(device), z_exp[None].to(device), z_app[None].to(device))
-        return extract_mesh(lambda p: head.sdf(p[None])[0], resolution=resolution, device=device,
-                            color_fn=(lambda p: (head.sdf_and_rgb(p[None])[1][0] + 1.0) / 2.0) if colours else None)
+        return extract_mesh(head.point_sdf, resolution=resolution, device=device,
+                            color_fn=head.point_colour if colours else None)
 
 
 def sample_above_floor(vertices: Tensor, faces: Tensor, count: int, seed: int, floor_y: float = FLOOR_Y) -> SurfaceSamples:

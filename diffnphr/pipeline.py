@@ -365,9 +365,9 @@ class HeadReconstructionPipeline:
         codes = (latents.z_geo, latents.z_exp, latents.z_app)
         head = self.decoder.bind(*(code[None].to(self.device) for code in codes))
         extraction = extract_mesh_with_stats(
-            lambda points: head.sdf(points[None])[0],
+            head.point_sdf,
             resolution=resolution,
-            color_fn=lambda points: (head.sdf_and_rgb(points[None])[1][0] + 1.0) / 2.0,
+            color_fn=head.point_colour,
             device=self.device,
         )
         timer.add("extraction", extraction.seconds_sdf + extraction.seconds_mcubes)

@@ -193,6 +193,21 @@ def test_per_point_outputs_do_not_depend_on_chunking():
     torch.testing.assert_close(torch.cat([c[1] for c in chunks], dim=1), rgb, atol=1e-6, rtol=0)
 
 
+def test_point_queries_of_one_head_give_its_sdf_and_its_colour_in_unit_range():
+    config = MonoNPHMConfig.small()
+    model = make_model(config)
+    z_geo, z_exp, z_app = make_latents(config)
+    points = box_points(1, 50)
+    with torch.inference_mode():
+        field = model.bind(z_geo, z_exp, z_app)
+        sdf, rgb = field.sdf_and_rgb(points)
+        torch.testing.assert_close(field.point_sdf(points[0]), sdf[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(field.point_colour(points[0]), (rgb[0] + 1) / 2, atol=1e-6, rtol=0)
+        two_heads = model.bind(*make_latents(config, batch=2))
+        with pytest.raises(ValueError, match="one head"):
+            two_heads.point_sdf(points[0])
+
+
 def test_batch_of_two_equals_two_single_calls():
     config = MonoNPHMConfig.small()
     model = make_model(config)

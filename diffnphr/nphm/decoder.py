@@ -139,6 +139,20 @@ class HeadField:
         out = self.query(points, with_rgb=True)
         return out["sdf"], out["rgb"]
 
+    def point_sdf(self, points: Tensor) -> Tensor:
+        """Signed distance [N] at points [N, 3] of a single bound head: the form mesh extraction queries."""
+        self._check_single_head()
+        return self.sdf(points[None])[0]
+
+    def point_colour(self, points: Tensor) -> Tensor:
+        """Colour [N, 3] in [0, 1] at points [N, 3] of a single bound head (official [-1, 1] mapped by (c + 1) / 2)."""
+        self._check_single_head()
+        return (self.sdf_and_rgb(points[None])[1][0] + 1.0) / 2.0
+
+    def _check_single_head(self) -> None:
+        if self.batch_size != 1:
+            raise ValueError(f"point_sdf / point_colour need a field bound to one head; this one holds {self.batch_size}.")
+
     def query(self, points: Tensor, with_rgb: bool = False) -> dict[str, Tensor]:
         """Every per-point output: sdf, rgb (if with_rgb), offsets [B,N,3], hyper_coords [B,N,n_hyper],
         canonical_points [B,N,3+n_hyper], and the predicted anchors [B,n_anchors,3]."""
