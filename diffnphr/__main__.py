@@ -152,6 +152,11 @@ def _format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _add_training_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ict", type=Path, default=None, help="ICT-FaceKit archive (default: $DIFFNPHR_ICT or ../shared)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m diffnphr", description=__doc__)
@@ -179,8 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=540.0, help="seconds this call may train before it saves and stops")
     p.add_argument("--config", type=Path, default=None, help="JSON file of training settings (default: the defaults)")
     p.add_argument("--steps", type=int, default=None, help="planned total steps (the schedules are fractions of it)")
-    p.add_argument("--ict", type=Path, default=None, help="ICT-FaceKit archive (default: $DIFFNPHR_ICT or ../shared)")
-    p.add_argument("--device", default=None)
+    _add_training_data_options(p)
     p.set_defaults(run=_train_decoder)
 
     p = sub.add_parser("export-decoder", help="a training run's newest checkpoint -> decoder/ and decoder_latents/ folders")
@@ -197,8 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expressions", type=int, default=None, help="expressions per identity (default: all)")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per group")
     p.add_argument("--time-budget", type=float, default=None)
-    p.add_argument("--ict", type=Path, default=None)
-    p.add_argument("--device", default=None)
+    _add_training_data_options(p)
     p.set_defaults(run=_fit)
 
     p = sub.add_parser("bench", help="time every block on this machine")
@@ -219,8 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=200_000, help="surface samples per side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--renders", type=Path, default=None, help="folder for ground truth | reconstruction PNGs")
-    p.add_argument("--ict", type=Path, default=None)
-    p.add_argument("--device", default=None)
+    _add_training_data_options(p)
     p.add_argument("--json", action="store_true", help="print the full JSON report instead of a table")
     p.set_defaults(run=_eval)
 
