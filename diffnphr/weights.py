@@ -89,13 +89,22 @@ class PretrainedModule(nn.Module):
         super().__init__()
         self.config = config
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json and the state dict (shards ≤ 15 MiB) to `directory`."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json and the state dict (shards ≤ 15 MiB) to `directory`.
+
+        `dtype` (e.g. `torch.float16`) stores the parameters at that precision to halve the
+        download; they load back into the module's own dtype. Buffers (normalisation
+        statistics and the like) always keep their precision.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = dataclasses.asdict(self.config)
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        parameters = {name for name, _ in self.named_parameters()}
+        state = {
+            k: (v.to(dtype) if dtype is not None and k in parameters and v.is_floating_point() else v).detach().contiguous()
+            for k, v in self.state_dict().items()
+        }
         save_torch_state_dict(state, directory, max_shard_size=MAX_SHARD_SIZE)
         self.save_extra_files(directory)
         return directory

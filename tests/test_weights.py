@@ -38,6 +38,20 @@ def test_round_trip_is_bit_exact_and_keeps_config(tmp_path):
         assert torch.equal(value, loaded.state_dict()[key]), key
 
 
+def test_half_precision_storage_halves_the_files_and_loads_back_as_float32(tmp_path):
+    torch.manual_seed(0)
+    model = TinyModel(TinyConfig(width=256, depth=2))
+    model.scale.mul_(1.0 / 3.0)
+    model.save_pretrained(tmp_path / "full")
+    model.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    size = lambda folder: sum(f.stat().st_size for f in folder.glob("*.safetensors"))  # noqa: E731
+    assert size(tmp_path / "half") < 0.55 * size(tmp_path / "full")
+    loaded = TinyModel.from_pretrained(tmp_path / "half")
+    assert loaded.layers[0].weight.dtype == torch.float32
+    assert torch.equal(loaded.layers[0].weight, model.layers[0].weight.half().float())
+    assert torch.equal(loaded.scale, model.scale)  # buffers keep full precision
+
+
 def test_large_state_is_split_into_shards_of_at_most_15_mib(tmp_path):
     model = TinyModel(TinyConfig(width=1024, depth=6))  # ~25 MB of fp32
     model.save_pretrained(tmp_path / "big")

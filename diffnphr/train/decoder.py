@@ -42,6 +42,7 @@ from diffnphr.data.sampling import HeadSampler, SamplingConfig
 from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
 from diffnphr.train.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, HeadLatents, save_latent_statistics
+from diffnphr.train.log import TrainingLog
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
 from diffnphr.train.split import HeadSplit, load_head_split, make_head_split
 
@@ -264,34 +265,6 @@ def _run_split(run_dir: Path, config: DecoderTrainingConfig, ict: ICTFaceModel) 
     return split
 
 
-class _Log:
-    """Appends JSON lines to the run's log, and averages loss terms between log lines (one host sync per line)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
-        self.since = time.monotonic()
-
-    def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def add(self, terms: dict[str, Tensor], loss: Tensor) -> None:
-        for name, value in {**terms, "loss": loss}.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value.detach()
-        self.count += 1
-
-    def flush(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-        now = time.monotonic()
-        record = {"step": step, **{k: float(v) / self.count for k, v in self.sums.items()}}
-        record["steps_per_s"] = self.count / (now - self.since)
-        record.update(extra)
-        self.write(record)
-        self.sums, self.count, self.since = {}, 0, now
-        return record
-
-
 def train_decoder(
     out_dir: str | os.PathLike,
     time_budget_s: float = 540.0,
@@ -431,7 +404,7 @@ def _train(
         step, trained_s = checkpoint.step, float(checkpoint.state.get("trained_s", 0.0))
         restored = run.restore(checkpoint)
         restart_step = checkpoint.state.get("restart_step") if restored else step
-    log = _Log(run_dir / LOG_FILE)
+    log = TrainingLog(run_dir / LOG_FILE)
     log.write({"event": "start", "step": step, "device": str(device), "precision": config.precision,
                "optimizer_restored": restored})
 
@@ -483,7 +456,9 @@ def export_decoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> di
     """Write a run's newest checkpoint as deliverables; returns {"decoder": folder, "latents": folder}.
 
     * `out_dir/decoder/`: the decoder (`MonoNPHM.save_pretrained`: config.json, safetensors
-      shards ≤ 15 MiB, anchors.npy), loadable with `MonoNPHM.from_pretrained`;
+      shards ≤ 15 MiB, anchors.npy), loadable with `MonoNPHM.from_pretrained`; parameters
+      and codebooks are stored in float16 (half the download; near the surface the SDF moves
+      by 0.012 mm on average, 0.07 mm at most, measured on three training heads);
     * `out_dir/decoder_latents/`: what the diffusion stage needs: the split (split.json,
       heads.safetensors), the codebooks as `HeadLatents` named "codebooks" (shards ≤ 15 MB)
       and the per-dimension statistics of their flat latents (latent_statistics.safetensors).
@@ -500,10 +475,10 @@ def export_decoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> di
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     codebooks = Codebooks(len(split.train_identities), split.expressions_per_identity, config.model, config.code_max_norm)
     codebooks.load_state_dict({k[len("codebooks."):]: v for k, v in tensors.items() if k.startswith("codebooks.")})
-    decoder_dir = model.save_pretrained(out_dir / DECODER_DIR)
+    decoder_dir = model.save_pretrained(out_dir / DECODER_DIR, dtype=torch.float16)
     latents_dir = out_dir / LATENTS_DIR
     split.save(latents_dir)
     latents = codebooks.latents(split)
-    latents.save(latents_dir, CODEBOOKS_NAME)
+    latents.save(latents_dir, CODEBOOKS_NAME, dtype=torch.float16)
     save_latent_statistics(latents.statistics(), latents_dir / LATENT_STATISTICS_FILE)
     return {"decoder": decoder_dir, "latents": latents_dir}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
+import torch
 from torch import Tensor
 
 from diffnphr.nphm import LatentStatistics, pack
@@ -51,17 +52,20 @@ class HeadLatents:
         """Per-dimension mean and std of `flat()` (for normalising the diffusion model's targets)."""
         return LatentStatistics.from_latents(self.flat())
 
-    def save(self, directory: str | os.PathLike, name: str) -> list[Path]:
-        """Write `name*.safetensors` into `directory` (shards ≤ 15 MB); returns the files written."""
+    def save(self, directory: str | os.PathLike, name: str, dtype: torch.dtype = torch.float32) -> list[Path]:
+        """Write `name*.safetensors` into `directory` (shards ≤ 15 MB); returns the files written.
+
+        `dtype=torch.float16` halves the files (latents load back as float32 either way).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(f"{name}*.safetensors"):
             stale.unlink()
         tensors = {
             "identities": self.identities.contiguous(),
-            "z_geo": self.z_geo.detach().float().contiguous(),
-            "z_exp": self.z_exp.detach().float().contiguous(),
-            "z_app": self.z_app.detach().float().contiguous(),
+            "z_geo": self.z_geo.detach().to(dtype).contiguous(),
+            "z_exp": self.z_exp.detach().to(dtype).contiguous(),
+            "z_app": self.z_app.detach().to(dtype).contiguous(),
         }
         split = split_torch_state_dict_into_shards(tensors, filename_pattern=name + "{suffix}.safetensors", max_shard_size=_MAX_SHARD_SIZE)
         for filename, names in split.filename_to_tensors.items():
@@ -78,7 +82,7 @@ def load_head_latents(directory: str | os.PathLike, name: str) -> HeadLatents:
     missing = {"identities", "z_geo", "z_exp", "z_app"} - set(tensors)
     if missing:
         raise FileNotFoundError(f"{directory} holds no complete '{name}' latents (missing {', '.join(sorted(missing))}).")
-    return HeadLatents(tensors["identities"], tensors["z_geo"], tensors["z_exp"], tensors["z_app"])
+    return HeadLatents(tensors["identities"], tensors["z_geo"].float(), tensors["z_exp"].float(), tensors["z_app"].float())
 
 
 def save_latent_statistics(statistics: LatentStatistics, path: str | os.PathLike) -> Path:
