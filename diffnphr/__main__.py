@@ -33,6 +33,13 @@ def _convert_ict(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _build_backgrounds(args: argparse.Namespace) -> None:
+    from diffnphr.data.backgrounds import build_background_bank
+
+    out = build_background_bank(args.out)
+    print(f"wrote {out}")
+
+
 def _train_decoder(args: argparse.Namespace) -> None:
     from diffnphr.train.decoder import train_decoder
 
@@ -46,6 +53,23 @@ def _export_decoder(args: argparse.Namespace) -> None:
     from diffnphr.train.decoder import export_decoder
 
     for name, folder in export_decoder(args.run_dir, args.out_dir).items():
+        print(f"wrote {name}: {folder}")
+
+
+def _train_reconstruction(args: argparse.Namespace) -> None:
+    from diffnphr.train.reconstruction import train_reconstruction
+
+    report = train_reconstruction(
+        args.out, args.latents, args.time_budget, args.config, total_steps=args.steps, ict_path=args.ict,
+        backgrounds=args.backgrounds, device=args.device,
+    )
+    print(json.dumps(report, indent=2, default=str))
+
+
+def _export_reconstruction(args: argparse.Namespace) -> None:
+    from diffnphr.train.reconstruction import export_reconstruction
+
+    for name, folder in export_reconstruction(args.run_dir, args.out_dir).items():
         print(f"wrote {name}: {folder}")
 
 
@@ -75,6 +99,37 @@ def _eval(args: argparse.Namespace) -> None:
         seed=args.seed, ict_path=args.ict, renders_dir=args.renders,
     )
     print(json.dumps(report, indent=2) if args.json else format_summary(report))
+
+
+def _eval_reconstruction(args: argparse.Namespace) -> None:
+    from diffnphr.eval_reconstruction import evaluate_reconstruction, format_reconstruction_summary
+
+    report = evaluate_reconstruction(
+        args.weights, args.latents, args.out, methods=args.methods, count=args.count, resolution=args.resolution,
+        points=args.points, regression_dir=args.regression, landmarks_file=args.landmarks, max_minutes=args.max_minutes,
+        device=args.device, seed=args.seed, ict_path=args.ict, backgrounds=args.backgrounds, figures_dir=args.figures,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(report, indent=2) if args.json else format_reconstruction_summary(report))
+
+
+def _eval_landmarks(args: argparse.Namespace) -> None:
+    from diffnphr.eval_reconstruction import build_landmark_predictions
+
+    report = build_landmark_predictions(
+        args.latents, args.out, train_count=args.train_count, image_size=args.image_size, frame_size=args.frame_size,
+        seed=args.seed,
+        ict_path=args.ict, backgrounds=args.backgrounds, log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(report, indent=2))
+
+
+def _eval_crops(args: argparse.Namespace) -> None:
+    from diffnphr.data.crop_agreement import crop_agreement, format_crop_agreement
+
+    report = crop_agreement(args.count, args.seed, size=args.size, ict_path=args.ict, backgrounds=args.backgrounds,
+                            progress=lambda done, total: print(f"{done}/{total}", file=sys.stderr, flush=True))
+    print(json.dumps(report, indent=2) if args.json else format_crop_agreement(report))
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -179,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_npz", type=Path)
     p.set_defaults(run=_convert_ict)
 
+    p = sub.add_parser("build-backgrounds", help="natural-image background patches (scikit-image) -> one safetensors file")
+    p.add_argument("out", type=Path, help="file to write, e.g. carry/backgrounds.safetensors")
+    p.set_defaults(run=_build_backgrounds)
+
     p = sub.add_parser("train-decoder", help="train (or resume) the MonoNPHM-architecture decoder on ICT-FaceKit heads")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, split, log; resumed when it exists")
     p.add_argument("--time-budget", type=float, default=540.0, help="seconds this call may train before it saves and stops")
@@ -191,6 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.set_defaults(run=_export_decoder)
+
+    p = sub.add_parser("train-reconstruction",
+                       help="train (or resume) the image encoder + diffusion model (+ regression baseline) on renders")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, config, log; resumed when it exists")
+    p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"),
+                   help="the decoder's split + codebook latents (the diffusion targets)")
+    p.add_argument("--backgrounds", type=Path, default=None, help="background bank (python -m diffnphr build-backgrounds)")
+    p.add_argument("--time-budget", type=float, default=540.0, help="seconds this call may train before it saves and stops")
+    p.add_argument("--config", type=Path, default=None, help="JSON file of training settings (default: the defaults)")
+    p.add_argument("--steps", type=int, default=None, help="planned total steps (the schedule is a fraction of it)")
+    _add_training_data_options(p)
+    p.set_defaults(run=_train_reconstruction)
+
+    p = sub.add_parser("export-reconstruction",
+                       help="a reconstruction run's newest checkpoint -> encoder/, diffusion/, baselines/regression/")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.set_defaults(run=_export_reconstruction)
 
     p = sub.add_parser("fit", help="fit latents of new heads with the decoder frozen (held-out identities by default)")
     p.add_argument("--decoder", type=Path, required=True, help="decoder weights folder")
@@ -210,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes, for a smoke check")
     p.set_defaults(run=_bench)
 
-    p = sub.add_parser("eval", help="measure the trained decoder against ground-truth ICT heads (mm)")
-    p.add_argument("what", choices=("decoder",))
+    evaluations = sub.add_parser("eval", help="measure models against ground-truth ICT heads (mm)").add_subparsers(
+        dest="what", required=True)
+    p = evaluations.add_parser("decoder", help="the trained decoder against ground-truth ICT heads (mm)")
     p.add_argument("--decoder", type=Path, default=Path("weights/decoder"), help="decoder weights folder")
     p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"), help="split + codebook latents")
     p.add_argument("--fitted", type=Path, default=None, help="folder of `fit` (held-out latents); else held-out is skipped")
@@ -225,6 +303,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_data_options(p)
     p.add_argument("--json", action="store_true", help="print the full JSON report instead of a table")
     p.set_defaults(run=_eval)
+
+    p = evaluations.add_parser("reconstruction", help="reconstructions of held-out renders vs ground truth and baselines")
+    p.add_argument("--weights", default=None, help="pipeline weights folder (default: $DIFFNPHR_WEIGHTS, else ./weights)")
+    p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"),
+                   help="split, codebooks and fitted held-out latents")
+    p.add_argument("--out", type=Path, default=Path("eval_reconstruction"),
+                   help="results folder: cached per-render results (resumed), report.json, report.md")
+    p.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (default: all available)")
+    p.add_argument("--count", type=int, default=None, help="held-out identities to evaluate (default: all)")
+    p.add_argument("--resolution", type=int, default=128, help="marching-cubes grid per axis")
+    p.add_argument("--points", type=int, default=100_000, help="surface samples per side")
+    p.add_argument("--regression", type=Path, default=None, help="LatentRegressor folder (weights/baselines/regression)")
+    p.add_argument("--landmarks", type=Path, default=None, help="file written by `eval landmarks`")
+    p.add_argument("--backgrounds", type=Path, default=None, help="background bank for the renders")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after about this long; rerun to continue")
+    p.add_argument("--figures", type=Path, default=None, help="folder for side-by-side PNGs and the steps chart")
+    p.add_argument("--seed", type=int, default=0)
+    _add_training_data_options(p)
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the markdown summary")
+    p.set_defaults(run=_eval_reconstruction)
+
+    p = evaluations.add_parser("landmarks", help="fit the Face Mesh landmark ridge baseline (CPU, MediaPipe)")
+    p.add_argument("--out", type=Path, required=True, help="file for the evaluation renders' predicted latents")
+    p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"),
+                   help="split, codebooks and fitted held-out latents")
+    p.add_argument("--train-count", type=int, default=1000, help="training heads to render and trace")
+    p.add_argument("--frame-size", type=int, default=256, help="side of the rendered frames Face Mesh traces")
+    p.add_argument("--image-size", type=int, default=128, help="the encoder's crop size (scene sampling follows it)")
+    p.add_argument("--backgrounds", type=Path, default=None, help="background bank for the renders")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ict", type=Path, default=None, help="ICT-FaceKit archive (default: $DIFFNPHR_ICT or ../shared)")
+    p.set_defaults(run=_eval_landmarks)
+
+    p = evaluations.add_parser("crops", help="training crops (projected landmarks) vs photo crops (MediaPipe) on CPU renders")
+    p.add_argument("--count", type=int, default=300, help="frames to render and detect")
+    p.add_argument("--size", type=int, default=512, help="frame side in pixels")
+    p.add_argument("--backgrounds", type=Path, default=None, help="background bank for the renders")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ict", type=Path, default=None, help="ICT-FaceKit archive (default: $DIFFNPHR_ICT or ../shared)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
+    p.set_defaults(run=_eval_crops)
 
     p = sub.add_parser("reconstruct", help="one face photo -> a 3D head mesh with vertex colours")
     p.add_argument("photo", type=Path, help="a photo with one clearly visible face")

@@ -54,11 +54,13 @@ class GroundTruthHeads:
         self._cap_loop = torch.as_tensor(surface.cap_loop_rows, device=self.device)
         self._appearance = appearance_basis(model).rows(surface.vertex_ids).to(self.device)
 
-    def mesh(self, split: HeadSplit, identity: int, slot: int) -> dict[str, Tensor]:
+    def mesh(self, split: HeadSplit, identity: int, slot: int, expression_identity: int | None = None) -> dict[str, Tensor]:
         """The head of split row `identity` with expression `slot`: vertices (N+1, 3), faces (F', 3)
-        of its exposed triangles, face_region (F',) bool, colours (N+1, 3) sRGB in [0, 1]."""
+        of its exposed triangles, face_region (F',) bool, colours (N+1, 3) sRGB in [0, 1].
+        With `expression_identity`, the expression is that row's slot instead (expression transfer)."""
         coefficients = split.identity_coefficients[identity][None].to(self.device)
-        weights = split.expression_weights[identity, slot][None].to(self.device)
+        expression_row = identity if expression_identity is None else expression_identity
+        weights = split.expression_weights[expression_row, slot][None].to(self.device)
         vertices = self._sampler.head_vertices(coefficients, weights)
         exposed = exposed_faces(vertices, self._faces, self._tests)[0]
         colours = vertex_colours(self._appearance, split.appearance(torch.tensor([identity])).to(self.device))

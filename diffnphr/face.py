@@ -250,16 +250,32 @@ def head_square(
     comes from both the eye line and the eye-to-mouth axis (robust for profiles); the size
     from the larger of the eye distance and the eye-to-mouth distance (robust for yaw/pitch).
     """
-    eye_left, eye_right = np.asarray(eye_left, np.float64), np.asarray(eye_right, np.float64)
-    eye_mid = (eye_left + eye_right) / 2.0
-    mouth_mid = (np.asarray(mouth_left, np.float64) + np.asarray(mouth_right, np.float64)) / 2.0
-    eye_to_eye, eye_to_mouth = eye_right - eye_left, mouth_mid - eye_mid
-    x_axis = eye_to_eye + np.array([eye_to_mouth[1], -eye_to_mouth[0]])
-    length = float(np.hypot(*x_axis))
-    if not np.isfinite(length) or length < 1e-6:
+    points = [np.asarray(point, np.float64) for point in (eye_left, eye_right, mouth_left, mouth_right)]
+    centre, x_axis, half_side = head_squares(*points, scale=scale, shift=shift)
+    if not np.isfinite(x_axis).all() or np.hypot(*x_axis) < 0.5:
         raise ValueError("The eye and mouth points coincide, so they define no face orientation.")
-    half_side = scale * max(2.0 * float(np.hypot(*eye_to_eye)), 1.8 * float(np.hypot(*eye_to_mouth)))
-    return HeadSquare(centre=eye_mid + shift * eye_to_mouth, x_axis=x_axis / length, half_side=half_side)
+    return HeadSquare(centre=centre, x_axis=x_axis, half_side=float(half_side))
+
+
+def head_squares(eye_left, eye_right, mouth_left, mouth_right, *, scale: float = HEAD_SCALE,
+                 shift: float = HEAD_SHIFT):
+    """`head_square` for batches: key points (..., 2) as NumPy arrays or torch tensors.
+
+    Returns (centre (..., 2), x_axis (..., 2), half_side (...)) in the inputs' library, so
+    batched training renders apply the very rule photos get. Rows whose points coincide get
+    an x_axis of (near) zero length instead of an error.
+    """
+    if isinstance(eye_left, np.ndarray):
+        xp = np
+    else:
+        import torch as xp  # only training renders pass tensors; the app's crop stays NumPy
+    eye_mid = (eye_left + eye_right) / 2.0
+    eye_to_eye, eye_to_mouth = eye_right - eye_left, (mouth_left + mouth_right) / 2.0 - eye_mid
+    x_axis = xp.stack([eye_to_eye[..., 0] + eye_to_mouth[..., 1], eye_to_eye[..., 1] - eye_to_mouth[..., 0]], -1)
+    length = xp.hypot(x_axis[..., 0], x_axis[..., 1])
+    half_side = scale * xp.maximum(2.0 * xp.hypot(eye_to_eye[..., 0], eye_to_eye[..., 1]),
+                                   1.8 * xp.hypot(eye_to_mouth[..., 0], eye_to_mouth[..., 1]))
+    return eye_mid + shift * eye_to_mouth, x_axis / (length + (length < 1e-6))[..., None], half_side
 
 
 def sample_square(

@@ -6,7 +6,9 @@ the camera's upper left plus an ambient term; colours and normals are interpolat
 (barycentric), lighting is two-sided so open surfaces (a mesh cut by the box floor) shade
 alike from either side. Vectorised in torch: every (triangle, pixel of its bounding box) pair
 is tested at once, in chunks of bounded size, and the nearest hit per pixel wins through
-`scatter_reduce`. Meant for previews and side-by-side comparisons, not for speed.
+`scatter_reduce`. `rasterise` itself takes B meshes of one topology at once (any camera: it
+sees pixel coordinates and a depth), which is what the training renders of
+`diffnphr.data.renders` run on; `render_mesh` is its one-image, orthographic use for previews.
 """
 
 from __future__ import annotations
@@ -68,12 +70,14 @@ def render_mesh(
     view = (vertices.float() - centre) @ rotation.T
     pixel_per_unit = size / (2.0 * half_extent)
     screen = torch.stack([view[:, 0] * pixel_per_unit + size / 2, size / 2 - view[:, 1] * pixel_per_unit], dim=1)
-    normals = _vertex_normals(view, faces.long())
+    normals = vertex_normals(view, faces.long())
 
     image = torch.tensor(background, dtype=torch.float32, device=device).expand(size * size, 3).clone()
     if len(faces) == 0:
         return image.view(size, size, 3).round().to(torch.uint8).cpu().numpy()
-    hit, triangle, weights = _rasterise(screen, view[:, 2], faces.long(), size)
+    triangle, weights = rasterise(screen[None], view[None, :, 2], faces.long(), size)
+    triangle, weights = triangle[0], weights[0]
+    hit = triangle >= 0
     corners = faces.long()[triangle[hit]]  # (H, 3)
     w = weights[hit]  # (H, 3)
     normal = torch.nn.functional.normalize((normals[corners] * w[..., None]).sum(dim=1), dim=1)
@@ -94,59 +98,81 @@ def _vertex_rgb(colours: Tensor | np.ndarray | None, count: int, device: torch.d
     return rgb / 255.0 if not colours.is_floating_point() else rgb.clamp(0, 1)
 
 
-def _vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
-    corners = vertices[faces]
-    face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # area-weighted
-    normals = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1), face_normals.repeat_interleave(3, dim=0))
-    return torch.nn.functional.normalize(normals, dim=1)
+def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
+    """(..., V, 3) unit area-weighted vertex normals of meshes (..., V, 3) sharing `faces` (F, 3),
+    for shading; the batch dimensions are optional."""
+    corners = vertices[..., faces, :]  # (..., F, 3, 3)
+    face_normals = torch.linalg.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :])
+    normals = torch.zeros_like(vertices).index_add_(-2, faces.reshape(-1), face_normals.repeat_interleave(3, dim=-2))
+    return torch.nn.functional.normalize(normals, dim=-1)
 
 
-def _rasterise(screen: Tensor, z: Tensor, faces: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per pixel (size², ·): whether a triangle covers it, the nearest one and its barycentric weights.
+def rasterise(screen: Tensor, depth: Tensor, faces: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """The nearest triangle at every pixel centre of B images, and its barycentric weights.
 
-    Pixel (row, col) is sampled at its centre (col + ½, row + ½); nearest means largest z.
+    `screen` (B, V, 2) pixel coordinates of B meshes that share `faces` (F, 3) (x to the right,
+    y down; pixel (row, col) is sampled at its centre (col + ½, row + ½)), `depth` (B, V) a
+    value that is larger nearer the viewer and interpolates linearly on screen (orthographic z,
+    or inverse distance under perspective). Returns `triangle` (B, size²) long, the face row
+    covering each pixel or -1, and `weights` (B, size², 3) (zeros where nothing is drawn).
+    Both windings are drawn, so open or inconsistently wound surfaces show from either side.
     """
+    if screen.ndim != 3 or screen.shape[-1] != 2 or depth.shape != screen.shape[:2]:
+        raise ValueError(f"screen must be (B, V, 2) and depth (B, V); got {tuple(screen.shape)} and {tuple(depth.shape)}")
     device = screen.device
-    corners = screen[faces]  # (F, 3, 2)
+    batch, face_count, pixels = screen.shape[0], len(faces), size * size
+    corners = screen[:, faces].reshape(batch * face_count, 3, 2)
     low = (corners.amin(dim=1) - 0.5).ceil().clamp(0, size).long()
     high = (corners.amax(dim=1) - 0.5).floor().clamp(-1, size - 1).long()
-    extent = (high - low + 1).clamp(min=0)  # (F, 2) pixel columns and rows of each bounding box
+    extent = (high - low + 1).clamp(min=0)  # (B·F, 2) pixel columns and rows of each bounding box
     area = extent[:, 0] * extent[:, 1]
-    nearest = torch.full((size * size,), -torch.inf, device=device)
-    owner = torch.full((size * size,), -1, dtype=torch.long, device=device)
-    best_weights = torch.zeros(size * size, 3, device=device)
+    # One integer key per (triangle, pixel) hit: quantised depth above the face row, so a single
+    # scatter max keeps the nearest triangle (ties go to the higher row, one triangle per pixel).
+    face_bits = max(1, (face_count - 1).bit_length())
+    depth = depth.float()
+    lowest = depth.amin(dim=1, keepdim=True)
+    scale = (2.0 ** (62 - face_bits) - 1) / (depth.amax(dim=1, keepdim=True) - lowest).clamp_min(1e-12)
+    corner_keys = ((depth - lowest) * scale)[:, faces].reshape(batch * face_count, 3)
+    best = torch.full((batch * pixels,), -1, dtype=torch.long, device=device)
     candidates = torch.nonzero(area > 0).squeeze(1)
     cumulative = area[candidates].cumsum(0)
+    chunk_pairs = _PAIRS_PER_CHUNK * (4 if device.type == "cuda" else 1)
     start = 0
     while start < len(candidates):
         base = int(cumulative[start - 1]) if start else 0
-        stop = int(torch.searchsorted(cumulative, base + _PAIRS_PER_CHUNK, right=True))
-        stop = max(stop, start + 1)
+        stop = max(int(torch.searchsorted(cumulative, base + chunk_pairs, right=True)), start + 1)
         chunk = candidates[start:stop]
         counts = area[chunk]
-        pair_triangle = chunk.repeat_interleave(counts)
-        offset = torch.arange(int(counts.sum()), device=device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
-        cols = low[pair_triangle, 0] + offset % extent[pair_triangle, 0]
-        rows = low[pair_triangle, 1] + offset // extent[pair_triangle, 0]
-        point = torch.stack([cols + 0.5, rows + 0.5], dim=1)
-        a, b, c = corners[pair_triangle].unbind(dim=1)
-        double_area = _edge(a, b, c)
-        weights = torch.stack([_edge(b, c, point), _edge(c, a, point), _edge(a, b, point)], dim=1) / double_area[:, None]
-        inside = (weights >= 0).all(dim=1) & (double_area.abs() > 1e-12)
-        pixel = (rows * size + cols)[inside]
-        weights = weights[inside]
-        depth = (weights * z[faces[pair_triangle[inside]]]).sum(dim=1)
-        nearest.scatter_reduce_(0, pixel, depth, reduce="amax")
-        # Among this chunk's hits, the one at the pixel's nearest depth so far takes the pixel.
-        # (one pick per pixel, so ties on a shared edge cannot mix two triangles' data).
-        wins = torch.nonzero(depth >= nearest[pixel]).squeeze(1)
-        pick = torch.full((size * size,), -1, dtype=torch.long, device=device)
-        pick.scatter_reduce_(0, pixel[wins], wins, reduce="amax")
-        taken = torch.nonzero(pick >= 0).squeeze(1)
-        owner[taken] = pair_triangle[inside][pick[taken]]
-        best_weights[taken] = weights[pick[taken]]
+        pair_triangle = chunk.repeat_interleave(counts, output_size=int(cumulative[stop - 1]) - base)
+        offset = torch.arange(len(pair_triangle), device=device) - (counts.cumsum(0) - counts).repeat_interleave(
+            counts, output_size=len(pair_triangle))
+        width = extent[pair_triangle, 0]
+        cols = low[pair_triangle, 0] + offset % width
+        rows = low[pair_triangle, 1] + offset // width
+        weights = _barycentric(corners[pair_triangle], cols, rows)
+        inside = torch.nonzero((weights >= 0).all(dim=1)).squeeze(1)
+        pair_triangle, weights = pair_triangle[inside], weights[inside]
+        key = (weights * corner_keys[pair_triangle]).sum(dim=1).long() << face_bits | pair_triangle % face_count
+        pixel = pair_triangle // face_count * pixels + rows[inside] * size + cols[inside]
+        best.scatter_reduce_(0, pixel, key, reduce="amax")
         start = stop
-    return owner >= 0, owner.clamp(min=0), best_weights
+    triangle = torch.where(best >= 0, best & ((1 << face_bits) - 1), -1)
+    weights = torch.zeros(batch * pixels, 3, device=device)
+    drawn = torch.nonzero(best >= 0).squeeze(1)
+    image, pixel = drawn // pixels, drawn % pixels
+    weights[drawn] = _barycentric(corners[image * face_count + triangle[drawn]], pixel % size, pixel // size).clamp_min(0)
+    return triangle.view(batch, pixels), weights.view(batch, pixels, 3)
+
+
+def _barycentric(corners: Tensor, cols: Tensor, rows: Tensor) -> Tensor:
+    """(N, 3) barycentric weights of pixel centres (cols, rows) in triangles (N, 3, 2); any
+    negative weight means outside, and so does a degenerate triangle (weights are NaN-free -1)."""
+    point = torch.stack([cols + 0.5, rows + 0.5], dim=1)
+    a, b, c = corners.unbind(dim=1)
+    double_area = _edge(a, b, c)
+    weights = torch.stack([_edge(b, c, point), _edge(c, a, point), _edge(a, b, point)], dim=1)
+    degenerate = double_area.abs() <= 1e-12
+    return torch.where(degenerate[:, None], -1.0, weights / torch.where(degenerate, 1.0, double_area)[:, None])
 
 
 def _edge(a: Tensor, b: Tensor, p: Tensor) -> Tensor:

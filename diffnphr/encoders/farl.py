@@ -90,14 +90,21 @@ class FaceEncoder(nn.Module):
             )
         return cls(model).to(device).eval()
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write config.json, safetensors shards (≤ 15 MB) and preprocessor_config.json to `directory`.
 
         The folder loads with plain `CLIPVisionModelWithProjection.from_pretrained` and
         `CLIPImageProcessor.from_pretrained`, so it is usable outside diffnphr as it is.
+        `dtype` (e.g. `torch.float16`) stores the weights at that precision (half the
+        download); `from_pretrained` loads them back as float32 by default.
         """
         directory = Path(directory)
-        self.model.save_pretrained(directory, max_shard_size=MAX_SHARD_SIZE)
+        if dtype is not None and dtype != self.model.dtype:
+            stored = CLIPVisionModelWithProjection(self.model.config).to(dtype)
+            stored.load_state_dict(self.model.state_dict())
+            stored.save_pretrained(directory, max_shard_size=MAX_SHARD_SIZE)
+        else:
+            self.model.save_pretrained(directory, max_shard_size=MAX_SHARD_SIZE)
         self.processor.save_pretrained(directory)
         return directory
 

@@ -1,0 +1,218 @@
+"""`eval reconstruction` and its baselines, with tiny random models, a tiny split and a stand-in renderer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from diffnphr.baselines.landmarks import fit_ridge, landmark_features, load_landmark_predictions, mean_shape
+from diffnphr.baselines.neighbours import NearestNeighbourLatents
+from diffnphr.eval_reconstruction import (
+    CACHE_FILE,
+    METHODS,
+    build_landmark_predictions,
+    consistency_summary,
+    eval_renders,
+    evaluate_reconstruction,
+    format_reconstruction_summary,
+    reconstruction_distances,
+)
+from diffnphr.train.head_latents import HeadLatents
+from diffnphr.train.split import load_head_split, make_head_split
+
+
+class StandInRenderer:
+    """Renders that depend on the head and the seed only: a colour from the identity plus seeded noise."""
+
+    def sample_scenes(self, identity_coefficients, expression_weights, appearance, seed):
+        assert len(identity_coefficients) == len(expression_weights) == appearance.region_colours.shape[0]
+        return {"identity": identity_coefficients.cpu(), "expression": expression_weights.cpu(), "seed": seed}
+
+    def _images(self, scenes, size):
+        generator = torch.Generator().manual_seed(scenes["seed"])
+        base = torch.sigmoid(scenes["identity"][:, :3] + scenes["expression"][:, :3])[:, :, None, None]
+        noise = 0.05 * torch.rand(len(base), 3, size, size, generator=generator)
+        return (base.expand(-1, -1, size, size) + noise).clamp(0, 1)
+
+    def render_crops(self, scenes):
+        return self._images(scenes, 64)
+
+    def render_frames(self, scenes, size=512):
+        return self._images(scenes, size)
+
+
+@pytest.fixture(scope="module")
+def latents_dir(tmp_path_factory):
+    """A split of 6 training and 2 held-out identities × 4 slots, with random codebooks and fitted latents."""
+    from diffnphr.data.ict import load_ict
+
+    directory = tmp_path_factory.mktemp("latents")
+    split = make_head_split(load_ict(), seed=0, train_identities=6, heldout_identities=2, expressions_per_identity=4)
+    split.save(directory)
+    generator = torch.Generator().manual_seed(0)
+    for name, rows in (("codebooks", split.train_identities), ("fitted_heldout", split.heldout_identities)):
+        n = len(rows)
+        HeadLatents(rows, 0.01 * torch.randn(n, 2176, generator=generator), 0.01 * torch.randn(n, 4, 100, generator=generator),
+                    0.01 * torch.randn(n, 2176, generator=generator)).save(directory, name)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def regression_dir(tmp_path_factory, tiny_weights_dir):
+    from diffnphr.baselines.regression import LatentRegressor, RegressionHead, RegressionHeadConfig
+    from diffnphr.encoders import FaceEncoder
+
+    encoder = FaceEncoder.from_pretrained(tiny_weights_dir, subfolder="encoder")
+    head = RegressionHead(RegressionHeadConfig(cond_dim=encoder.model.config.projection_dim, hidden_dim=8))
+    return LatentRegressor(encoder, head).save_pretrained(tmp_path_factory.mktemp("regression"))
+
+
+def _constructed_landmarks(frames):
+    """Stand-in Face Mesh: 478 points from the frame's mean colour (so they carry the identity), similarity-moved."""
+    colour = frames.mean(dim=(2, 3)).numpy()
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, 22), np.linspace(0, 1, 22)), -1).reshape(-1, 2)[:478]
+    points = grid[None] + 0.1 * colour[:, None, :2] * grid[None] ** 2
+    return 300 * points + 17.0
+
+
+@pytest.fixture(scope="module")
+def landmarks_file(tmp_path_factory, latents_dir):
+    path = tmp_path_factory.mktemp("landmarks") / "landmarks.safetensors"
+    report = build_landmark_predictions(latents_dir, path, train_count=20, renderer=StandInRenderer(),
+                                        landmarks_fn=_constructed_landmarks, frame_size=32)
+    assert report["train_failures"] == 0 and report["eval_failures"] == 0
+    return path
+
+
+def test_landmark_file_holds_one_prediction_per_evaluation_render(latents_dir, landmarks_file):
+    split = load_head_split(latents_dir)
+    renders = eval_renders(split, 4)
+    latents, detected, details = load_landmark_predictions(landmarks_file, renders.fingerprint())
+    assert latents.shape == (len(renders), 4456) and detected.all()
+    assert details["alpha"] > 0
+    assert landmarks_file.stat().st_size < 3_000_000
+    with pytest.raises(ValueError, match="another evaluation set"):
+        load_landmark_predictions(landmarks_file, "0" * 16)
+
+
+def test_evaluation_set_covers_every_heldout_identity_with_neutral_first(latents_dir):
+    split = load_head_split(latents_dir)
+    renders = eval_renders(split, 4)
+    assert len(renders) == 3 * len(split.heldout_identities)
+    assert set(renders.identities.tolist()) == set(split.heldout_identities.tolist())
+    assert renders.slots[::3].eq(0).all() and renders.slots.lt(4).all()
+    assert renders.fingerprint() == eval_renders(split, 4).fingerprint()
+    with pytest.raises(ValueError, match="at least 3 expression slots"):
+        eval_renders(split, 2)
+
+
+@pytest.mark.slow
+def test_the_table_has_every_method(tmp_path, tiny_weights_dir, latents_dir, regression_dir, landmarks_file):
+    report = evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path, count=1, resolution=24, points=400,
+                                     renderer=StandInRenderer(), regression_dir=regression_dir,
+                                     landmarks_file=landmarks_file, device="cpu")
+    assert report["complete"] and not report["pending"]
+    assert list(report["methods"]) == list(METHODS)
+    assert report["compared_renders"] == 3
+    for method, summary in report["methods"].items():
+        assert summary["count"] + summary["failures"] == 3, method
+    assert [row["steps"] for row in report["steps_curve"]] == [5, 5, 10, 10, 25, 25, 50, 50]
+    table = format_reconstruction_summary(report)
+    assert all(f"| {method} |" in table for method in METHODS if report["methods"][method]["count"])
+    assert json.loads((tmp_path / "report.json").read_text())["compared_renders"] == 3
+
+
+@pytest.mark.slow
+def test_a_stopped_run_continues_and_a_rerun_reuses_the_cache(tmp_path, tiny_weights_dir, latents_dir):
+    out = tmp_path / "eval"
+    methods = ["decoder_fit", "mean", "nearest_neighbour", "diffusion_ddim5_g1", "sampling_floor"]
+    settings = dict(methods=methods, count=1, resolution=24, points=400, renderer=StandInRenderer(), device="cpu")
+    stopped = evaluate_reconstruction(tiny_weights_dir, latents_dir, out, max_minutes=1e-6, **settings)
+    assert not stopped["complete"] and stopped["pending"]
+    assert "Pending" in format_reconstruction_summary(stopped)
+    report = evaluate_reconstruction(tiny_weights_dir, latents_dir, out, **settings)
+    assert report["complete"] and not report["pending"] and report["compared_renders"] == 3
+    assert list(report["methods"]) == methods
+    assert report["consistency"]["pairs"] + report["consistency"]["failures"] == 3
+    assert all(report["transfer"][m]["count"] + report["transfer"][m]["failures"] == 1
+               for m in ("diffusion", "diffusion_without_transfer", "decoder_fit"))
+
+    lines = (out / CACHE_FILE).read_text().splitlines()
+    again = evaluate_reconstruction(tiny_weights_dir, latents_dir, out, **settings)
+    assert (out / CACHE_FILE).read_text().splitlines() == lines
+    assert again["methods"] == report["methods"]
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate_reconstruction(tiny_weights_dir, latents_dir, out, **{**settings, "points": 500})
+
+
+def test_unknown_or_unavailable_methods_are_refused(tmp_path, tiny_weights_dir, latents_dir):
+    with pytest.raises(ValueError, match="unknown methods"):
+        evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path, methods=["oracle"], device="cpu",
+                                renderer=StandInRenderer())
+    with pytest.raises(ValueError, match="needs --regression"):
+        evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path, methods=["regression"], device="cpu",
+                                renderer=StandInRenderer())
+
+
+def _sphere(radius: float, centre=(0.0, 0.1, -0.3)) -> trimesh.Trimesh:
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    mesh.apply_translation(centre)
+    return mesh
+
+
+def test_consistency_ratio_on_constructed_reconstructions():
+    """Two views of a head give spheres 0.25 mm apart in radius, another head one 12.5 mm larger."""
+    items = [reconstruction_distances(_sphere(0.1), _sphere(0.101), _sphere(0.15), 4000, seed) for seed in range(2)]
+    summary = consistency_summary(items)
+    assert summary["pairs"] == 2
+    assert summary["same_head_chamfer_mm"] < 2.0
+    assert summary["other_head_chamfer_mm"] == pytest.approx(12.5, abs=1.0)
+    same = np.mean([item["same_head_mm"] for item in items])
+    other = np.mean([item["other_head_mm"] for item in items])
+    assert summary["ratio"] == pytest.approx(same / other)
+    assert summary["ratio"] < 0.2
+
+
+def test_consistency_counts_empty_reconstructions_as_failures():
+    empty = trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
+    items = [reconstruction_distances(empty, _sphere(0.3), _sphere(0.3), 1000, 0),
+             reconstruction_distances(_sphere(0.3), _sphere(0.3), _sphere(0.32), 1000, 0)]
+    assert "error" in items[0]
+    assert consistency_summary(items)["failures"] == 1 and consistency_summary(items)["pairs"] == 1
+
+
+def test_landmark_features_ignore_a_similarity_transform():
+    rng = np.random.default_rng(0)
+    shapes = rng.normal(size=(5, 478, 2))
+    reference = mean_shape(shapes)
+    angle, scale, shift = math.radians(30), 2.5, np.array([40.0, -7.0])
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    moved = scale * shapes @ rotation.T + shift
+    np.testing.assert_allclose(landmark_features(moved, reference), landmark_features(shapes, reference), atol=1e-9)
+    mirrored = shapes * np.array([-1.0, 1.0])
+    assert not np.allclose(landmark_features(mirrored, reference), landmark_features(shapes, reference), atol=1e-3)
+
+
+def test_ridge_recovers_a_linear_map_and_picks_a_penalty_by_cross_validation():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(200, 10))
+    weights = rng.normal(size=(10, 3))
+    targets = features @ weights + 0.01 * rng.normal(size=(200, 3))
+    model = fit_ridge(features, targets)
+    assert model.alpha == min(model.cv_errors, key=model.cv_errors.get)
+    np.testing.assert_allclose(model.predict(features[:5]), targets[:5], atol=0.1)
+    with pytest.raises(ValueError, match="same N"):
+        fit_ridge(features, targets[:10])
+
+
+def test_nearest_neighbour_returns_the_latent_of_the_closest_embedding():
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    latents = torch.arange(3.0)[:, None].expand(-1, 4)
+    baseline = NearestNeighbourLatents(embeddings, latents)
+    predicted = baseline.predict(torch.tensor([[0.1, 5.0], [-3.0, 0.2]]))
+    assert predicted[:, 0].tolist() == [1.0, 2.0]

@@ -1,0 +1,101 @@
+"""Training the encoder + diffusion model (+ regression baseline) on renders: resumable, exportable,
+and with a frozen FaRL encoder by a config switch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffnphr.baselines.regression import LatentRegressor
+from diffnphr.diffusion import LatentDiffusion
+from diffnphr.encoders import FaceEncoder, farl_vision_config
+from diffnphr.train.checkpoints import list_checkpoints
+from diffnphr.train.head_latents import load_latent_statistics
+from diffnphr.train.reconstruction import (
+    ExponentialAverage,
+    ReconstructionTrainingConfig,
+    export_reconstruction,
+    train_reconstruction,
+)
+
+LATENTS = Path(__file__).resolve().parents[1] / "weights" / "decoder_latents"
+TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                    patch_size=8, projection_dim=16)
+TINY_DIFFUSION = dict(base_channels=8, channel_mults=[1, 2], attention_levels=[], attention_heads=2, norm_groups=4,
+                      time_embed_dim=16, cond_tokens=1)
+
+
+def tiny_config(**changes) -> ReconstructionTrainingConfig:
+    values = dict(encoder=TINY_ENCODER, diffusion=TINY_DIFFUSION, regression_hidden=32, batch_size=2, total_steps=50,
+                  warmup_steps=2, log_every=1, validate_every=2, validation_renders=2, checkpoint_every=100, bf16=False)
+    return ReconstructionTrainingConfig(**{**values, **changes})
+
+
+def test_training_resumes_and_exports_loadable_weights(tmp_path):
+    run = tmp_path / "run"
+    first = train_reconstruction(run, LATENTS, 600, tiny_config(), device="cpu", stop_after_steps=2)
+    assert first["step"] == 2 and len(list_checkpoints(run)) == 1
+    second = train_reconstruction(run, LATENTS, 600, device="cpu", stop_after_steps=1)
+    assert second["step"] == 3
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    losses = [record for record in log if "diffusion" in record]
+    assert all(torch.isfinite(torch.tensor(r["diffusion"])) and r["regression"] > 0 for r in losses)
+    assert any("val_heldout_diffusion" in record for record in log)
+
+    paths = export_reconstruction(run, tmp_path / "weights")
+    encoder = FaceEncoder.from_pretrained(paths["encoder"])
+    diffusion = LatentDiffusion.from_pretrained(paths["diffusion"])
+    regressor = LatentRegressor.from_pretrained(paths["regression"])
+    statistics = load_latent_statistics(LATENTS / "latent_statistics.safetensors")
+    assert torch.equal(diffusion.data_mean, statistics.mean) and torch.equal(diffusion.data_std, statistics.std)
+    crops = torch.rand(2, 3, 32, 32)
+    z_cond = encoder(encoder.preprocess(crops))
+    assert diffusion.sample(z_cond, num_steps=2, seed=0).shape == (2, 4456)
+    assert regressor.predict(regressor.encoder.preprocess(crops)).shape == (2, 4456)
+    # float16 storage: the exported encoder is half the size of a float32 save of the same weights
+    stored = sum(f.stat().st_size for f in Path(paths["encoder"]).glob("*.safetensors"))
+    encoder.save_pretrained(tmp_path / "fp32")
+    assert stored < 0.6 * sum(f.stat().st_size for f in (tmp_path / "fp32").glob("*.safetensors"))
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train_reconstruction(run, LATENTS, 600, tiny_config(), device="cpu", stop_after_steps=1)
+    with pytest.raises(ValueError, match="different settings"):
+        train_reconstruction(run, LATENTS, 600, tiny_config(learning_rate=1e-3), device="cpu",
+                             stop_after_steps=1)
+
+
+def test_a_frozen_farl_encoder_is_switched_on_by_config_and_stays_unchanged(tmp_path):
+    torch.manual_seed(0)
+    farl = FaceEncoder.from_config(farl_vision_config(**TINY_ENCODER))
+    farl.save_pretrained(tmp_path / "farl")
+    run = tmp_path / "run"
+    config = tiny_config(frozen_encoder=str(tmp_path / "farl"))
+    train_reconstruction(run, LATENTS, 600, config, device="cpu", stop_after_steps=2)
+    paths = export_reconstruction(run, tmp_path / "weights")
+    exported = FaceEncoder.from_pretrained(paths["encoder"])
+    for key, value in farl.state_dict().items():
+        assert torch.equal(exported.state_dict()[key], value.half().float()), key
+    regressor = LatentRegressor.from_pretrained(paths["regression"])
+    assert torch.equal(regressor.encoder.model.vision_model.embeddings.patch_embedding.weight,
+                       exported.model.vision_model.embeddings.patch_embedding.weight)
+    initial = LatentDiffusion(diffusion_config := LatentDiffusion.load_config(Path(paths["diffusion"])))
+    trained = LatentDiffusion.from_pretrained(paths["diffusion"])
+    assert diffusion_config.cond_dim == 16
+    assert any(not torch.equal(a, b) for a, b in zip(initial.unet.parameters(), trained.unet.parameters()))
+
+
+def test_exponential_average_follows_the_weights_slowly():
+    live = torch.nn.Linear(2, 2)
+    ema = ExponentialAverage({"net": live}, decay=0.9)
+    start = ema.shadow["net"].weight.clone()
+    with torch.no_grad():
+        live.weight.add_(1.0)
+    for step in range(1000, 1003):
+        ema.update(step)
+    moved = ema.shadow["net"].weight - start
+    assert torch.allclose(moved, torch.full_like(moved, 1 - 0.9**3), atol=1e-5)
