@@ -84,7 +84,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         randomize_seed: bool = True,
         steps: float = defaults.steps,
         guidance_scale: float = defaults.guidance_scale,
-        resolution: float = defaults.resolution,
+        resolution: float = pipeline.default_resolution,
         allow_no_face: bool = False,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
@@ -106,7 +106,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         randomize_seed: bool = True,
         steps: float = defaults.steps,
         guidance_scale: float = defaults.guidance_scale,
-        resolution: float = defaults.resolution,
+        resolution: float = pipeline.default_resolution,
         allow_no_face: bool = False,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
@@ -140,7 +140,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
                         photo = _photo_input("Photo", "photo")
                         crop = gr.Image(label="Face crop", format="png", interactive=False, elem_id="crop_preview")
                     no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
-                    settings = _settings(defaults)
+                    settings = _settings(defaults, pipeline.default_resolution)
                     run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct_button")
                 with gr.Column():
                     head = _viewer("head_model")
@@ -175,7 +175,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
                         identity = _photo_input("Head from this photo", "identity_photo")
                         expression = _photo_input("Expression from this photo", "expression_photo")
                     transfer_no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
-                    transfer_settings = _settings(defaults)
+                    transfer_settings = _settings(defaults, pipeline.default_resolution)
                     transfer_run = gr.Button("Transfer expression", variant="primary", elem_id="transfer_button")
                 with gr.Column():
                     transfer_head = _viewer("transfer_model")
@@ -199,8 +199,8 @@ def _photo_input(label: str, elem_id: str) -> gr.Image:
     return gr.Image(label=label, type="filepath", sources=["upload", "clipboard", "webcam"], elem_id=elem_id)
 
 
-def _settings(defaults: PipelineDefaults) -> list[gr.components.Component]:
-    """The closed "Advanced" accordion: seed (+ randomize), DDIM steps, guidance, mesh resolution."""
+def _settings(defaults: PipelineDefaults, resolution: int) -> list[gr.components.Component]:
+    """The closed "Advanced" accordion: seed (+ randomize), DDIM steps, guidance, mesh resolution (default `resolution`)."""
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
@@ -208,7 +208,7 @@ def _settings(defaults: PipelineDefaults) -> list[gr.components.Component]:
         steps = gr.Slider(1, max(100, defaults.steps), value=defaults.steps, step=1, label="DDIM steps")
         guidance = gr.Slider(0.0, 10.0, value=defaults.guidance_scale, step=0.1, label="Guidance scale")
         resolution = gr.Slider(
-            32, 512, value=defaults.resolution, step=16, label="Mesh resolution (grid samples per axis)"
+            32, 512, value=resolution, step=16, label="Mesh resolution (grid samples per axis)"
         )
     return [seed, randomize, steps, guidance, resolution]
 

@@ -9,6 +9,14 @@ Mesh extraction needs a surface, which random decoder weights do not describe. T
 rows therefore query the small decoder at every grid node (so the cost per query is real) and
 add its output, squashed to ±1e-3, to a head-sized ellipsoid's signed distance (so the narrow
 band covers a head-sized surface).
+
+The `pipeline_*` rows time one whole reconstruction stage by stage (crop, encode, diffusion,
+extraction, colour) as `HeadReconstructionPipeline` runs them, after one warm-up call. They use
+the repo's `weights/` when it holds all three blocks; otherwise the trained decoder with a
+randomly initialised encoder (`weights/encoder/config.json`, else the project's small FaRL-layout
+tower) and diffusion model (`DiffusionConfig()`): their speed depends on shapes only, but their
+latent is no head, so the decoder then meshes its first training head instead (`weights` in the
+row says which).
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ import torch
 
 from diffnphr.mesh import BOX_MAX, BOX_MIN
 
+# The image encoder the project trains when `weights/encoder/` does not exist yet (issue 5).
+_SMALL_ENCODER = dict(
+    hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024, image_size=128, patch_size=16
+)
+
 # Ellipsoid semi-axes (canonical units, 1 = 0.25 m): about a head with neck, centred in the box.
 _HEAD_RADII = (0.38, 0.52, 0.46)
 _HEAD_CENTRE = tuple((lo + hi) / 2 for lo, hi in zip(BOX_MIN, BOX_MAX))
@@ -36,12 +49,10 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _synchronize(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -135,6 +146,120 @@ def _bench_farl(device: torch.device, quick: bool) -> dict[str, Any]:
     return {"model": "FaRL ViT-B/16", "batch": 1, "seconds": round(seconds, 4)}
 
 
+def _pipeline(device: torch.device) -> tuple[Any, str]:
+    """The pipeline of the repo's weights, with random stand-ins for missing blocks, and which it is."""
+    from diffnphr.diffusion import DiffusionConfig, LatentDiffusion
+    from diffnphr.encoders import FaceEncoder, farl_vision_config
+    from diffnphr.nphm import MonoNPHM
+    from diffnphr.pipeline import REPO_WEIGHTS_DIR, HeadReconstructionPipeline
+    from transformers import CLIPVisionConfig
+
+    folders = [REPO_WEIGHTS_DIR / name for name in ("encoder", "diffusion", "decoder")]
+    if all(folder.is_dir() for folder in folders):
+        return HeadReconstructionPipeline.from_pretrained(REPO_WEIGHTS_DIR, device=device), "trained"
+    if (folders[0] / "config.json").is_file():
+        config = CLIPVisionConfig.from_pretrained(folders[0])
+    else:
+        config = farl_vision_config(**_SMALL_ENCODER)
+    pipeline = HeadReconstructionPipeline(
+        FaceEncoder.from_config(config).to(device),
+        LatentDiffusion(DiffusionConfig()).to(device),
+        MonoNPHM.from_pretrained(folders[2], device=device),
+    )
+    return pipeline, "trained decoder, random encoder and diffusion"
+
+
+def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -> dict[str, Any]:
+    """Seconds per stage of one reconstruction, as the pipeline runs it, after a warm-up call."""
+    from diffnphr.mesh import extract_mesh_with_stats
+    from diffnphr.nphm.latents import unpack
+    from diffnphr.pipeline import REPO_WEIGHTS_DIR
+    from diffnphr.train.head_latents import load_head_latents
+
+    pipeline, weights = _pipeline(device)
+    encoder, diffusion, decoder, defaults = pipeline.encoder, pipeline.diffusion, pipeline.decoder, pipeline.defaults
+    resolution = defaults.resolution if resolution is None else resolution
+    photo, crop_note = _face_photo()
+    stand_in_latent = None
+    if weights != "trained":  # a random diffusion model samples no head: mesh a training head instead
+        stand_in_latent = load_head_latents(REPO_WEIGHTS_DIR / "decoder_latents", "codebooks").flat()[:1]
+
+    def reconstruct() -> dict[str, Any]:
+        seconds: dict[str, float] = {}
+        image = photo
+        if crop_note is None:
+            start = time.perf_counter()
+            image = _crop(photo)
+            seconds["crop"] = time.perf_counter() - start
+        with torch.inference_mode():
+            start = time.perf_counter()
+            z_cond = encoder.encode([image])
+            _synchronize(device)
+            seconds["encode"] = time.perf_counter() - start
+            start = time.perf_counter()
+            flat = diffusion.sample(
+                z_cond, num_steps=defaults.steps, seed=0, guidance_scale=defaults.guidance_scale,
+                scheduler=defaults.scheduler,
+            )
+            _synchronize(device)
+            seconds["diffusion"] = time.perf_counter() - start
+            if stand_in_latent is not None:
+                flat = stand_in_latent
+            start = time.perf_counter()
+            head = decoder.bind(*(part.float().to(device) for part in unpack(flat)))
+            extraction = extract_mesh_with_stats(
+                head.point_sdf, resolution=resolution, color_fn=head.point_colour, device=device
+            )
+        seconds["extraction"] = time.perf_counter() - start - extraction.seconds_color
+        seconds["colour"] = extraction.seconds_color
+        seconds = {name: round(value, 3) for name, value in seconds.items()}
+        seconds["total"] = round(sum(seconds.values()), 3)
+        return {
+            "seconds": seconds,
+            "extraction_sdf_s": round(extraction.seconds_sdf, 3),
+            "extraction_mcubes_s": round(extraction.seconds_mcubes, 3),
+            "sdf_queries": extraction.num_sdf_queries,
+            "vertices": len(extraction.mesh.vertices),
+        }
+
+    first = reconstruct()
+    row = reconstruct()
+    return {
+        "weights": weights,
+        "resolution": resolution,
+        "steps": defaults.steps,
+        "guidance_scale": defaults.guidance_scale,
+        **row,
+        "first_call_total": first["seconds"]["total"],
+        **({"crop": crop_note} if crop_note else {}),
+    }
+
+
+def _face_photo() -> tuple[Any, str | None]:
+    """The app's example portrait, or a grey square and why crop timing is left out."""
+    from PIL import Image
+
+    try:
+        import mediapipe  # noqa: F401
+        from skimage import data
+    except ImportError as error:
+        return Image.new("RGB", (512, 512), (128, 128, 128)), f"not timed: {error.name} is not installed"
+    return Image.fromarray(data.astronaut()), None
+
+
+def _crop(photo: Any) -> Any:
+    """The face crop the encoder sees."""
+    from diffnphr.face import crop_face
+
+    return crop_face(photo).image
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock seconds cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _bench_baseline(device: torch.device, quick: bool) -> dict[str, Any]:
     torch.zeros(1, device=device)
     return {}
@@ -159,6 +284,9 @@ def _cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], dict[s
         ("ddim_25_steps_guided", _bench_ddim, {"guidance_scale": 2.0}),
         ("farl_forward", _bench_farl, {}),
     ]
+    if not quick:
+        cases.append(("pipeline_default", _bench_pipeline, {"resolution": None}))
+    cases.append(("pipeline_128", _bench_pipeline, {"resolution": 128}))
     return cases
 
 
@@ -193,7 +321,7 @@ def _result_of(process, queue) -> dict[str, Any]:
 
 
 def run_benchmarks(device: str | None = None, quick: bool = False, progress: IO[str] | None = None) -> dict[str, Any]:
-    """Time every block (decoder, extraction, U-Net, DDIM, FaRL) and report peak memory per block.
+    """Time every block (decoder, extraction, U-Net, DDIM, FaRL) and whole reconstructions, with peak memory.
 
     Returns {"device": ..., "torch": ..., "threads": ..., "results": [{"name": ..., ...}, ...]}.
     """

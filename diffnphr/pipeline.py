@@ -64,7 +64,8 @@ class PipelineDefaults:
 
     steps: int = 25
     guidance_scale: float = 1.0
-    resolution: int = 256
+    resolution: int = 256  # on a GPU: about 1.2 s per head on an H100
+    cpu_resolution: int = 128  # on a CPU: 256 takes about 4x as long (about 55 s on 2 cores)
     scheduler: str = "ddim"
 
     def __post_init__(self) -> None:
@@ -234,6 +235,11 @@ class HeadReconstructionPipeline:
         """The device the models run on."""
         return self.encoder.device
 
+    @property
+    def default_resolution(self) -> int:
+        """The mesh resolution used when a call gives none: `resolution` on a GPU, `cpu_resolution` on a CPU."""
+        return self.defaults.resolution if self.device.type == "cuda" else self.defaults.cpu_resolution
+
     def __call__(
         self,
         image: ImageSource,
@@ -310,7 +316,7 @@ class HeadReconstructionPipeline:
         """Fill in defaults and refuse values that cannot work, with a sentence saying why."""
         seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
         steps = self.defaults.steps if steps is None else steps
-        resolution = self.defaults.resolution if resolution is None else resolution
+        resolution = self.default_resolution if resolution is None else resolution
         guidance_scale = self.defaults.guidance_scale if guidance_scale is None else guidance_scale
         if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"The seed must be a whole number from 0 to {MAX_SEED}; got {seed!r}.")

@@ -38,7 +38,7 @@ def no_face_photo() -> Image.Image:
 # reconstruction takes about a second on a CPU. Random decoders have no surface, so the
 # decoder's geometry MLPs are set by hand to give a smooth closed blob (see `_blob_decoder`).
 
-TINY_DEFAULTS = {"steps": 3, "guidance_scale": 1.0, "resolution": 48, "scheduler": "ddim"}
+TINY_DEFAULTS = {"steps": 3, "guidance_scale": 1.0, "resolution": 64, "cpu_resolution": 48, "scheduler": "ddim"}
 
 
 def _blob_decoder():

@@ -1,13 +1,19 @@
-"""Mesh extraction and export on analytic SDFs (sphere, ellipsoid, off-centre shapes)."""
+"""Mesh extraction and export on analytic SDFs (sphere, ellipsoid, off-centre shapes) and a trained head."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import mcubes
 import numpy as np
 import pytest
 import torch
 import trimesh
 
 from diffnphr.mesh import BOX_MAX, BOX_MIN, export_mesh, extract_mesh, extract_mesh_with_stats
+from diffnphr.nphm import MonoNPHM
+from diffnphr.nphm.latents import unpack
+from diffnphr.train.head_latents import load_head_latents
 
 CENTRE = torch.tensor([0.07, 0.11, -0.23])  # off the box centre and off the grid nodes
 RADII = torch.tensor([0.25, 0.4, 0.33])
@@ -54,10 +60,11 @@ def test_vertices_lie_within_half_a_voxel_of_the_true_surface(method):
         (sphere(centre=torch.tensor([0.45, 0.65, 0.1]), radius=0.2), 64),
         (ellipsoid(), 100),  # 99 steps: the narrow band pads its grid past the box
         (ellipsoid(slope=4.0), 64),  # steeper than a distance, as a network may be
+        (ellipsoid(slope=20.0), 64),  # so steep that the band loses the surface and must follow it
         # A blob smaller than a coarse cell, with no coarse node inside: no sign change to see.
         (sphere(centre=torch.tensor([-0.064, 0.148, 0.153]), radius=0.03), 48),
     ],
-    ids=["sphere", "sphere-cut-by-box", "ellipsoid-padded", "steep-ellipsoid", "small-blob"],
+    ids=["sphere", "sphere-cut-by-box", "ellipsoid-padded", "steep-ellipsoid", "very-steep-ellipsoid", "small-blob"],
 )
 def test_narrow_band_gives_the_dense_mesh(sdf_fn, resolution):
     dense = extract_mesh(sdf_fn, resolution=resolution, method="dense")
@@ -67,11 +74,43 @@ def test_narrow_band_gives_the_dense_mesh(sdf_fn, resolution):
     np.testing.assert_allclose(band.vertices, dense.vertices, atol=1e-5, rtol=0)
 
 
-def test_narrow_band_evaluates_far_fewer_sdf_queries():
-    band = extract_mesh_with_stats(sphere(), resolution=128, method="narrow_band")
+def dense_sphere_grid(resolution: int, radius: float = 0.3) -> np.ndarray:
+    """-sdf of ``sphere()`` at the nodes of the extraction grid (float32, as the extractor computes it)."""
+    spacing = (np.array(BOX_MAX) - np.array(BOX_MIN)) / (resolution - 1)
+    axes = [
+        torch.as_tensor(lo + np.arange(resolution) * step, dtype=torch.float32) for lo, step in zip(BOX_MIN, spacing)
+    ]
+    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    return (-sphere(radius=radius)(points)).reshape((resolution,) * 3).numpy()
+
+
+def test_narrow_band_queries_little_more_than_the_nodes_of_the_cells_holding_the_surface():
+    resolution = 128
+    band = extract_mesh_with_stats(sphere(), resolution=resolution, method="narrow_band")
     dense = extract_mesh_with_stats(sphere(), resolution=32, method="dense")
     assert dense.num_sdf_queries == 32**3
-    assert band.num_sdf_queries < 0.2 * 128**3
+
+    inside = dense_sphere_grid(resolution) > 0
+    offsets = [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    corner_views = [tuple(slice(o, resolution - 1 + o) for o in offset) for offset in offsets]
+    corners = [inside[view] for view in corner_views]
+    surface_cells = np.logical_or.reduce(corners) & ~np.logical_and.reduce(corners)
+    surface_nodes = np.zeros_like(inside)
+    for view in corner_views:
+        surface_nodes[view] |= surface_cells
+    assert band.num_sdf_queries < 2.5 * surface_nodes.sum()
+
+
+def test_marching_cubes_by_blocks_gives_the_triangles_of_the_whole_grid():
+    resolution = 75  # blocks of 16 cells do not divide the 74 cells per axis
+    mesh = extract_mesh(sphere(radius=0.45), resolution=resolution, method="dense")
+    vertices, faces = mcubes.marching_cubes(dense_sphere_grid(resolution, radius=0.45), 0.0)
+    spacing = (np.array(BOX_MAX) - np.array(BOX_MIN)) / (resolution - 1)
+    whole = trimesh.Trimesh(np.array(BOX_MIN) + vertices * spacing, faces, process=True)
+    assert len(mesh.faces) == len(whole.faces) and len(mesh.vertices) == len(whole.vertices)
+    np.testing.assert_allclose(np.sort(mesh.vertices, axis=0), np.sort(whole.vertices, axis=0), atol=1e-6, rtol=0)
+    assert mesh.area == pytest.approx(whole.area, rel=1e-9)
+    assert mesh.is_watertight
 
 
 def test_faces_point_outwards():
@@ -196,3 +235,15 @@ def test_export_format_argument_wins_and_unknown_formats_are_refused(coloured_me
         export_mesh(coloured_mesh, tmp_path / "head.stl")
     with pytest.raises(ValueError, match="format 'fbx'"):
         export_mesh(coloured_mesh, tmp_path / "head.glb", file_format="fbx")
+
+
+def test_narrow_band_gives_the_dense_mesh_of_a_trained_head():
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    decoder = MonoNPHM.from_pretrained(weights / "decoder", device="cpu")
+    codes = unpack(load_head_latents(weights / "decoder_latents", "codebooks").flat()[:1])
+    head = decoder.bind(*codes)
+    dense = extract_mesh(head.point_sdf, resolution=40, method="dense")
+    band = extract_mesh(head.point_sdf, resolution=40, method="narrow_band")
+    assert len(dense.faces) > 1000
+    np.testing.assert_array_equal(band.faces, dense.faces)
+    np.testing.assert_allclose(band.vertices, dense.vertices, atol=1e-5, rtol=0)

@@ -113,7 +113,9 @@ def test_impossible_settings_are_refused_with_a_sentence(pipeline, face_photo_fi
 def test_weights_come_from_the_environment_variable(tiny_weights_dir, monkeypatch):
     monkeypatch.setenv(WEIGHTS_ENV, str(tiny_weights_dir))
     loaded = HeadReconstructionPipeline.from_pretrained(device="cpu")
-    assert loaded.defaults == PipelineDefaults(steps=3, guidance_scale=1.0, resolution=48, scheduler="ddim")
+    assert loaded.defaults == PipelineDefaults(steps=3, guidance_scale=1.0, resolution=64, cpu_resolution=48,
+                                               scheduler="ddim")
+    assert loaded.default_resolution == 48  # a CPU pipeline meshes at the CPU default
 
 
 def test_missing_weights_message_names_all_three_options(tmp_path, monkeypatch):
