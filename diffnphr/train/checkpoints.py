@@ -15,9 +15,11 @@ Folders are written under a temporary name and renamed, and only the newest `kee
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,26 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if (path / OPTIMIZER_FILE).is_file():
         optimizers = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
     return Checkpoint(path, tensors, optimizers, json.loads((path / STATE_FILE).read_text()))
+
+
+def resume_config(config_class: type, given: Any, stored: dict[str, Any] | None, total_steps: int | None,
+                  resumable: Sequence[str]) -> Any:
+    """The config of a run: the stored one when resuming (a `given` one must agree with it except
+    in the `resumable` settings, which it then overrides), else `given` or the class's defaults;
+    `total_steps`, when given, replaces the planned length. `config_class` is a dataclass with
+    `to_dict` / `from_dict`."""
+    if stored is None:
+        config = given or config_class()
+    else:
+        config = config_class.from_dict(stored)
+        if given is not None:
+            differing = sorted(k for k, v in given.to_dict().items() if k not in resumable and config.to_dict()[k] != v)
+            if differing:
+                raise ValueError(
+                    f"This run folder was started with different settings ({', '.join(differing)}); "
+                    "resume it with its own config (omit --config) or train into a new folder."
+                )
+            config = dataclasses.replace(config, **{k: getattr(given, k) for k in resumable})
+    if total_steps is not None:
+        config = dataclasses.replace(config, total_steps=total_steps)
+    return config

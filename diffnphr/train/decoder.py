@@ -40,7 +40,7 @@ from diffnphr.data.heads import head_vertices
 from diffnphr.data.ict import ICTFaceModel, load_ict
 from diffnphr.data.sampling import HeadSampler, SamplingConfig
 from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
-from diffnphr.train.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from diffnphr.train.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, resume_config, save_checkpoint
 from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, HeadLatents, save_latent_statistics
 from diffnphr.train.log import TrainingLog
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
@@ -227,22 +227,7 @@ def _run_config(
     """The config of a run: the stored one when resuming (a given one must agree with it), else the given or default one."""
     if given is not None and not isinstance(given, DecoderTrainingConfig):
         given = load_training_config(given)
-    if stored is None:
-        config = given or DecoderTrainingConfig()
-    else:
-        config = DecoderTrainingConfig.from_dict(stored)
-        if given is not None:
-            fixed = {k: v for k, v in given.to_dict().items() if k not in RESUMABLE_OVERRIDES}
-            differing = sorted(k for k, v in fixed.items() if config.to_dict()[k] != v)
-            if differing:
-                raise ValueError(
-                    f"This run folder was started with different settings ({', '.join(differing)}); "
-                    "resume it with its own config (omit --config) or train into a new folder."
-                )
-            config = dataclasses.replace(config, **{k: getattr(given, k) for k in RESUMABLE_OVERRIDES})
-    if total_steps is not None:
-        config = dataclasses.replace(config, total_steps=total_steps)
-    return config
+    return resume_config(DecoderTrainingConfig, given, stored, total_steps, RESUMABLE_OVERRIDES)
 
 
 def _run_split(run_dir: Path, config: DecoderTrainingConfig, ict: ICTFaceModel) -> HeadSplit:

@@ -43,7 +43,7 @@ from diffnphr.data.ict import load_ict
 from diffnphr.data.renders import HeadRenderer, RenderConfig
 from diffnphr.diffusion import DiffusionConfig, LatentDiffusion
 from diffnphr.encoders import FaceEncoder, farl_vision_config
-from diffnphr.train.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from diffnphr.train.checkpoints import list_checkpoints, load_checkpoint, resume_config, save_checkpoint
 from diffnphr.train.decoder import CODEBOOKS_NAME, resolve_device
 from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, load_head_latents, load_latent_statistics
 from diffnphr.train.log import TrainingLog
@@ -407,22 +407,7 @@ def _run_config(given: ReconstructionTrainingConfig | str | os.PathLike | None, 
     """The run's config: the stored one when resuming (a given one must agree with it), else the given or default."""
     if given is not None and not isinstance(given, ReconstructionTrainingConfig):
         given = ReconstructionTrainingConfig.from_json(given)
-    if stored is None:
-        config = given or ReconstructionTrainingConfig()
-    else:
-        config = ReconstructionTrainingConfig.from_dict(stored)
-        if given is not None:
-            differing = sorted(k for k, v in given.to_dict().items()
-                               if k not in RESUMABLE_OVERRIDES and config.to_dict()[k] != v)
-            if differing:
-                raise ValueError(
-                    f"This run folder was started with different settings ({', '.join(differing)}); "
-                    "resume it with its own config (omit --config) or train into a new folder."
-                )
-            config = dataclasses.replace(config, **{k: getattr(given, k) for k in RESUMABLE_OVERRIDES})
-    if total_steps is not None:
-        config = dataclasses.replace(config, total_steps=total_steps)
-    return config
+    return resume_config(ReconstructionTrainingConfig, given, stored, total_steps, RESUMABLE_OVERRIDES)
 
 
 def _trained_tensors(models: _Models, ema: ExponentialAverage) -> dict[str, Tensor]:
