@@ -37,10 +37,11 @@ OUTPUT_MAX_AGE_S = 3600
 NO_FACE_CHOICE = "Use the centre of the image if no face is found"
 DOWNLOAD_FORMATS = ("glb", "obj", "ply")
 DESCRIPTION = """\
-Upload a photo with one clearly visible face. The app crops the head, embeds it with FaRL,
-samples MonoNPHM head codes with a 1D diffusion model and extracts a coloured mesh
-(+Y up, face towards +Z). The back of the head is the model's guess: change the seed for
-another plausible one.
+Upload a photo with one clearly visible face. The app crops the head, embeds it with an image
+encoder of FaRL's architecture, samples MonoNPHM head codes with a 1D diffusion model and
+extracts a coloured mesh (+Y up, face towards +Z). The back of the head is the model's guess:
+change the seed for another plausible one. The default weights were trained on synthetic heads
+only and do not yet capture a person's identity (see the model card).
 """
 
 
