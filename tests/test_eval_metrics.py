@@ -165,6 +165,20 @@ def test_nearest_neighbours_are_exact_and_independent_of_chunking():
         assert torch.allclose(distances, expected_distances, rtol=0, atol=1e-12)
 
 
+def test_nearest_neighbours_of_surface_clouds_match_brute_force_also_far_from_the_surface():
+    # Enough references for the grid search; queries near the surface, inside it and far away
+    # (those fall back to brute force), so every path of the search is checked against cdist.
+    generator = torch.Generator().manual_seed(1)
+    directions = torch.randn(6000, 3, generator=generator, dtype=torch.float64)
+    references = (directions / directions.norm(dim=1, keepdim=True) * 0.4).float()
+    queries = torch.cat([references[:1500] * 1.02, references[1500:2000] * 0.5, torch.rand(500, 3, generator=generator) * 4 - 2])
+    exact = torch.cdist(queries.double(), references.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    expected_distances, expected_indices = exact.min(dim=1)
+    distances, indices = nearest_neighbours(queries, references, chunk_size=256)
+    assert torch.equal(indices, expected_indices)
+    assert torch.allclose(distances, expected_distances, rtol=0, atol=1e-12)
+
+
 def test_metrics_do_not_depend_on_chunk_size():
     gt = _samples(_sphere(), 3000, 0)
     pred = _samples(_sphere(RADIUS * 1.01), 2000, 1)
