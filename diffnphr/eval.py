@@ -132,7 +132,7 @@ def nearest_neighbours(queries: Tensor, references: Tensor, chunk_size: int = DE
 
 # Grid sizes tried in turn (cells along the references' longest side) before brute force, and
 # the fewest references worth a grid.
-_GRID_CELLS_PER_SIDE = (64, 16)
+_GRID_CELLS_PER_SIDE = (128, 64, 32)
 _GRID_MIN_REFERENCES = 2048
 
 
