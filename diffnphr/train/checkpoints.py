@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,14 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(json.loads((p / STATE_FILE).read_text())["step"]))
 
 
+def newest_checkpoint(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint | None:
+    """The run's newest complete checkpoint (None for a new run); creates the run folder if needed."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    found = list_checkpoints(run_dir)
+    return load_checkpoint(found[-1], device) if found else None
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint folder; tensors and optimiser states land on `device`."""
     path = Path(path)
@@ -124,3 +133,33 @@ def resume_config(config_class: type, given: Any, stored: dict[str, Any] | None,
     if total_steps is not None:
         config = dataclasses.replace(config, total_steps=total_steps)
     return config
+
+
+class TimeBox:
+    """The time budget of one training call: whether another step and the final checkpoint still fit.
+
+    A call stops after `stop_after_steps` steps, or when two more steps (a running average of
+    their duration, log and validation work included) plus one checkpoint would pass
+    `budget_s` seconds counted from `started`.
+    """
+
+    def __init__(self, budget_s: float, started: float, stop_after_steps: int | None = None) -> None:
+        if not budget_s > 0:
+            raise ValueError(f"time_budget_s must be positive, got {budget_s}.")
+        self.budget_s, self.started, self.stop_after_steps = budget_s, started, stop_after_steps
+        self.steps, self.step_s, self.save_s = 0, 0.0, 10.0
+
+    def allows_step(self) -> bool:
+        """Whether one more step fits."""
+        if self.stop_after_steps is not None and self.steps >= self.stop_after_steps:
+            return False
+        return time.monotonic() - self.started + 2 * self.step_s + self.save_s <= self.budget_s
+
+    def stepped(self, seconds: float) -> None:
+        """Count a step that took `seconds`."""
+        self.steps += 1
+        self.step_s = seconds if self.steps == 1 else 0.9 * self.step_s + 0.1 * seconds
+
+    def saved(self, seconds: float) -> None:
+        """Note how long a checkpoint took (the next one is budgeted with a margin)."""
+        self.save_s = 1.5 * seconds + 1.0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,15 @@ from diffnphr.data.heads import head_vertices
 from diffnphr.data.ict import ICTFaceModel, load_ict
 from diffnphr.data.sampling import HeadSampler, SamplingConfig
 from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
-from diffnphr.train.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, resume_config, save_checkpoint
+from diffnphr.train.checkpoints import (
+    Checkpoint,
+    TimeBox,
+    list_checkpoints,
+    load_checkpoint,
+    newest_checkpoint,
+    resume_config,
+    save_checkpoint,
+)
 from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, HeadLatents, save_latent_statistics
 from diffnphr.train.log import TrainingLog
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
@@ -271,14 +278,10 @@ def train_decoder(
     always leaves a checkpoint. Returns a summary: step, total_steps, done, steps_per_s, the
     last logged losses and the checkpoint path.
     """
-    started = time.monotonic()
-    if not time_budget_s > 0:
-        raise ValueError(f"time_budget_s must be positive, got {time_budget_s}.")
+    budget = TimeBox(time_budget_s, time.monotonic(), stop_after_steps)
     run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    found = list_checkpoints(run_dir)
-    checkpoint = load_checkpoint(found[-1], device) if found else None
+    checkpoint = newest_checkpoint(run_dir, device)
     config = _run_config(config, checkpoint.state["config"] if checkpoint else None, total_steps)
     ict = load_ict(ict_path)
     split = _run_split(run_dir, config, ict)
@@ -288,7 +291,7 @@ def train_decoder(
     previous_precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high" if config.precision == "tf32" else "highest")
     try:
-        return _train(run_dir, config, ict, split, checkpoint, device, started, time_budget_s, stop_after_steps)
+        return _train(run_dir, config, ict, split, checkpoint, device, budget)
     finally:
         torch.set_float32_matmul_precision(previous_precision)
 
@@ -379,9 +382,7 @@ def _train(
     split: HeadSplit,
     checkpoint: Checkpoint | None,
     device: torch.device,
-    started: float,
-    time_budget_s: float,
-    stop_after_steps: int | None,
+    budget: TimeBox,
 ) -> dict[str, Any]:
     run = _DecoderRun(config, ict, split, device)
     step, restart_step, trained_s, restored = 0, None, 0.0, True
@@ -400,40 +401,32 @@ def _train(
         return run.save(run_dir, step, state)
 
     saved_at = step if checkpoint is not None else None
-    save_s, step_s, steps_this_call = 10.0, 0.0, 0
     records: list[dict[str, Any]] = []
-    while step < config.total_steps:
-        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-            break
-        if time.monotonic() - started + 2 * step_s + save_s > time_budget_s:
-            break
+    while step < config.total_steps and budget.allows_step():
         tick = time.monotonic()
         terms, loss, factor = run.step(step, restart_step)
         step += 1
-        steps_this_call += 1
         log.add(terms, loss)
         if step % config.log_every == 0 or step == config.total_steps:
             records.append(log.flush(step, {"lr_factor": factor, "heads_per_step": config.heads_per_step,
-                                            "elapsed_s": time.monotonic() - started}))
-            if not math.isfinite(records[-1]["loss"]):
-                raise RuntimeError(f"The training loss became {records[-1]['loss']} at step {step}; see {log.path}.")
-        elapsed = time.monotonic() - tick
-        step_s = elapsed if steps_this_call == 1 else 0.9 * step_s + 0.1 * elapsed
+                                            "elapsed_s": time.monotonic() - budget.started}))
+        budget.stepped(time.monotonic() - tick)
         if step % config.checkpoint_every == 0:
             tick = time.monotonic()
             save()
-            saved_at, save_s = step, 1.5 * (time.monotonic() - tick) + 1.0
+            saved_at = step
+            budget.saved(time.monotonic() - tick)
     path = save() if saved_at != step else list_checkpoints(run_dir)[-1]
     rates = [record["steps_per_s"] for record in records[-5:]]
     return {
         "step": step,
         "total_steps": config.total_steps,
         "done": step >= config.total_steps,
-        "steps_this_call": steps_this_call,
+        "steps_this_call": budget.steps,
         "steps_per_s": float(np.median(rates)) if rates else None,
         "losses": records[-1] if records else {},
         "checkpoint": str(path),
-        "elapsed_s": time.monotonic() - started,
+        "elapsed_s": time.monotonic() - budget.started,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,16 @@ class TrainingLog:
         self.count += 1
 
     def flush(self, step: int, extra: dict[str, Any]) -> dict[str, Any]:
-        """Write the averages since the last flush, steps/s and `extra`; return the record."""
+        """Write the averages since the last flush, steps/s and `extra`; return the record.
+
+        A loss that has become NaN or infinite stops training with a `RuntimeError` naming the step.
+        """
         now = time.monotonic()
         record = {"step": step, **{k: float(v) / self.count for k, v in self.sums.items()}}
         record["steps_per_s"] = self.count / (now - self.since)
         record.update(extra)
         self.write(record)
         self.sums, self.count, self.since = {}, 0, now
+        if not math.isfinite(record["loss"]):
+            raise RuntimeError(f"The training loss became {record['loss']} at step {step}; see {self.path}.")
         return record

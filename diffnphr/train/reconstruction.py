@@ -43,7 +43,14 @@ from diffnphr.data.ict import load_ict
 from diffnphr.data.renders import HeadRenderer, RenderConfig
 from diffnphr.diffusion import DiffusionConfig, LatentDiffusion
 from diffnphr.encoders import FaceEncoder, farl_vision_config
-from diffnphr.train.checkpoints import list_checkpoints, load_checkpoint, resume_config, save_checkpoint
+from diffnphr.train.checkpoints import (
+    TimeBox,
+    list_checkpoints,
+    load_checkpoint,
+    newest_checkpoint,
+    resume_config,
+    save_checkpoint,
+)
 from diffnphr.train.decoder import CODEBOOKS_NAME, resolve_device
 from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, load_head_latents, load_latent_statistics
 from diffnphr.train.log import TrainingLog
@@ -163,7 +170,7 @@ class ExponentialAverage:
         """Move the averages towards the current weights (decay warms up as (1 + step) / (10 + step))."""
         decay = min(self.decay, (1 + step) / (10 + step))
         for name, module in self.modules.items():
-            averaged = [p for p in self.shadow[name].parameters()]
+            averaged = list(self.shadow[name].parameters())
             current = [p.detach() for p in module.parameters()]
             torch._foreach_lerp_(averaged, current, 1.0 - decay)
 
@@ -308,14 +315,10 @@ def train_reconstruction(
     be overrun, always leaving a checkpoint. `backgrounds` is a background bank file for the
     renders (`python -m diffnphr build-backgrounds`). Returns a summary of the call.
     """
-    started = time.monotonic()
-    if not time_budget_s > 0:
-        raise ValueError(f"time_budget_s must be positive, got {time_budget_s}.")
+    budget = TimeBox(time_budget_s, time.monotonic(), stop_after_steps)
     run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    found = list_checkpoints(run_dir)
-    checkpoint = load_checkpoint(found[-1], device) if found else None
+    checkpoint = newest_checkpoint(run_dir, device)
     config = _run_config(config, checkpoint.state["config"] if checkpoint else None, total_steps)
     (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
@@ -353,13 +356,8 @@ def train_reconstruction(
 
     autocast = device.type == "cuda" and config.bf16
     saved_at = step if checkpoint is not None else None
-    save_s, step_s, steps_this_call = 10.0, 0.0, 0
     records: list[dict[str, Any]] = []
-    while step < config.total_steps:
-        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-            break
-        if time.monotonic() - started + 2 * step_s + save_s > time_budget_s:
-            break
+    while step < config.total_steps and budget.allows_step():
         tick = time.monotonic()
         factor = _cosine_factor(config, step, restart_step)
         for group in optimizer.param_groups:
@@ -374,31 +372,29 @@ def train_reconstruction(
         optimizer.step()
         ema.update(step)
         step += 1
-        steps_this_call += 1
         log.add(terms, loss)
         extra: dict[str, Any] = {}
         if step % config.validate_every == 0 or step == config.total_steps:
             extra = _validate(models, batches)
         if step % config.log_every == 0 or step == config.total_steps or extra:
-            records.append(log.flush(step, {"lr_factor": factor, "elapsed_s": time.monotonic() - started, **extra}))
-            if not math.isfinite(records[-1]["loss"]):
-                raise RuntimeError(f"The training loss became {records[-1]['loss']} at step {step}; see {log.path}.")
-        elapsed = time.monotonic() - tick
-        step_s = elapsed if steps_this_call == 1 else 0.9 * step_s + 0.1 * elapsed
+            elapsed = time.monotonic() - budget.started
+            records.append(log.flush(step, {"lr_factor": factor, "elapsed_s": elapsed, **extra}))
+        budget.stepped(time.monotonic() - tick)
         if step % config.checkpoint_every == 0:
             tick = time.monotonic()
             save()
-            saved_at, save_s = step, 1.5 * (time.monotonic() - tick) + 1.0
+            saved_at = step
+            budget.saved(time.monotonic() - tick)
     path = save() if saved_at != step else list_checkpoints(run_dir)[-1]
     return {
         "step": step,
         "total_steps": config.total_steps,
         "done": step >= config.total_steps,
-        "steps_this_call": steps_this_call,
-        "images_per_s": config.batch_size / step_s if step_s else None,
+        "steps_this_call": budget.steps,
+        "images_per_s": config.batch_size / budget.step_s if budget.step_s else None,
         "losses": records[-1] if records else {},
         "checkpoint": str(path),
-        "elapsed_s": time.monotonic() - started,
+        "elapsed_s": time.monotonic() - budget.started,
     }
 
 
