@@ -14,9 +14,16 @@ from diffnphr.diffusion import LatentDiffusion
 from diffnphr.encoders import FaceEncoder, farl_vision_config
 from diffnphr.train.checkpoints import list_checkpoints
 from diffnphr.train.head_latents import load_latent_statistics
+from diffnphr.data.appearance import REGIONS
+from diffnphr.data.ict import load_ict
+from diffnphr.data.renders import HeadRenderer, RenderConfig
+from diffnphr.nphm.latents import unpack
+from diffnphr.train.head_latents import load_head_latents
 from diffnphr.train.reconstruction import (
     ExponentialAverage,
     ReconstructionTrainingConfig,
+    TrainingHeads,
+    _Batches,
     export_reconstruction,
     train_reconstruction,
 )
@@ -43,6 +50,7 @@ def test_training_resumes_and_exports_loadable_weights(tmp_path):
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     losses = [record for record in log if "diffusion" in record]
     assert all(torch.isfinite(torch.tensor(r["diffusion"])) and r["regression"] > 0 for r in losses)
+    assert all(r["diffusion_readout"] > 0 and r["regression_readout"] > 0 for r in losses)
     assert any("val_heldout_diffusion" in record for record in log)
 
     paths = export_reconstruction(run, tmp_path / "weights")
@@ -87,6 +95,34 @@ def test_a_frozen_farl_encoder_is_switched_on_by_config_and_stays_unchanged(tmp_
     trained = LatentDiffusion.from_pretrained(paths["diffusion"])
     assert diffusion_config.cond_dim == 16
     assert any(not torch.equal(a, b) for a, b in zip(initial.unet.parameters(), trained.unet.parameters()))
+
+
+@pytest.mark.parametrize("mix_appearance", [True, False])
+def test_training_targets_describe_the_rendered_head_and_its_colours(mix_appearance):
+    heads = TrainingHeads.load(LATENTS)
+    renderer = HeadRenderer(load_ict(), torch.device("cpu"), RenderConfig(image_size=32))
+    batches = _Batches(tiny_config(mix_appearance=mix_appearance), heads, renderer, torch.device("cpu"))
+    batch = batches.training(seed=3, count=6)
+    assert batch.crops.shape == (6, 3, 32, 32) and batch.factors.shape == (6, batches.factor_dim)
+    codebooks = load_head_latents(LATENTS, "codebooks")
+    split = heads.split
+    z_geo, z_exp, z_app = unpack(batch.latents)
+    mixed = 0
+    for k in range(6):
+        # the shape and expression are one training head's; the colours (and z_app) are one training identity's
+        shape_row = int((codebooks.z_geo.float() == z_geo[k]).all(1).nonzero())
+        colour_row = int((codebooks.z_app.float() == z_app[k]).all(1).nonzero())
+        assert any(torch.equal(z_exp[k], codebooks.z_exp[shape_row, slot].float()) for slot in range(8))
+        colours_of = batches.factors(split.train_identities[[shape_row]], torch.tensor([0]),
+                                     split.train_identities[[colour_row]])[0]
+        shape_of = batches.factors(split.train_identities[[shape_row]], torch.tensor([0]),
+                                   split.train_identities[[shape_row]])[0]
+        identity_columns = slice(0, split.identity_coefficients.shape[1])
+        assert torch.allclose(batch.factors[k, identity_columns], shape_of[identity_columns])
+        colour_columns = slice(-3 * len(REGIONS), None)
+        assert torch.allclose(batch.factors[k, colour_columns], colours_of[colour_columns])
+        mixed += shape_row != colour_row
+    assert (mixed > 0) == mix_appearance
 
 
 def test_exponential_average_follows_the_weights_slowly():

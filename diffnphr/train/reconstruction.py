@@ -3,17 +3,25 @@
 The paper conditions its latent diffusion model on a frozen FaRL embedding of the photo. FaRL's
 weights cannot be had here, so the default encoder has FaRL's architecture, smaller
 (`ReconstructionTrainingConfig.encoder`), and is trained from scratch together with the U-Net:
-the diffusion loss is the encoder's only training signal. Setting `frozen_encoder` to a
-converted FaRL folder gives the paper's setting instead (encoder loaded and frozen, the
-renders sized to its input).
+trained by the diffusion loss and by a linear read-out of the head's generating factors
+(`FactorReadout`: ICT identity coefficients, expression weights, appearance colours), which
+gives the encoder a direct, low-dimensional signal about the face's shape. Setting
+`frozen_encoder` to a converted FaRL folder gives the paper's setting instead (encoder loaded
+and frozen, the renders sized to its input, no read-out).
 
 Each step draws `batch_size` (identity, expression slot) heads of the decoder's training split
 (`weights/decoder_latents`), renders them on the device with fresh random pose, light, hair,
 background and camera (`diffnphr.data.renders.HeadRenderer`), crops them by the app's crop rule
 and trains on (crop, z) pairs, z being the head's codebook latent normalised per dimension
-(`LatentStatistics`). In the same step the direct-regression baseline (the same encoder
+(`LatentStatistics`). With `mix_appearance` each head wears the procedural colours of another
+random training identity and z carries that identity's z_app: colours are then no key to the
+head's identity, so the encoder must read its shape (with every head in its own colours, it
+learns to recognise the 1,000 training heads by colour, which tells nothing about a new face).
+The swap is exact because the decoder's colour field lives in the canonical space all heads
+share: z_app of identity j on the geometry of identity i decodes j's colours (0.002-0.004 mean
+absolute sRGB error on six pairs, against 0.04-0.44 between the two colourings). In the same step the direct-regression baseline (the same encoder
 architecture + an MLP to z, `diffnphr.baselines.regression`) trains on the same crops with the
-same optimiser settings, so the evaluation compares like with like. All trained weights keep
+same optimiser settings and read-out, so the evaluation compares like with like. All trained weights keep
 an exponential moving average (EMA); exports use it.
 
 Runs live in one folder (`train_log.jsonl`, `checkpoint-<step>` folders from
@@ -43,6 +51,7 @@ from diffnphr.data.ict import load_ict
 from diffnphr.data.renders import HeadRenderer, RenderConfig
 from diffnphr.diffusion import DiffusionConfig, LatentDiffusion
 from diffnphr.encoders import FaceEncoder, farl_vision_config
+from diffnphr.nphm.latents import Z_APP, Z_EXP, Z_GEO
 from diffnphr.train.checkpoints import (
     TimeBox,
     list_checkpoints,
@@ -69,6 +78,7 @@ DEFAULT_ENCODER = dict(
 RESUMABLE_OVERRIDES = ("total_steps", "log_every", "validate_every", "checkpoint_every")
 _STEP_SEED = 1_000_003  # render seeds of training steps: seed * _STEP_SEED + step
 _VALIDATION_SEED = 2**40  # fixed validation renders: _VALIDATION_SEED + seed (held out), + 1 (training heads)
+_Z_APP = slice(Z_GEO + Z_EXP, Z_GEO + Z_EXP + Z_APP)  # z_app's columns in a padded latent
 
 
 @dataclass
@@ -80,6 +90,8 @@ class ReconstructionTrainingConfig:
     diffusion: dict[str, Any] = field(default_factory=dict)  # DiffusionConfig overrides
     regression: bool = True  # train the direct-regression baseline alongside
     regression_hidden: int = 256
+    mix_appearance: bool = True  # each head rendered in another training identity's colours (module docstring)
+    readout_weight: float = 1.0  # weight of the encoders' generating-factor read-out loss (0: none)
     render: dict[str, Any] = field(default_factory=dict)  # RenderConfig overrides (image_size follows the encoder)
     batch_size: int = 256
     total_steps: int = 12_000
@@ -102,6 +114,8 @@ class ReconstructionTrainingConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
+        if not self.readout_weight >= 0:
+            raise ValueError(f"readout_weight must be non-negative, got {self.readout_weight}.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able settings."""
@@ -157,6 +171,33 @@ class TrainingHeads:
         )
 
 
+class FactorReadout(nn.Module):
+    """Linear map from an encoder's embedding to a head's standardised generating factors (training only).
+
+    The factors are what made the rendered head: its ICT identity coefficients, its expression's
+    blendshape weights and its appearance's region colours (`_Batches.factors`). Predicting them
+    linearly from `z_cond` asks the encoder to carry them, which the diffusion loss alone
+    asks only weakly; the read-out is not exported.
+    """
+
+    def __init__(self, cond_dim: int, factor_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(cond_dim, factor_dim)
+
+    def forward(self, z_cond: Tensor) -> Tensor:
+        """Predicted standardised factors [B, factor_dim] from embeddings [B, cond_dim]."""
+        return self.linear(z_cond)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of training or validation renders and what they should give."""
+
+    crops: Tensor  # (B, 3, S, S) in [0, 1]
+    latents: Tensor  # (B, 4456) raw target latents
+    factors: Tensor  # (B, factor_dim) standardised generating factors (`_Batches.factors`)
+
+
 class ExponentialAverage:
     """EMA copies of some modules' parameters (buffers are copied as they are at export)."""
 
@@ -203,6 +244,17 @@ class _Models:
             self.trained["encoder"] = self.encoder
         if self.regressor is not None:
             self.trained["regression"] = self.regressor if not config.frozen_encoder else self.regressor.head
+        self.readouts: dict[str, FactorReadout] = {}
+
+    def add_readouts(self, config: ReconstructionTrainingConfig, factor_dim: int) -> None:
+        """A factor read-out per trained encoder (it exists to shape the encoder: a frozen one gets none)."""
+        if config.readout_weight == 0 or config.frozen_encoder:
+            return
+        cond_dim, device = self.encoder.model.config.projection_dim, self.diffusion.data_mean.device
+        self.readouts["diffusion"] = FactorReadout(cond_dim, factor_dim).to(device)
+        if self.regressor is not None:
+            self.readouts["regression"] = FactorReadout(cond_dim, factor_dim).to(device)
+        self.trained.update({f"{name}_readout": readout for name, readout in self.readouts.items()})
 
     def parameters(self) -> list[nn.Parameter]:
         """Every trained parameter (one optimiser holds them all)."""
@@ -219,7 +271,7 @@ def _cosine_factor(config: ReconstructionTrainingConfig, step: int, restart_step
 
 
 class _Batches:
-    """Renders of training heads (or held-out ones) with their target latents, one call per step."""
+    """Renders of training heads (or held-out ones) with their targets, one call per step."""
 
     def __init__(self, config: ReconstructionTrainingConfig, heads: TrainingHeads, renderer: HeadRenderer,
                  device: torch.device) -> None:
@@ -228,28 +280,52 @@ class _Batches:
         self.appearance = split.appearance(torch.arange(len(split.appearance_seeds))).to(device)
         self.latents = heads.latents.to(device)
         self.heldout_latents = heads.heldout_latents.to(device) if heads.heldout_latents is not None else None
+        train = split.train_identities
+        self._factor_scale = [
+            _standardiser(split.identity_coefficients[train]),
+            _standardiser(split.expression_weights[train].flatten(0, 1)),
+            _standardiser(self.appearance.region_colours[train.to(device)].flatten(1).cpu()),
+        ]
 
-    def _render(self, identities: Tensor, slots: Tensor, seed: int) -> Tensor:
+    @property
+    def factor_dim(self) -> int:
+        """Length of a head's factor vector (identity coefficients + expression weights + region colours)."""
+        return sum(len(mean) for mean, _ in self._factor_scale)
+
+    def factors(self, identities: Tensor, slots: Tensor, appearance_identities: Tensor) -> Tensor:
+        """(B, factor_dim) standardised generating factors of B rendered heads (on the device)."""
+        split = self.heads.split
+        raw = [split.identity_coefficients[identities], split.expression_weights[identities, slots],
+               self.appearance.region_colours[appearance_identities.to(self.device)].flatten(1).cpu()]
+        return torch.cat([(value - mean) / std for value, (mean, std) in zip(raw, self._factor_scale)], 1).to(self.device)
+
+    def _render(self, identities: Tensor, slots: Tensor, appearance_identities: Tensor, seed: int
+                ) -> tuple[Tensor, Tensor]:
+        """Crops of the heads (identity, slot) in the colours of `appearance_identities`, and their factors."""
         split = self.heads.split
         scenes = self.renderer.sample_scenes(
             split.identity_coefficients[identities].to(self.device),
             split.expression_weights[identities, slots].to(self.device),
-            self.appearance.select(identities.to(self.device)),
+            self.appearance.select(appearance_identities.to(self.device)),
             seed=seed,
         )
-        return self.renderer.render_crops(scenes)
+        return self.renderer.render_crops(scenes), self.factors(identities, slots, appearance_identities)
 
-    def training(self, seed: int, count: int) -> tuple[Tensor, Tensor]:
-        """(crops (B, 3, S, S) in [0, 1], raw latents (B, 4456)) of random training heads, drawn from `seed`."""
+    def training(self, seed: int, count: int) -> Batch:
+        """Random training heads drawn from `seed` (in other identities' colours with `mix_appearance`)."""
         generator = torch.Generator().manual_seed(seed)
-        split = self.heads.split
+        split, slots_per_id = self.heads.split, self.heads.split.expressions_per_identity
         rows = torch.randint(0, len(split.train_identities), (count,), generator=generator)
-        slots = torch.randint(0, split.expressions_per_identity, (count,), generator=generator)
-        crops = self._render(split.train_identities[rows], slots, seed)
-        return crops, self.latents[(rows * split.expressions_per_identity + slots).to(self.device)]
+        slots = torch.randint(0, slots_per_id, (count,), generator=generator)
+        colour_rows = torch.randint(0, len(split.train_identities), (count,), generator=generator) if self.config.mix_appearance else rows
+        identities = split.train_identities[rows]
+        crops, factors = self._render(identities, slots, split.train_identities[colour_rows], seed)
+        latents = self.latents[(rows * slots_per_id + slots).to(self.device)].clone()
+        latents[:, _Z_APP] = self.latents[(colour_rows * slots_per_id).to(self.device), _Z_APP]
+        return Batch(crops, latents, factors)
 
-    def heldout(self, count: int) -> tuple[Tensor, Tensor] | None:
-        """Fixed renders of held-out identities with their fitted latents (None without fitted latents)."""
+    def heldout(self, count: int) -> Batch | None:
+        """Fixed renders of held-out identities, in their own colours, with their fitted latents (None without them)."""
         if self.heldout_latents is None:
             return None
         split, slots_per_id = self.heads.split, self.heads.heldout_slots
@@ -257,19 +333,31 @@ class _Batches:
         generator = torch.Generator().manual_seed(seed)
         rows = torch.randint(0, len(split.heldout_identities), (count,), generator=generator)
         slots = torch.randint(0, slots_per_id, (count,), generator=generator)
-        crops = self._render(split.heldout_identities[rows], slots, seed)
-        return crops, self.heldout_latents[(rows * slots_per_id + slots).to(self.device)]
+        identities = split.heldout_identities[rows]
+        crops, factors = self._render(identities, slots, identities, seed)
+        return Batch(crops, self.heldout_latents[(rows * slots_per_id + slots).to(self.device)], factors)
 
 
-def _losses(models: _Models, crops: Tensor, latents: Tensor, autocast: bool,
+def _standardiser(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-column mean and standard deviation (at least 1e-3, so constant columns stay 0) of (N, D) values."""
+    return values.mean(0), values.std(0).clamp_min(1e-3)
+
+
+def _losses(models: _Models, batch: Batch, autocast: bool, readout_weight: float,
             generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """The diffusion loss and (if trained) the regression baseline's MSE on one batch."""
-    with torch.autocast(device_type=crops.device.type, dtype=torch.bfloat16, enabled=autocast):
-        pixels = models.encoder.preprocess(crops)
-        terms = {"diffusion": models.diffusion.training_loss(latents, models.encoder(pixels).float(), generator)}
+    """The diffusion loss, the regression baseline's MSE (if trained) and each encoder's weighted read-out loss."""
+    with torch.autocast(device_type=batch.crops.device.type, dtype=torch.bfloat16, enabled=autocast):
+        pixels = models.encoder.preprocess(batch.crops)
+        z_cond = models.encoder(pixels).float()
+        terms = {"diffusion": models.diffusion.training_loss(batch.latents, z_cond, generator)}
+        embeddings = {"diffusion": z_cond}
         if models.regressor is not None:
-            predicted = models.regressor(pixels).float()
-            terms["regression"] = (predicted - models.diffusion.normalize(latents)).pow(2).mean()
+            embeddings["regression"] = models.regressor.encoder(pixels).float()
+            predicted = models.regressor.head(embeddings["regression"]).float()
+            terms["regression"] = (predicted - models.diffusion.normalize(batch.latents)).pow(2).mean()
+        for name, readout in models.readouts.items():
+            error = readout(embeddings[name]).float() - batch.factors
+            terms[f"{name}_readout"] = readout_weight * error.pow(2).mean()
     return terms
 
 
@@ -285,9 +373,9 @@ def _validate(models: _Models, batches: _Batches) -> dict[str, float]:
         module.eval()
     results = {}
     with torch.no_grad():
-        for name, (crops, latents) in sets.items():
-            generator = torch.Generator(device=crops.device).manual_seed(1234)
-            terms = _losses(models, crops, latents, autocast=batches.device.type == "cuda", generator=generator)
+        for name, batch in sets.items():
+            generator = torch.Generator(device=batch.crops.device).manual_seed(1234)
+            terms = _losses(models, batch, batches.device.type == "cuda", batches.config.readout_weight, generator)
             results.update({f"val_{name}_{term}": float(value) for term, value in terms.items()})
     for name, module in models.trained.items():
         module.train(was_training[name])
@@ -332,6 +420,7 @@ def train_reconstruction(
     renderer = HeadRenderer(load_ict(ict_path), device, RenderConfig(**{**config.render, "image_size": image_size}),
                             backgrounds=bank)
     batches = _Batches(config, heads, renderer, device)
+    models.add_readouts(config, batches.factor_dim)
     optimizer = torch.optim.AdamW(models.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     ema = ExponentialAverage(models.trained, config.ema_decay)
 
@@ -362,8 +451,8 @@ def train_reconstruction(
         factor = _cosine_factor(config, step, restart_step)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * factor
-        crops, latents = batches.training(config.seed * _STEP_SEED + step, config.batch_size)
-        terms = _losses(models, crops, latents, autocast)
+        batch = batches.training(config.seed * _STEP_SEED + step, config.batch_size)
+        terms = _losses(models, batch, autocast, config.readout_weight)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
