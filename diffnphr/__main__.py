@@ -108,9 +108,20 @@ def _eval_reconstruction(args: argparse.Namespace) -> None:
         args.weights, args.latents, args.out, methods=args.methods, count=args.count, resolution=args.resolution,
         points=args.points, regression_dir=args.regression, landmarks_file=args.landmarks, max_minutes=args.max_minutes,
         device=args.device, seed=args.seed, ict_path=args.ict, backgrounds=args.backgrounds, figures_dir=args.figures,
-        log=lambda message: print(message, file=sys.stderr, flush=True),
+        shard=args.shard, log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(json.dumps(report, indent=2) if args.json else format_reconstruction_summary(report))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """`K/N` (0 <= K < N) as a pair, for `--shard`."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/4, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"K/N needs 0 <= K < N, got {text!r}")
+    return k, n
 
 
 def _eval_landmarks(args: argparse.Namespace) -> None:
@@ -319,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backgrounds", type=Path, default=None, help="background bank for the renders")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after about this long; rerun to continue")
     p.add_argument("--figures", type=Path, default=None, help="folder for side-by-side PNGs and the steps chart")
+    p.add_argument("--shard", type=_shard, default=None,
+                   help="K/N: evaluate only the K-th (from 0) of N contiguous parts of the renders, so N processes "
+                        "can share a GPU and --out; a call without it then reports on (and draws) everything")
     p.add_argument("--seed", type=int, default=0)
     _add_training_data_options(p)
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the markdown summary")

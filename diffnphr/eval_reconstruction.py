@@ -29,6 +29,9 @@ over the Chamfer to another head's, at the pipeline's default settings) and expr
 
 Work is cached per (kind, method, render) in the output folder (`results.jsonl`), so a call stops
 at `max_minutes` and the next one continues; `settings.json` guards against mixing settings.
+With `shard=(k, n)` a call takes only the k-th of n contiguous parts of the renders and caches
+into `results-k-of-n.jsonl`, so n processes can share one GPU and folder (meshing and metrics
+are single-threaded CPU work); every call reads all the folder's result files.
 """
 
 from __future__ import annotations
@@ -254,11 +257,12 @@ def _parse_diffusion_name(name: str) -> tuple[int, float]:
 
 
 class _ResultCache:
-    """Per-item results in `results.jsonl` (one JSON line each), valid for the settings in `settings.json`."""
+    """Per-item results in `results*.jsonl` (one JSON line each), valid for the settings in `settings.json`;
+    new results go to `results.jsonl`, or to the shard's own file."""
 
-    def __init__(self, directory: Path, settings: dict[str, Any]):
+    def __init__(self, directory: Path, settings: dict[str, Any], shard: tuple[int, int] | None = None):
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / CACHE_FILE
+        self.path = directory / (CACHE_FILE if shard is None else f"{Path(CACHE_FILE).stem}-{shard[0]}-of-{shard[1]}.jsonl")
         settings_path = directory / SETTINGS_FILE
         if settings_path.is_file():
             stored = json.loads(settings_path.read_text())
@@ -269,10 +273,12 @@ class _ResultCache:
                 raise ValueError(f"{directory} holds results made with other settings ({', '.join(changed)}); "
                                  f"use another output folder or delete it.")
             settings = {**settings, "methods": {**stored.get("methods", {}), **settings["methods"]}}
-        settings_path.write_text(json.dumps(settings, indent=1) + "\n")
+        text = json.dumps(settings, indent=1) + "\n"
+        if not settings_path.is_file() or settings_path.read_text() != text:  # shards starting together write it once
+            settings_path.write_text(text)
         self.results: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
+        for path in sorted(directory.glob(f"{Path(CACHE_FILE).stem}*.jsonl")):
+            for line in path.read_text().splitlines():
                 if line.strip():
                     record = json.loads(line)
                     self.results[record["key"]] = record
@@ -330,6 +336,7 @@ def evaluate_reconstruction(
     neighbour_heads: int | None = None,
     figures_dir: str | os.PathLike | None = None,
     figures: int = 3,
+    shard: tuple[int, int] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the reconstruction pipeline and the baselines on renders of held-out heads (module docstring).
@@ -344,6 +351,8 @@ def evaluate_reconstruction(
     pending). `renderer` replaces the training `HeadRenderer` (tests), `neighbour_heads` limits
     the nearest-neighbour pool. With `figures_dir`, side-by-side PNGs of the first `figures`
     renders and the astronaut portrait, and a steps-vs-Chamfer chart, are written there.
+    `shard=(k, n)` evaluates only the k-th (0-based) of n contiguous parts of the renders (see
+    the module docstring; figures are left to a call without it).
     """
     started = time.monotonic()
     log = log or (lambda message: None)
@@ -351,6 +360,8 @@ def evaluate_reconstruction(
         raise ValueError(f"resolution must be at least 16 and points and count positive; got {resolution}, {points}, {count}")
     if max_minutes is not None and not max_minutes > 0:
         raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
     from diffnphr.pipeline import HeadReconstructionPipeline, resolve_pipeline_weights
 
     device = resolve_device(device)
@@ -389,16 +400,17 @@ def evaluate_reconstruction(
                 "methods": {"regression": _digest(regression_dir)} if regressor is not None else {}}
     if landmark_latents is not None:
         settings["methods"]["landmark_ridge"] = _digest(landmarks_file)
-    cache = _ResultCache(Path(out_dir), settings)
+    cache = _ResultCache(Path(out_dir), settings, shard)
 
     work = _Work(cache, predictors, truth_heads, split, renders, pipeline.decoder, resolution, points, seed)
     deadline = None if max_minutes is None else started + 60.0 * max_minutes
-    stopped = work.run(scope, chosen, default, deadline, log)
+    part = scope if shard is None else scope[shard[0] * len(scope) // shard[1] : (shard[0] + 1) * len(scope) // shard[1]]
+    stopped = work.run(part, chosen, default, deadline, log)
 
     report = build_report(cache, renders, scope, chosen, default, settings, notes)
     report["complete"] = not stopped
     report["seconds"] = round(time.monotonic() - started, 1)
-    if figures_dir is not None:
+    if figures_dir is not None and shard is None:
         report["figures"] = write_figures(Path(figures_dir), report, work, min(figures, len(scope)), resolution)
     Path(out_dir, REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
     Path(out_dir, REPORT_MD).write_text(format_reconstruction_summary(report) + "\n")
@@ -501,7 +513,8 @@ class _Work:
         other = (index + SLOTS_PER_IDENTITY) % len(self.renders)
         second = self.mesh(self.latent(method, index, view=1))
         another = self.mesh(self.latent(method, other, view=1))
-        return {"other": other, **reconstruction_distances(mesh, second, another, self.points, self.seed + index)}
+        distances = reconstruction_distances(mesh, second, another, self.points, self.seed + index, self.truth_heads.device)
+        return {"other": other, **distances}
 
     def transfer_item(self, method: str, index: int) -> dict[str, Any]:
         """Identity of neutral render `index` with the expression of the next identity's first posed render."""
@@ -526,15 +539,16 @@ class _Mesh:
     faces: Tensor
 
 
-def reconstruction_distances(mesh, second, another, points: int, seed: int) -> dict[str, Any]:
+def reconstruction_distances(mesh, second, another, points: int, seed: int,
+                             device: torch.device | str = "cpu") -> dict[str, Any]:
     """Chamfer-L1 (mm) of `mesh` to `second` (the same head, another render) and to `another` (another head).
 
-    Each mesh is sampled above the box floor like the ground truth; an empty mesh gives the
-    reason instead of numbers.
+    Each mesh is sampled above the box floor like the ground truth, on `device` (where the
+    nearest-neighbour search runs); an empty mesh gives the reason instead of numbers.
     """
     try:
-        samples = [sample_above_floor(torch.as_tensor(np.asarray(m.vertices), dtype=torch.float32),
-                                      torch.as_tensor(np.asarray(m.faces)), points, seed + 1000 * k)
+        samples = [sample_above_floor(torch.as_tensor(np.asarray(m.vertices), dtype=torch.float32, device=device),
+                                      torch.as_tensor(np.asarray(m.faces), device=device), points, seed + 1000 * k)
                    for k, m in enumerate((mesh, second, another))]
     except ValueError as error:
         return {"error": str(error)}

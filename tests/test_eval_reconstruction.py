@@ -150,6 +150,24 @@ def test_a_stopped_run_continues_and_a_rerun_reuses_the_cache(tmp_path, tiny_wei
         evaluate_reconstruction(tiny_weights_dir, latents_dir, out, **{**settings, "points": 500})
 
 
+def test_shards_share_the_work_and_a_plain_call_reports_it_all(tmp_path, tiny_weights_dir, latents_dir):
+    out = tmp_path / "eval"
+    settings = dict(methods=["mean", "diffusion_ddim5_g1"], count=2, resolution=24, points=400,
+                    renderer=StandInRenderer(), device="cpu")
+    first = evaluate_reconstruction(tiny_weights_dir, latents_dir, out, shard=(0, 2), **settings)
+    assert first["pending"]  # the other half is still to do
+    evaluate_reconstruction(tiny_weights_dir, latents_dir, out, shard=(1, 2), **settings)
+    files = sorted(path.name for path in out.glob("results*.jsonl"))
+    assert files == ["results-0-of-2.jsonl", "results-1-of-2.jsonl"]
+    keys = [{json.loads(line)["key"] for line in (out / name).read_text().splitlines()} for name in files]
+    assert not keys[0] & keys[1]
+    report = evaluate_reconstruction(tiny_weights_dir, latents_dir, out, **settings)
+    assert report["complete"] and not report["pending"] and report["compared_renders"] == 6
+    assert not (out / CACHE_FILE).exists()  # everything came from the shards' files
+    with pytest.raises(ValueError, match="shard"):
+        evaluate_reconstruction(tiny_weights_dir, latents_dir, out, shard=(2, 2), **settings)
+
+
 def test_unknown_or_unavailable_methods_are_refused(tmp_path, tiny_weights_dir, latents_dir):
     with pytest.raises(ValueError, match="unknown methods"):
         evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path, methods=["oracle"], device="cpu",
