@@ -317,7 +317,9 @@ class _Batches:
         split, slots_per_id = self.heads.split, self.heads.split.expressions_per_identity
         rows = torch.randint(0, len(split.train_identities), (count,), generator=generator)
         slots = torch.randint(0, slots_per_id, (count,), generator=generator)
-        colour_rows = torch.randint(0, len(split.train_identities), (count,), generator=generator) if self.config.mix_appearance else rows
+        colour_rows = rows
+        if self.config.mix_appearance:
+            colour_rows = torch.randint(0, len(split.train_identities), (count,), generator=generator)
         identities = split.train_identities[rows]
         crops, factors = self._render(identities, slots, split.train_identities[colour_rows], seed)
         latents = self.latents[(rows * slots_per_id + slots).to(self.device)].clone()
