@@ -223,6 +223,14 @@ def _add_training_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
+def _add_training_run_options(p: argparse.ArgumentParser) -> None:
+    """The options every resumable trainer takes: time budget, settings file, planned steps, data, device."""
+    p.add_argument("--time-budget", type=float, default=540.0, help="seconds this call may train before it saves and stops")
+    p.add_argument("--config", type=Path, default=None, help="JSON file of training settings (default: the defaults)")
+    p.add_argument("--steps", type=int, default=None, help="planned total steps (the schedules are fractions of it)")
+    _add_training_data_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m diffnphr", description=__doc__)
@@ -251,10 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-decoder", help="train (or resume) the MonoNPHM-architecture decoder on ICT-FaceKit heads")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, split, log; resumed when it exists")
-    p.add_argument("--time-budget", type=float, default=540.0, help="seconds this call may train before it saves and stops")
-    p.add_argument("--config", type=Path, default=None, help="JSON file of training settings (default: the defaults)")
-    p.add_argument("--steps", type=int, default=None, help="planned total steps (the schedules are fractions of it)")
-    _add_training_data_options(p)
+    _add_training_run_options(p)
     p.set_defaults(run=_train_decoder)
 
     p = sub.add_parser("export-decoder", help="a training run's newest checkpoint -> decoder/ and decoder_latents/ folders")
@@ -268,10 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"),
                    help="the decoder's split + codebook latents (the diffusion targets)")
     p.add_argument("--backgrounds", type=Path, default=None, help="background bank (python -m diffnphr build-backgrounds)")
-    p.add_argument("--time-budget", type=float, default=540.0, help="seconds this call may train before it saves and stops")
-    p.add_argument("--config", type=Path, default=None, help="JSON file of training settings (default: the defaults)")
-    p.add_argument("--steps", type=int, default=None, help="planned total steps (the schedule is a fraction of it)")
-    _add_training_data_options(p)
+    _add_training_run_options(p)
     p.set_defaults(run=_train_reconstruction)
 
     p = sub.add_parser("export-reconstruction",

@@ -32,7 +32,7 @@ from diffnphr.data.sampling import HeadSampler
 from diffnphr.eval import SurfaceSamples, head_and_face_metrics, sample_surface
 from diffnphr.nphm import MonoNPHM
 from diffnphr.train.decoder import CODEBOOKS_NAME, resolve_device
-from diffnphr.train.head_latents import HeadLatents, load_head_latents
+from diffnphr.train.head_latents import FITTED_HELDOUT_NAME, HeadLatents, load_head_latents
 from diffnphr.train.split import HeadSplit, load_head_split
 
 SPLITS = ("train", "heldout")
@@ -203,7 +203,7 @@ def _split_latents(name: str, latents_dir, fitted_dir) -> tuple[HeadLatents | No
         return None, ("no fitted latents given (fitted_dir): fit them first with "
                       "`python -m diffnphr fit --out DIR` and pass that folder")
     try:
-        return load_head_latents(fitted_dir, "fitted_heldout"), "held-out identities, latents fitted with the decoder frozen"
+        return load_head_latents(fitted_dir, FITTED_HELDOUT_NAME), "held-out identities, latents fitted with the decoder frozen"
     except FileNotFoundError as error:
         return None, f"skipped: {error}"
 

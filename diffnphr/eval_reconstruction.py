@@ -56,10 +56,9 @@ from diffnphr.eval import surface_metrics
 from diffnphr.eval_decoder import REPORTED, GroundTruthHeads, compare_head, decode_mesh, sample_above_floor
 from diffnphr.nphm.latents import pack, unpack
 from diffnphr.train.decoder import CODEBOOKS_NAME, resolve_device
-from diffnphr.train.head_latents import HeadLatents, load_head_latents
+from diffnphr.train.head_latents import FITTED_HELDOUT_NAME, HeadLatents, load_head_latents
 from diffnphr.train.split import HeadSplit, load_head_split
 
-FITTED_NAME = "fitted_heldout"
 SLOTS_PER_IDENTITY = 3
 SLOT_DRAW_SEED = 5
 CHUNK = 50
@@ -368,7 +367,7 @@ def evaluate_reconstruction(
     weights_dir = resolve_pipeline_weights(weights)
     pipeline = HeadReconstructionPipeline.from_pretrained(weights_dir, device=device)
     split = load_head_split(latents_dir)
-    fitted = load_head_latents(latents_dir, FITTED_NAME)
+    fitted = load_head_latents(latents_dir, FITTED_HELDOUT_NAME)
     codebooks = load_head_latents(latents_dir, CODEBOOKS_NAME)
     renders = eval_renders(split, fitted.z_exp.shape[1])
     model = load_ict(ict_path)
@@ -833,7 +832,7 @@ def build_landmark_predictions(
     landmarks_fn = landmarks_fn or face_mesh_landmarks
     device = torch.device("cpu")
     split = load_head_split(latents_dir)
-    fitted = load_head_latents(latents_dir, FITTED_NAME)
+    fitted = load_head_latents(latents_dir, FITTED_HELDOUT_NAME)
     codebooks = load_head_latents(latents_dir, CODEBOOKS_NAME)
     renders = eval_renders(split, fitted.z_exp.shape[1])
     if renderer is None:

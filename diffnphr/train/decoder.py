@@ -49,11 +49,10 @@ from diffnphr.train.checkpoints import (
     save_checkpoint,
 )
 from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, HeadLatents, save_latent_statistics
-from diffnphr.train.log import TrainingLog
+from diffnphr.train.log import LOG_FILE, TrainingLog
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
 from diffnphr.train.split import HeadSplit, load_head_split, make_head_split
 
-LOG_FILE = "train_log.jsonl"
 DECODER_DIR = "decoder"
 LATENTS_DIR = "decoder_latents"
 CODEBOOKS_NAME = "codebooks"

@@ -21,6 +21,7 @@ from torch import Tensor
 from diffnphr.nphm import LatentStatistics, pack
 
 LATENT_STATISTICS_FILE = "latent_statistics.safetensors"
+FITTED_HELDOUT_NAME = "fitted_heldout"  # the held-out identities' latents (`fit --which heldout` writes them)
 _MAX_SHARD_SIZE = "15MB"
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from torch import Tensor
 
+LOG_FILE = "train_log.jsonl"  # a training run's log, in its run folder
+
 
 class TrainingLog:
     """A run's `train_log.jsonl`: appends JSON lines, and averages loss terms between lines (one host sync per line)."""

@@ -61,13 +61,16 @@ from diffnphr.train.checkpoints import (
     save_checkpoint,
 )
 from diffnphr.train.decoder import CODEBOOKS_NAME, resolve_device
-from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, load_head_latents, load_latent_statistics
-from diffnphr.train.log import TrainingLog
+from diffnphr.train.head_latents import (
+    FITTED_HELDOUT_NAME,
+    LATENT_STATISTICS_FILE,
+    load_head_latents,
+    load_latent_statistics,
+)
+from diffnphr.train.log import LOG_FILE, TrainingLog
 from diffnphr.train.split import HeadSplit, load_head_split
 
-LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "config.json"
-FITTED_HELDOUT_NAME = "fitted_heldout"
 ENCODER_DIR, DIFFUSION_DIR, REGRESSION_DIR = "encoder", "diffusion", "baselines/regression"
 # The default encoder: FaRL's ViT (CLIP vision tower) at ViT-Tiny width and half its depth, on
 # 128-px crops (64 patches): 2.9 M parameters, a few ms per image on a CPU core.
@@ -277,14 +280,16 @@ class _Batches:
                  device: torch.device) -> None:
         self.config, self.heads, self.renderer, self.device = config, heads, renderer, device
         split = heads.split
-        self.appearance = split.appearance(torch.arange(len(split.appearance_seeds))).to(device)
+        appearance = split.appearance(torch.arange(len(split.appearance_seeds)))
+        self.appearance = appearance.to(device)
+        self._colours = appearance.region_colours.flatten(1)  # (identities, regions · 3), on the CPU like the split
         self.latents = heads.latents.to(device)
         self.heldout_latents = heads.heldout_latents.to(device) if heads.heldout_latents is not None else None
         train = split.train_identities
         self._factor_scale = [
             _standardiser(split.identity_coefficients[train]),
             _standardiser(split.expression_weights[train].flatten(0, 1)),
-            _standardiser(self.appearance.region_colours[train.to(device)].flatten(1).cpu()),
+            _standardiser(self._colours[train]),
         ]
 
     @property
@@ -296,7 +301,7 @@ class _Batches:
         """(B, factor_dim) standardised generating factors of B rendered heads (on the device)."""
         split = self.heads.split
         raw = [split.identity_coefficients[identities], split.expression_weights[identities, slots],
-               self.appearance.region_colours[appearance_identities.to(self.device)].flatten(1).cpu()]
+               self._colours[appearance_identities]]
         return torch.cat([(value - mean) / std for value, (mean, std) in zip(raw, self._factor_scale)], 1).to(self.device)
 
     def _render(self, identities: Tensor, slots: Tensor, appearance_identities: Tensor, seed: int
