@@ -27,7 +27,7 @@ import gradio as gr
 
 from diffnphr.face import ImageInputError, NoFaceError
 from diffnphr.mesh import export_mesh
-from diffnphr.pipeline import MAX_SEED, HeadReconstructionPipeline, PipelineDefaults, Reconstruction
+from diffnphr.pipeline import MAX_SAMPLES, MAX_SEED, HeadReconstructionPipeline, PipelineDefaults, Reconstruction
 from diffnphr.weights import WeightsNotFoundError
 
 TITLE = "diffnphr: one photo to a 3D head"
@@ -86,6 +86,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         steps: float = defaults.steps,
         guidance_scale: float = defaults.guidance_scale,
         resolution: float = pipeline.default_resolution,
+        samples: float = defaults.samples,
         allow_no_face: bool = False,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
@@ -95,7 +96,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         Returns the face crop, the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and
         the run details (seconds per stage, mesh size, warnings).
         """
-        options = _options(seed, randomize_seed, steps, guidance_scale, resolution, allow_no_face, progress)
+        options = _options(seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face, progress)
         result = _run(lambda: pipeline(_uploaded_path(image), **options))
         files = _export(result, outputs.new_run(request), "head")
         return result.crop.image, files[0], files, result.seed, _details(result)
@@ -108,6 +109,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         steps: float = defaults.steps,
         guidance_scale: float = defaults.guidance_scale,
         resolution: float = pipeline.default_resolution,
+        samples: float = defaults.samples,
         allow_no_face: bool = False,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
@@ -116,7 +118,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
 
         Returns the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and the run details.
         """
-        options = _options(seed, randomize_seed, steps, guidance_scale, resolution, allow_no_face, progress)
+        options = _options(seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face, progress)
         result = _run(
             lambda: pipeline.transfer_expression(_uploaded_path(identity_image), _uploaded_path(expression_image), **options)
         )
@@ -201,7 +203,8 @@ def _photo_input(label: str, elem_id: str) -> gr.Image:
 
 
 def _settings(defaults: PipelineDefaults, resolution: int) -> list[gr.components.Component]:
-    """The closed "Advanced" accordion: seed (+ randomize), DDIM steps, guidance, mesh resolution (default `resolution`)."""
+    """The closed "Advanced" accordion: seed (+ randomize), DDIM steps, guidance, mesh resolution (default
+    `resolution`), samples averaged."""
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
@@ -211,7 +214,11 @@ def _settings(defaults: PipelineDefaults, resolution: int) -> list[gr.components
         resolution = gr.Slider(
             32, 512, value=resolution, step=16, label="Mesh resolution (grid samples per axis)"
         )
-    return [seed, randomize, steps, guidance, resolution]
+        samples = gr.Slider(
+            1, MAX_SAMPLES, value=defaults.samples, step=1,
+            label="Samples averaged (1: one sample from the model, with its variation; more: closer to the likeliest head)",
+        )
+    return [seed, randomize, steps, guidance, resolution, samples]
 
 
 def _viewer(elem_id: str) -> gr.Model3D:
@@ -264,6 +271,7 @@ def _options(
     steps: float,
     guidance_scale: float,
     resolution: float,
+    samples: float,
     allow_no_face: bool,
     progress: gr.Progress,
 ) -> dict[str, Any]:
@@ -273,6 +281,7 @@ def _options(
         "steps": int(steps),
         "guidance_scale": float(guidance_scale),
         "resolution": int(resolution),
+        "samples": int(samples),
         "allow_no_face": bool(allow_no_face),
         "progress": lambda stage, fraction: progress(fraction, desc=stage),
     }

@@ -86,7 +86,7 @@ def _fit(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from diffnphr.bench import run_benchmarks
 
-    report = run_benchmarks(device=args.device, quick=args.quick, progress=sys.stderr)
+    report = run_benchmarks(device=args.device, quick=args.quick, progress=sys.stderr, only=args.only)
     print(json.dumps(report, indent=2) if args.json else _format_table(report))
 
 
@@ -169,7 +169,8 @@ def _transfer(args: argparse.Namespace) -> None:
 
 
 def _sampling_options(args: argparse.Namespace) -> dict:
-    return {"seed": args.seed, "steps": args.steps, "resolution": args.resolution, "guidance_scale": args.guidance}
+    return {"seed": args.seed, "steps": args.steps, "resolution": args.resolution, "guidance_scale": args.guidance,
+            "samples": args.samples}
 
 
 class _ProgressPrinter:
@@ -205,6 +206,8 @@ def _add_reconstruction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the weights' pipeline.json)")
     p.add_argument("--resolution", type=int, default=None, help="marching-cubes grid size per axis (default: pipeline.json)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: pipeline.json)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="diffusion samples averaged into the head; 1 gives one sample (default: pipeline.json)")
     p.add_argument("--weights", default=None, help="weights folder or Hub id (default: $DIFFNPHR_WEIGHTS, else ./weights)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-no-face", action="store_true", help="use the centre of the image when no face is found")
@@ -298,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes, for a smoke check")
+    p.add_argument("--only", nargs="+", default=None, metavar="CASE",
+                   help="run only these cases (e.g. pipeline_default pipeline_128; default: all)")
     p.set_defaults(run=_bench)
 
     evaluations = sub.add_parser("eval", help="measure models against ground-truth ICT heads (mm)").add_subparsers(

@@ -27,7 +27,7 @@ import resource
 import sys
 import time
 from queue import Empty
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import torch
@@ -199,7 +199,7 @@ def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -
             start = time.perf_counter()
             flat = diffusion.sample(
                 z_cond, num_steps=defaults.steps, seed=0, guidance_scale=defaults.guidance_scale,
-                scheduler=defaults.scheduler,
+                average_of=defaults.samples, scheduler=defaults.scheduler,
             )
             _synchronize(device)
             seconds["diffusion"] = time.perf_counter() - start
@@ -229,6 +229,7 @@ def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -
         "resolution": resolution,
         "steps": defaults.steps,
         "guidance_scale": defaults.guidance_scale,
+        "samples": defaults.samples,
         **row,
         "first_call_total": first["seconds"]["total"],
         **({"crop": crop_note} if crop_note else {}),
@@ -320,17 +321,27 @@ def _result_of(process, queue) -> dict[str, Any]:
     return row
 
 
-def run_benchmarks(device: str | None = None, quick: bool = False, progress: IO[str] | None = None) -> dict[str, Any]:
+def run_benchmarks(device: str | None = None, quick: bool = False, progress: IO[str] | None = None,
+                   only: Sequence[str] | None = None) -> dict[str, Any]:
     """Time every block (decoder, extraction, U-Net, DDIM, FaRL) and whole reconstructions, with peak memory.
+
+    `only` names the cases to run (default all), e.g. just the whole pipeline on a machine with
+    little time to spare.
 
     Returns {"device": ..., "torch": ..., "threads": ..., "results": [{"name": ..., ...}, ...]}.
     """
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("CUDA was asked for, but torch sees no GPU on this machine; use --device cpu.")
+    cases = _cases(quick)
+    unknown = sorted(set(only or ()) - {name for name, _, _ in cases})
+    if unknown:
+        raise ValueError(f"unknown bench cases {', '.join(unknown)}; choose from {', '.join(n for n, _, _ in cases)}")
     context = multiprocessing.get_context("spawn")
     results = []
-    for name, fn, kwargs in _cases(quick):
+    for name, fn, kwargs in cases:
+        if only and name not in only:
+            continue
         if progress is not None:
             print(f"bench: {name} ...", file=progress, flush=True)
         queue = context.Queue()

@@ -19,8 +19,11 @@ which `eval_decoder.compare_head` compares with the ground-truth ICT head, whole
 * `landmark_ridge`: ridge from Face Mesh landmarks (`baselines.landmarks`, made on the CPU by
   `eval landmarks`);
 * `diffusion_ddim{5,10,25,50}_g{1,2}`: the diffusion model, DDIM steps × guidance scale, seeded;
-* `diffusion_mean_of_8`: 8 samples at the pipeline's defaults, averaged in latent space (not an
-  oracle: no ground truth is used to choose);
+* `diffusion_ddim10_g1_avg8`: the app's default, 8 samples averaged in latent space
+  (`LatentDiffusion.sample(average_of=8)`; not an oracle: no ground truth is used to choose).
+  A pipeline whose defaults differ gets its own default setting evaluated too;
+* `diffusion_conditional_mean`: the diffusion model's mean head alone, without sampling (the
+  point its samples are centred on; only for a model with a mean head): what sampling adds;
 * `sampling_floor`: the ground truth against itself resampled: what a perfect reconstruction scores.
 
 Beside the table: consistency (Chamfer between the reconstructions of a head's two renders,
@@ -69,11 +72,14 @@ LANDMARK_TRAIN_SEED = 1_700_000_000
 DIFFUSION_SEED = 0
 DIFFUSION_STEPS = (5, 10, 25, 50)
 GUIDANCE_SCALES = (1.0, 2.0)
-MEAN_OF_K = 8
+AVERAGED_SAMPLES = 8  # the shipped pipeline's default (`PipelineDefaults.samples`)
 CACHE_FILE, SETTINGS_FILE, REPORT_JSON, REPORT_MD = "results.jsonl", "settings.json", "report.json", "report.md"
 BASELINES = ("mean", "nearest_neighbour", "regression", "landmark_ridge")
 DIFFUSION_METHODS = tuple(f"diffusion_ddim{s}_g{g:g}" for s in DIFFUSION_STEPS for g in GUIDANCE_SCALES)
-METHODS = ("decoder_fit", *BASELINES, *DIFFUSION_METHODS, f"diffusion_mean_of_{MEAN_OF_K}", "sampling_floor")
+CONDITIONAL_MEAN = "diffusion_conditional_mean"
+AVERAGED_METHOD = f"diffusion_ddim10_g1_avg{AVERAGED_SAMPLES}"
+METHODS = ("decoder_fit", *BASELINES, *DIFFUSION_METHODS, AVERAGED_METHOD, CONDITIONAL_MEAN,
+           "sampling_floor")
 TRANSFER_METHODS = ("diffusion", "diffusion_without_transfer", "decoder_fit")
 
 
@@ -163,7 +169,7 @@ class _Predictors:
         self._last_conditions: tuple[tuple[int, int] | None, Any] = (None, None)
         self._fitted_row = {int(identity): row for row, identity in enumerate(fitted.identities.tolist())}
         defaults = pipeline.defaults
-        self.default_method = _diffusion_name(defaults.steps, defaults.guidance_scale)
+        self.default_method = _diffusion_name(defaults.steps, defaults.guidance_scale, defaults.samples)
 
     def crops(self, chunk: int, view: int) -> Tensor:
         """The chunk's encoder inputs (B, 3, S, S) in [0, 1]."""
@@ -177,7 +183,13 @@ class _Predictors:
         """Padded raw latents (B, 4456) on the CPU per method for one chunk (view 1: the second renders)."""
         rows = self.renders.chunk_rows(chunk)
         identities, slots = self.renders.identities[rows], self.renders.slots[rows]
-        crops, z_cond = self._conditions(chunk, view)
+        # Rendering a chunk costs minutes on a CPU: only the methods that read the image ask for it.
+        def crops() -> Tensor:
+            return self._conditions(chunk, view)[0]
+
+        def z_cond() -> Tensor:
+            return self._conditions(chunk, view)[1]
+
         seed = DIFFUSION_SEED + chunk + view * SECOND_VIEW_OFFSET
         out: dict[str, Tensor] = {}
         for method in methods:
@@ -186,19 +198,18 @@ class _Predictors:
             elif method == "mean":
                 latent = self.pipeline.diffusion.data_mean.expand(len(identities), -1)
             elif method == "nearest_neighbour":
-                latent = self.neighbours().predict(z_cond)
+                latent = self.neighbours().predict(z_cond())
             elif method == "regression":
-                latent = self.regressor.predict(self.regressor.encoder.preprocess(crops))
+                latent = self.regressor.predict(self.regressor.encoder.preprocess(crops()))
             elif method == "landmark_ridge":
                 latent = self.landmark_latents[rows]
-            elif method.startswith("diffusion_mean_of_"):
-                defaults = self.pipeline.defaults
-                draws = [self._sample(z_cond, defaults.steps, defaults.guidance_scale, seed + k * 7_919)
-                         for k in range(MEAN_OF_K)]
-                latent = torch.stack(draws).mean(dim=0)
+            elif method == CONDITIONAL_MEAN:
+                diffusion = self.pipeline.diffusion
+                latent = diffusion.denormalize(diffusion.conditional_mean(z_cond().to(diffusion.data_mean.dtype)))
             elif method.startswith("diffusion_ddim"):
-                steps, guidance = _parse_diffusion_name(method)
-                latent = self._sample(z_cond, steps, guidance, seed)
+                steps, guidance, samples = _parse_diffusion_name(method)
+                latent = self.pipeline.diffusion.sample(z_cond(), num_steps=steps, seed=seed, guidance_scale=guidance,
+                                                        average_of=samples, scheduler=self.pipeline.defaults.scheduler)
             elif method == "sampling_floor":
                 continue
             else:
@@ -212,10 +223,6 @@ class _Predictors:
             crops = self.crops(chunk, view)
             self._last_conditions = ((chunk, view), (crops, self.pipeline.encoder.encode(crops)))
         return self._last_conditions[1]
-
-    def _sample(self, z_cond: Tensor, steps: int, guidance: float, seed: int) -> Tensor:
-        return self.pipeline.diffusion.sample(z_cond, num_steps=steps, seed=seed, guidance_scale=guidance,
-                                              scheduler=self.pipeline.defaults.scheduler)
 
     def fitted_latents(self, identities: Tensor, slots: Tensor) -> Tensor:
         """Fitted (decoder-frozen) latents of held-out heads (split rows, slots), padded."""
@@ -242,13 +249,19 @@ class _Predictors:
         return self._neighbours
 
 
-def _diffusion_name(steps: int, guidance: float) -> str:
-    return f"diffusion_ddim{steps}_g{guidance:g}"
+def _diffusion_name(steps: int, guidance: float, samples: int = 1) -> str:
+    return f"diffusion_ddim{steps}_g{guidance:g}" + (f"_avg{samples}" if samples > 1 else "")
 
 
-def _parse_diffusion_name(name: str) -> tuple[int, float]:
-    steps, guidance = name.removeprefix("diffusion_ddim").split("_g")
-    return int(steps), float(guidance)
+def _parse_diffusion_name(name: str) -> tuple[int, float, int]:
+    setting, _, samples = name.removeprefix("diffusion_ddim").partition("_avg")
+    steps, guidance = setting.split("_g")
+    return int(steps), float(guidance), int(samples or 1)
+
+
+def _transfer_key(default: str, method: str, index: int) -> str:
+    """Transfer results depend on the default diffusion setting they were made with."""
+    return _key(f"transfer@{default}", method, index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +278,9 @@ class _ResultCache:
         settings_path = directory / SETTINGS_FILE
         if settings_path.is_file():
             stored = json.loads(settings_path.read_text())
-            changed = [key for key in settings if key != "methods" and stored.get(key) != settings[key]]
+            # Results are keyed by the method (the default setting included), so the default may change.
+            changed = [key for key in settings if key not in ("methods", "default_diffusion")
+                       and stored.get(key) != settings[key]]
             changed += [f"inputs of {method}" for method, digest in settings["methods"].items()
                         if stored.get("methods", {}).get(method, digest) != digest]
             if changed:
@@ -376,6 +391,14 @@ def evaluate_reconstruction(
     truth_heads = GroundTruthHeads(model, device)
 
     chosen, notes = _choose_methods(methods, regression_dir, landmarks_file)
+    if CONDITIONAL_MEAN in chosen and pipeline.diffusion.mean_head is None:
+        if methods is not None:
+            raise ValueError(f"the method {CONDITIONAL_MEAN} needs a diffusion model with a mean head; "
+                             f"{weights_dir} has none")
+        chosen.remove(CONDITIONAL_MEAN)
+        notes.append(f"{CONDITIONAL_MEAN} omitted: the diffusion model has no mean head")
+    if shard is not None:  # the shards share the machine's cores: one process's threads would oversubscribe them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // shard[1]))
     regressor = landmark_latents = None
     if "regression" in chosen:
         from diffnphr.baselines.regression import LatentRegressor
@@ -390,10 +413,14 @@ def evaluate_reconstruction(
     predictors = _Predictors(pipeline, split, renders, renderer, fitted, codebooks, regressor, landmark_latents,
                              neighbour_heads, device)
     default = predictors.default_method
+    if methods is None and default not in chosen:  # a pipeline with other defaults: evaluate its setting too
+        chosen.insert(chosen.index(CONDITIONAL_MEAN) if CONDITIONAL_MEAN in chosen else len(chosen) - 1, default)
     identities = len(split.heldout_identities) if count is None else min(count, len(split.heldout_identities))
     scope = range(identities * SLOTS_PER_IDENTITY)
 
-    base = _digest(weights_dir, Path(latents_dir) / "split.json", *sorted(Path(latents_dir).glob("*.safetensors")))
+    # The model folders, not pipeline.json: its defaults only pick which (named) method is the default.
+    base = _digest(*(weights_dir / folder for folder in ("encoder", "diffusion", "decoder")),
+                   Path(latents_dir) / "split.json", *sorted(Path(latents_dir).glob("*.safetensors")))
     settings = {"eval_set": renders.fingerprint(), "resolution": resolution, "points": points, "seed": seed,
                 "weights": base, "default_diffusion": default, "chunk": CHUNK,
                 "methods": {"regression": _digest(regression_dir)} if regressor is not None else {}}
@@ -479,7 +506,7 @@ class _Work:
             diffusion = any(m.startswith("diffusion") for m in methods)
             consistency = diffusion and _key("consistency", default, index) not in self.cache
             transfer = [m for m in TRANSFER_METHODS if diffusion and int(self.renders.slots[index]) == 0
-                        and _key("transfer", m, index) not in self.cache]
+                        and _transfer_key(default, m, index) not in self.cache]
             if not (pending or consistency or transfer):
                 continue
             truth = self.truth(index)
@@ -503,7 +530,7 @@ class _Work:
             for method in transfer:
                 if deadline is not None and time.monotonic() > deadline:
                     return True
-                self.cache.add(_key("transfer", method, index), self.transfer_item(method, index))
+                self.cache.add(_transfer_key(default, method, index), self.transfer_item(method, index))
             log(f"render {index + 1}/{len(scope)} done ({done} reconstructions this call)")
         return False
 
@@ -593,8 +620,8 @@ def build_report(cache: _ResultCache, renders: EvalRenders, scope: range, method
              for s in DIFFUSION_STEPS for g in GUIDANCE_SCALES if _diffusion_name(s, g) in table]
     consistency = consistency_summary([cache.results[_key("consistency", default, i)] for i in scope
                                        if _key("consistency", default, i) in cache])
-    transfer = {m: _summarise([cache.results[_key("transfer", m, i)] for i in scope
-                               if _key("transfer", m, i) in cache]) for m in TRANSFER_METHODS}
+    transfer = {m: _summarise([cache.results[_transfer_key(default, m, i)] for i in scope
+                               if _transfer_key(default, m, i) in cache]) for m in TRANSFER_METHODS}
     return {
         "settings": {k: v for k, v in settings.items() if k != "methods"},
         "eval_set": {"identities": len(scope) // SLOTS_PER_IDENTITY, "renders": len(scope),

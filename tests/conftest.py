@@ -38,7 +38,8 @@ def no_face_photo() -> Image.Image:
 # reconstruction takes about a second on a CPU. Random decoders have no surface, so the
 # decoder's geometry MLPs are set by hand to give a smooth closed blob (see `_blob_decoder`).
 
-TINY_DEFAULTS = {"steps": 3, "guidance_scale": 1.0, "resolution": 64, "cpu_resolution": 48, "scheduler": "ddim"}
+TINY_DEFAULTS = {"steps": 3, "guidance_scale": 1.0, "samples": 2, "resolution": 64, "cpu_resolution": 48,
+                 "scheduler": "ddim"}
 
 
 def _blob_decoder():
@@ -111,6 +112,7 @@ def tiny_weights_dir(tmp_path_factory) -> Path:
             norm_groups=4,
             cond_tokens=1,
             time_embed_dim=16,
+            mean_head_hidden=8,
         )
     )
     # The U-Net's last layer starts at zero (an untrained model predicts no noise, whatever the

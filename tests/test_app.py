@@ -7,8 +7,8 @@ import trimesh
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, ValidationError
 
-# image, seed, randomize seed, DDIM steps, guidance, mesh resolution, use the centre if no face
-SETTINGS = (4, False, 2, 1.0, 32, False)
+# image, seed, randomize seed, DDIM steps, guidance, mesh resolution, samples averaged, use the centre if no face
+SETTINGS = (4, False, 2, 1.0, 32, 2, False)
 
 
 @pytest.fixture(scope="module")

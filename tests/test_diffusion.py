@@ -36,21 +36,22 @@ def mse(a: Tensor, b: Tensor) -> float:
     return (a - b).pow(2).mean().item()
 
 
-@pytest.fixture(scope="module")
-def trained() -> dict[str, object]:
-    """Train the tiny model briefly on 2048 (condition, latent) pairs; keep 64 unseen conditions.
+@pytest.fixture(scope="module", params=[None, 64], ids=["plain", "mean_head"])
+def trained(request) -> dict[str, object]:
+    """Train the tiny model (without and with a conditional-mean head) briefly on 2048 (condition,
+    latent) pairs; keep 64 unseen conditions.
 
     Tensors this small gain nothing from intra-op threads, which only add overhead on a busy CPU.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train_tiny_model()
+        return train_tiny_model(request.param)
     finally:
         torch.set_num_threads(threads)
 
 
-def train_tiny_model() -> dict[str, object]:
+def train_tiny_model(mean_head_hidden: int | None) -> dict[str, object]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     latents_of = SyntheticLatents(generator)
@@ -58,7 +59,7 @@ def train_tiny_model() -> dict[str, object]:
     x_train = latents_of(cond_train)
     cond_test = torch.randn(64, COND_DIM, generator=generator)
 
-    model = LatentDiffusion(tiny_config())
+    model = LatentDiffusion(tiny_config(mean_head_hidden=mean_head_hidden))
     model.set_normalization(x_train.mean(0), x_train.std(0))
     untrained = model.sample(cond_test, num_steps=10)
 
@@ -68,7 +69,7 @@ def train_tiny_model() -> dict[str, object]:
     model.train()
     for _ in range(steps):
         index = torch.randint(0, len(x_train), (64,), generator=generator)
-        loss = model.training_loss(x_train[index], cond_train[index], generator=generator)
+        loss = sum(model.training_losses(x_train[index], cond_train[index], generator=generator).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -103,16 +104,41 @@ def test_sampling_is_deterministic_for_a_seed(trained: dict) -> None:
     assert not torch.allclose(stochastic, first)
 
 
+def test_averaged_samples_are_the_mean_of_the_same_draws(trained: dict) -> None:
+    """`average_of=k` returns the mean of the k samples a batch of k copies of each condition gets."""
+    model, cond = trained["model"], trained["cond_test"][:2]
+    averaged = model.sample(cond, num_steps=5, seed=3, average_of=3)
+    draws = model.sample(cond.repeat_interleave(3, dim=0), num_steps=5, seed=3)
+    torch.testing.assert_close(averaged, draws.view(2, 3, -1).mean(dim=1))
+    with pytest.raises(ValueError, match="average_of"):
+        model.sample(cond, average_of=0)
+
+
 def test_classifier_free_guidance(trained: dict) -> None:
     model, cond = trained["model"], trained["cond_test"][:4]
     plain = model.sample(cond, num_steps=5, seed=5)
     # A scale a hair above 1 takes the batched (conditional + null) path and must agree with it.
     torch.testing.assert_close(model.sample(cond, num_steps=5, seed=5, guidance_scale=1.0 + 1e-6), plain)
     assert not torch.allclose(model.sample(cond, num_steps=5, seed=5, guidance_scale=3.0), plain, atol=1e-3)
-    # Scale 0 keeps only the null-condition prediction: the image condition must not matter.
+    # Scale 0 keeps only the null-condition prediction: the image condition must not matter to what
+    # the U-Net adds (with a mean head, to the residual around the conditional mean).
+    other_cond = trained["cond_test"][4:8]
     unconditional = model.sample(cond, num_steps=5, seed=5, guidance_scale=0.0)
-    other = model.sample(trained["cond_test"][4:8], num_steps=5, seed=5, guidance_scale=0.0)
-    torch.testing.assert_close(unconditional, other)
+    other = model.sample(other_cond, num_steps=5, seed=5, guidance_scale=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.normalize(unconditional) - model.conditional_mean(cond),
+                                   model.normalize(other) - model.conditional_mean(other_cond))
+
+
+def test_the_mean_head_predicts_the_conditional_mean(trained: dict) -> None:
+    """The mean head alone (no sampling) already lands near the target: the diffusion only adds the rest."""
+    model, cond, target = trained["model"], trained["cond_test"], trained["x_test"]
+    if model.mean_head is None:
+        assert not model.conditional_mean(cond).any()
+        return
+    with torch.no_grad():
+        centre = model.denormalize(model.conditional_mean(cond))
+    assert mse(centre, target) < 0.25 * mse(trained["data_mean"].expand_as(target), target)
 
 
 def test_progress_reports_every_step(trained: dict) -> None:
@@ -158,8 +184,24 @@ def test_targets_and_samplers_agree_with_the_noise_process(prediction_type: str,
     model.unet = OracleUNet(model, clean.view(1, 1, -1))
     cond = torch.randn(3, COND_DIM, generator=generator)
     raw = model.denormalize(clean).expand(3, -1)
-    assert model.training_loss(raw, cond, generator=generator).item() < 1e-6
+    assert model.training_losses(raw, cond, generator=generator)["denoising"].item() < 1e-6
     torch.testing.assert_close(model.sample(cond, num_steps=8, scheduler=sampler), raw, atol=1e-3, rtol=1e-4)
+
+
+def test_samples_are_centred_on_the_conditional_mean() -> None:
+    """With a mean head and a perfect denoiser of the residual, samples are the mean head's prediction plus it."""
+    model = LatentDiffusion(tiny_config(mean_head_hidden=8))
+    generator = torch.Generator().manual_seed(0)
+    model.set_normalization(torch.randn(LENGTH, generator=generator), torch.rand(LENGTH, generator=generator) + 0.5)
+    residual = torch.randn(LENGTH, generator=generator)
+    model.unet = OracleUNet(model, residual.view(1, 1, -1))
+    cond = torch.randn(3, COND_DIM, generator=generator)
+    with torch.no_grad():
+        expected = model.denormalize(model.mean_head(cond) + residual)
+        assert model.training_losses(expected, cond, generator=generator)["denoising"].item() < 1e-6
+    torch.testing.assert_close(model.sample(cond, num_steps=8), expected, atol=1e-3, rtol=1e-4)
+    with pytest.raises(ValueError, match="mean_head_hidden"):
+        tiny_config(mean_head_hidden=0)
 
 
 def test_length_must_allow_the_unet_to_halve_it() -> None:
@@ -172,7 +214,7 @@ def test_bad_inputs_get_clear_errors() -> None:
     with pytest.raises(ValueError, match="z_cond"):
         model.sample(torch.zeros(2, COND_DIM + 1))
     with pytest.raises(ValueError, match="x0"):
-        model.training_loss(torch.zeros(2, LENGTH - 1), torch.zeros(2, COND_DIM))
+        model.training_losses(torch.zeros(2, LENGTH - 1), torch.zeros(2, COND_DIM))
     with pytest.raises(ValueError, match="shape"):
         model.set_normalization(torch.zeros(LENGTH + 1), torch.ones(LENGTH + 1))
     with pytest.raises(ValueError, match="positive"):

@@ -103,7 +103,7 @@ def test_no_face_is_refused_unless_the_centre_is_allowed(pipeline, no_face_photo
 @pytest.mark.parametrize(
     ("settings", "message"),
     [({"steps": 0}, "diffusion steps"), ({"resolution": 4}, "mesh resolution"), ({"seed": -1}, "seed"),
-     ({"guidance_scale": -1.0}, "guidance scale")],
+     ({"guidance_scale": -1.0}, "guidance scale"), ({"samples": 0}, "samples averaged")],
 )
 def test_impossible_settings_are_refused_with_a_sentence(pipeline, face_photo_file, settings, message):
     with pytest.raises(ValueError, match=message):
@@ -113,8 +113,8 @@ def test_impossible_settings_are_refused_with_a_sentence(pipeline, face_photo_fi
 def test_weights_come_from_the_environment_variable(tiny_weights_dir, monkeypatch):
     monkeypatch.setenv(WEIGHTS_ENV, str(tiny_weights_dir))
     loaded = HeadReconstructionPipeline.from_pretrained(device="cpu")
-    assert loaded.defaults == PipelineDefaults(steps=3, guidance_scale=1.0, resolution=64, cpu_resolution=48,
-                                               scheduler="ddim")
+    assert loaded.defaults == PipelineDefaults(steps=3, guidance_scale=1.0, samples=2, resolution=64,
+                                               cpu_resolution=48, scheduler="ddim")
     assert loaded.default_resolution == 48  # a CPU pipeline meshes at the CPU default
 
 

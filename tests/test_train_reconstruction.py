@@ -24,7 +24,9 @@ from diffnphr.train.reconstruction import (
     ReconstructionTrainingConfig,
     TrainingHeads,
     _Batches,
+    _Models,
     export_reconstruction,
+    initialise_from,
     train_reconstruction,
 )
 
@@ -32,7 +34,7 @@ LATENTS = Path(__file__).resolve().parents[1] / "weights" / "decoder_latents"
 TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
                     patch_size=8, projection_dim=16)
 TINY_DIFFUSION = dict(base_channels=8, channel_mults=[1, 2], attention_levels=[], attention_heads=2, norm_groups=4,
-                      time_embed_dim=16, cond_tokens=1)
+                      time_embed_dim=16, cond_tokens=1, mean_head_hidden=16)
 
 
 def tiny_config(**changes) -> ReconstructionTrainingConfig:
@@ -50,7 +52,7 @@ def test_training_resumes_and_exports_loadable_weights(tmp_path):
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     losses = [record for record in log if "diffusion" in record]
     assert all(torch.isfinite(torch.tensor(r["diffusion"])) and r["regression"] > 0 for r in losses)
-    assert all(r["diffusion_readout"] > 0 and r["regression_readout"] > 0 for r in losses)
+    assert all(r["diffusion_readout"] > 0 and r["regression_readout"] > 0 and r["diffusion_mean"] > 0 for r in losses)
     assert any("val_heldout_diffusion" in record for record in log)
 
     paths = export_reconstruction(run, tmp_path / "weights")
@@ -67,6 +69,31 @@ def test_training_resumes_and_exports_loadable_weights(tmp_path):
     stored = sum(f.stat().st_size for f in Path(paths["encoder"]).glob("*.safetensors"))
     encoder.save_pretrained(tmp_path / "fp32")
     assert stored < 0.6 * sum(f.stat().st_size for f in (tmp_path / "fp32").glob("*.safetensors"))
+
+
+def test_a_run_can_start_from_exported_weights_and_add_a_mean_head(tmp_path):
+    """A run continues a shipped model (here one without a mean head): everything it had carries over."""
+    plain = {key: value for key, value in TINY_DIFFUSION.items() if key != "mean_head_hidden"}
+    train_reconstruction(tmp_path / "run", LATENTS, 600, tiny_config(diffusion=plain), device="cpu", stop_after_steps=1)
+    paths = export_reconstruction(tmp_path / "run", tmp_path / "weights")
+    heads = TrainingHeads.load(LATENTS)
+    models = _Models(tiny_config(init_from=str(tmp_path / "weights")), heads, torch.device("cpu"))
+    initialise_from(models, tmp_path / "weights")
+    exported = {"encoder": FaceEncoder.from_pretrained(paths["encoder"]),
+                "diffusion": LatentDiffusion.from_pretrained(paths["diffusion"]),
+                "regression": LatentRegressor.from_pretrained(paths["regression"])}
+    for name, module in (("encoder", models.encoder), ("diffusion", models.diffusion), ("regression", models.regressor)):
+        reference = exported[name].state_dict()
+        for key, value in module.state_dict().items():
+            if not key.startswith("mean_head."):
+                assert torch.equal(value, reference[key].float()), (name, key)
+    assert models.diffusion.mean_head is not None
+
+    other = _Models(tiny_config(encoder={**TINY_ENCODER, "hidden_size": 16}), heads, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        initialise_from(other, tmp_path / "weights")
+    with pytest.raises(FileNotFoundError, match="diffusion"):
+        initialise_from(models, tmp_path)
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):

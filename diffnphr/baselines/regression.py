@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from diffnphr.diffusion.mean_head import latent_mlp
 from diffnphr.encoders import FaceEncoder
 from diffnphr.nphm.latents import PADDED
 from diffnphr.weights import PretrainedModule, resolve_weights_dir
@@ -41,14 +42,7 @@ class RegressionHead(PretrainedModule):
 
     def __init__(self, config: RegressionHeadConfig) -> None:
         super().__init__(config)
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(config.cond_dim),
-            nn.Linear(config.cond_dim, config.hidden_dim),
-            nn.GELU(),
-            nn.Linear(config.hidden_dim, config.hidden_dim),
-            nn.GELU(),
-            nn.Linear(config.hidden_dim, config.latent_dim),
-        )
+        self.mlp = latent_mlp(config.cond_dim, config.hidden_dim, config.latent_dim)
         self.register_buffer("data_mean", torch.zeros(config.latent_dim))
         self.register_buffer("data_std", torch.ones(config.latent_dim))
 

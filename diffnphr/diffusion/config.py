@@ -36,6 +36,10 @@ class DiffusionConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     cond_drop_prob: float = 0.1
     snr_gamma: float | None = None
+    # Width of the conditional-mean MLP (`mean_head.latent_mlp`); None: the paper's plain diffusion.
+    # With it the model predicts the latent's conditional mean from z_cond and diffuses only the
+    # residual around it (see `LatentDiffusion`).
+    mean_head_hidden: int | None = None
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -66,6 +70,8 @@ class DiffusionConfig:
             raise ValueError(f"cond_drop_prob must be in [0, 1), not {self.cond_drop_prob}.")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be positive (or None to disable), not {self.snr_gamma}.")
+        if self.mean_head_hidden is not None and self.mean_head_hidden < 1:
+            raise ValueError(f"mean_head_hidden must be positive (or None for no conditional mean), not {self.mean_head_hidden}.")
         if min(self.in_channels, self.res_blocks_per_level, self.cond_dim, self.cond_tokens,
                self.time_embed_dim, self.num_train_timesteps) < 1:
             raise ValueError("Sizes and counts in DiffusionConfig must be positive.")

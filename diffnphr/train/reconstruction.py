@@ -90,7 +90,10 @@ class ReconstructionTrainingConfig:
 
     encoder: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENCODER))  # farl_vision_config overrides
     frozen_encoder: str | None = None  # a FaceEncoder folder (e.g. converted FaRL) to use frozen instead
-    diffusion: dict[str, Any] = field(default_factory=dict)  # DiffusionConfig overrides
+    init_from: str | None = None  # a weights folder whose trained models start a new run (`initialise_from`)
+    # DiffusionConfig overrides; by default the diffusion is centred on a conditional mean whose MLP
+    # is as wide as the regression baseline's (`LatentDiffusion`)
+    diffusion: dict[str, Any] = field(default_factory=lambda: {"mean_head_hidden": 256})
     regression: bool = True  # train the direct-regression baseline alongside
     regression_hidden: int = 256
     mix_appearance: bool = True  # each head rendered in another training identity's colours (module docstring)
@@ -264,6 +267,32 @@ class _Models:
         return [p for module in self.trained.values() for p in module.parameters() if p.requires_grad]
 
 
+def initialise_from(models: _Models, weights_dir: str | os.PathLike) -> None:
+    """Start a run's models from an exported weights folder (`encoder/`, `diffusion/`, `baselines/regression/`).
+
+    Lets a run continue a shipped model with a changed recipe instead of starting from scratch.
+    Shapes must match; what the folder lacks may only be the diffusion's mean head (a run that
+    adds one starts it fresh); a frozen encoder stays the one the config names. The factor
+    read-outs are not exported, so they start fresh.
+    """
+    weights_dir = Path(weights_dir)
+    if not (weights_dir / DIFFUSION_DIR).is_dir():
+        raise FileNotFoundError(f"{weights_dir} holds no {DIFFUSION_DIR}/ folder to start the run from.")
+    if "encoder" in models.trained:
+        models.encoder.load_state_dict(FaceEncoder.from_pretrained(weights_dir / ENCODER_DIR).state_dict())
+    diffusion = LatentDiffusion.from_pretrained(weights_dir / DIFFUSION_DIR)
+    missing, unexpected = models.diffusion.load_state_dict(diffusion.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("mean_head.") for key in missing):
+        raise ValueError(f"{weights_dir / DIFFUSION_DIR} does not fit this run's diffusion model "
+                         f"(missing {missing}, unexpected {unexpected}).")
+    if models.regressor is not None:
+        regressor = LatentRegressor.from_pretrained(weights_dir / REGRESSION_DIR)
+        if "encoder" in models.trained:
+            models.regressor.load_state_dict(regressor.state_dict())
+        else:
+            models.regressor.head.load_state_dict(regressor.head.state_dict())
+
+
 def _cosine_factor(config: ReconstructionTrainingConfig, step: int, restart_step: int | None) -> float:
     """Learning-rate factor: linear warm-up (again after a restart without optimiser state), then cosine to 5 %."""
     warm = min(1.0, (step + 1) / config.warmup_steps)
@@ -356,7 +385,10 @@ def _losses(models: _Models, batch: Batch, autocast: bool, readout_weight: float
     with torch.autocast(device_type=batch.crops.device.type, dtype=torch.bfloat16, enabled=autocast):
         pixels = models.encoder.preprocess(batch.crops)
         z_cond = models.encoder(pixels).float()
-        terms = {"diffusion": models.diffusion.training_loss(batch.latents, z_cond, generator)}
+        diffusion_terms = models.diffusion.training_losses(batch.latents, z_cond, generator)
+        terms = {"diffusion": diffusion_terms["denoising"]}
+        if "conditional_mean" in diffusion_terms:
+            terms["diffusion_mean"] = diffusion_terms["conditional_mean"]
         embeddings = {"diffusion": z_cond}
         if models.regressor is not None:
             embeddings["regression"] = models.regressor.encoder(pixels).float()
@@ -428,6 +460,8 @@ def train_reconstruction(
                             backgrounds=bank)
     batches = _Batches(config, heads, renderer, device)
     models.add_readouts(config, batches.factor_dim)
+    if checkpoint is None and config.init_from:
+        initialise_from(models, config.init_from)
     optimizer = torch.optim.AdamW(models.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     ema = ExponentialAverage(models.trained, config.ema_decay)
 
