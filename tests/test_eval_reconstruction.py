@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,15 @@ def test_nearest_neighbour_returns_the_latent_of_the_closest_embedding():
     baseline = NearestNeighbourLatents(embeddings, latents)
     predicted = baseline.predict(torch.tensor([[0.1, 5.0], [-3.0, 0.2]]))
     assert predicted[:, 0].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.slow
+def test_figures_show_each_render_the_portrait_and_the_steps_chart(tmp_path, tiny_weights_dir, latents_dir):
+    settings = dict(methods=["mean", "diffusion_ddim5_g1", "diffusion_ddim10_g1"], count=1, resolution=24, points=400,
+                    renderer=StandInRenderer(), device="cpu")
+    report = evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path / "eval", figures_dir=tmp_path / "figures",
+                                     figures=1, **settings)
+    written = [Path(path).name for path in report["figures"]["written"]]
+    assert written[0].startswith("reconstruction_identity") and written[0].endswith("_slot0.png")
+    assert written[1:] == ["reconstruction_astronaut.png", "steps_vs_chamfer.png"]
+    assert all((tmp_path / "figures" / name).stat().st_size > 1000 for name in written)
