@@ -72,12 +72,19 @@ LANDMARK_TRAIN_SEED = 1_700_000_000
 DIFFUSION_SEED = 0
 DIFFUSION_STEPS = (5, 10, 25, 50)
 GUIDANCE_SCALES = (1.0, 2.0)
-AVERAGED_SAMPLES = 8  # the shipped pipeline's default (`PipelineDefaults.samples`)
 CACHE_FILE, SETTINGS_FILE, REPORT_JSON, REPORT_MD = "results.jsonl", "settings.json", "report.json", "report.md"
 BASELINES = ("mean", "nearest_neighbour", "regression", "landmark_ridge")
-DIFFUSION_METHODS = tuple(f"diffusion_ddim{s}_g{g:g}" for s in DIFFUSION_STEPS for g in GUIDANCE_SCALES)
+
+
+def _diffusion_name(steps: int, guidance: float, samples: int = 1) -> str:
+    return f"diffusion_ddim{steps}_g{guidance:g}" + (f"_avg{samples}" if samples > 1 else "")
+
+
+DIFFUSION_METHODS = tuple(_diffusion_name(s, g) for s in DIFFUSION_STEPS for g in GUIDANCE_SCALES)
 CONDITIONAL_MEAN = "diffusion_conditional_mean"
-AVERAGED_METHOD = f"diffusion_ddim10_g1_avg{AVERAGED_SAMPLES}"
+# The shipped pipeline's default (`PipelineDefaults`: 10 steps, guidance 1, 8 samples averaged; a test
+# keeps the two in step without importing the pipeline here)
+AVERAGED_METHOD = _diffusion_name(10, 1.0, 8)
 METHODS = ("decoder_fit", *BASELINES, *DIFFUSION_METHODS, AVERAGED_METHOD, CONDITIONAL_MEAN,
            "sampling_floor")
 TRANSFER_METHODS = ("diffusion", "diffusion_without_transfer", "decoder_fit")
@@ -249,10 +256,6 @@ class _Predictors:
         return self._neighbours
 
 
-def _diffusion_name(steps: int, guidance: float, samples: int = 1) -> str:
-    return f"diffusion_ddim{steps}_g{guidance:g}" + (f"_avg{samples}" if samples > 1 else "")
-
-
 def _parse_diffusion_name(name: str) -> tuple[int, float, int]:
     setting, _, samples = name.removeprefix("diffusion_ddim").partition("_avg")
     steps, guidance = setting.split("_g")
@@ -414,7 +417,7 @@ def evaluate_reconstruction(
                              neighbour_heads, device)
     default = predictors.default_method
     if methods is None and default not in chosen:  # a pipeline with other defaults: evaluate its setting too
-        chosen.insert(chosen.index(CONDITIONAL_MEAN) if CONDITIONAL_MEAN in chosen else len(chosen) - 1, default)
+        chosen.insert(chosen.index(AVERAGED_METHOD) + 1, default)
     identities = len(split.heldout_identities) if count is None else min(count, len(split.heldout_identities))
     scope = range(identities * SLOTS_PER_IDENTITY)
 

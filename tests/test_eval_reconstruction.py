@@ -14,6 +14,7 @@ import trimesh
 from diffnphr.baselines.landmarks import fit_ridge, landmark_features, load_landmark_predictions, mean_shape
 from diffnphr.baselines.neighbours import NearestNeighbourLatents
 from diffnphr.eval_reconstruction import (
+    AVERAGED_METHOD,
     CACHE_FILE,
     METHODS,
     build_landmark_predictions,
@@ -99,6 +100,15 @@ def test_landmark_file_holds_one_prediction_per_evaluation_render(latents_dir, l
     assert landmarks_file.stat().st_size < 3_000_000
     with pytest.raises(ValueError, match="another evaluation set"):
         load_landmark_predictions(landmarks_file, "0" * 16)
+
+
+def test_the_table_names_the_shipped_default_setting():
+    """The table's default row is what the app does with the shipped weights (and with no pipeline.json)."""
+    from diffnphr.pipeline import PipelineDefaults
+
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "weights" / "pipeline.json").read_text())
+    for defaults in (PipelineDefaults(), PipelineDefaults(**shipped)):
+        assert AVERAGED_METHOD == f"diffusion_ddim{defaults.steps}_g{defaults.guidance_scale:g}_avg{defaults.samples}"
 
 
 def test_evaluation_set_covers_every_heldout_identity_with_neutral_first(latents_dir):
