@@ -100,13 +100,13 @@ def sample_surface(vertices: Tensor | np.ndarray, faces: Tensor | np.ndarray, co
 def nearest_neighbours(queries: Tensor, references: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, Tensor]:
     """For each query point (Q, 3), the Euclidean distance (float64) to the nearest reference point (R, 3) and its index.
 
-    Exact, in float64 on the queries' device. On a CPU, a uniform grid over the references
-    answers most queries from the 27 cells around them (an answer no farther than one cell is
-    provably the nearest); the rest, far from every reference, go to brute force over tiles of
-    at most `chunk_size`² distances. So surface-to-surface comparisons of 10⁵ points cost about
-    Q · 27 · (points per cell) distances instead of Q · R, and memory stays bounded. On a GPU,
-    where the grid's many small gathers are slow and matrix products are fast, all Q · R
-    distances are computed in float32 and the `_GPU_CANDIDATES` nearest re-ranked in float64.
+    Exact, in float64 on the queries' device. A uniform grid over the references answers most
+    queries from the 27 cells around them (an answer no farther than one cell is provably the
+    nearest); the rest, far from every reference, go to brute force over tiles of at most
+    `chunk_size`² distances. So surface-to-surface comparisons of 10⁵ points cost about
+    Q · 27 · (points per cell) distances instead of Q · R, and memory stays bounded. On an
+    H100, 10⁵ against 10⁵ surface points took 36 ms this way against 150 ms for all Q · R
+    distances in float32 with the 8 nearest re-ranked in float64.
     """
     _check_points(queries, "query points")
     _check_points(references, "reference points")
@@ -117,9 +117,6 @@ def nearest_neighbours(queries: Tensor, references: Tensor, chunk_size: int = DE
     centre = references.to(torch.float64).mean(dim=0)
     queries64 = queries.to(torch.float64) - centre
     references64 = references.to(torch.float64) - centre
-    if queries.device.type == "cuda":
-        indices = _nearest_among_float32_candidates(queries64, references64)
-        return (queries64 - references64[indices]).norm(dim=1), indices
     indices = torch.full((len(queries),), -1, dtype=torch.long, device=queries.device)
     extent = float((references64.amax(dim=0) - references64.amin(dim=0)).max()) if len(references64) else 0.0
     if len(references64) >= _GRID_MIN_REFERENCES and extent > 0:
@@ -181,30 +178,6 @@ def _grid_nearest(queries: Tensor, references: Tensor, cell: float, chunk_size: 
             best_index = torch.where(closer, candidate.gather(1, column[:, None]).squeeze(1), best_index)
         result[start : start + block] = torch.where(best <= cell * cell, best_index, -1)
     return result
-
-
-# Float32 candidates re-ranked in float64 on a GPU, and the most distances held at once there.
-_GPU_CANDIDATES = 8
-_GPU_TILE = 2**27
-
-
-def _nearest_among_float32_candidates(queries: Tensor, references: Tensor) -> Tensor:
-    """Index of each (centred, float64) query's nearest reference: the float64-nearest of its
-    `_GPU_CANDIDATES` float32-nearest, which holds the true nearest unless more references than
-    that lie within float32 rounding (~1e-7 squared units) of it."""
-    queries32, references32 = queries.float(), references.float()
-    squared_norms = (references32 * references32).sum(dim=1)
-    count = min(_GPU_CANDIDATES, len(references))
-    rows = max(1, _GPU_TILE // len(references))
-    indices = torch.empty(len(queries), dtype=torch.long, device=queries.device)
-    for start in range(0, len(queries), rows):
-        block = queries[start : start + rows]
-        # |q - r|² - |q|²: the query's own norm does not change which references are nearest.
-        partial = torch.addmm(squared_norms, queries32[start : start + rows], references32.T, alpha=-2.0)
-        candidates = partial.topk(count, dim=1, largest=False).indices
-        exact = (block[:, None, :] - references[candidates]).pow(2).sum(dim=2)
-        indices[start : start + rows] = candidates.gather(1, exact.argmin(dim=1, keepdim=True)).squeeze(1)
-    return indices
 
 
 def _brute_force_nearest(queries: Tensor, references: Tensor, chunk_size: int) -> Tensor:

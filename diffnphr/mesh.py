@@ -425,8 +425,9 @@ def _marching_cubes(
     """Mesh level 0 of an SDF grid in world coordinates, without degenerate parts.
 
     PyMCubes runs on ``-sdf`` block by block, only in the blocks of ``_MC_BLOCK``³ cells that
-    hold a face: the triangles of the whole grid (the merge below joins the blocks' shared
-    vertices) in a fraction of the time, since a head's surface crosses few blocks.
+    hold a face: the triangles of the whole grid in a fraction of the time, since a head's
+    surface crosses few blocks. Neighbouring blocks both make the vertices on their shared
+    face; ``_weld_grid_vertices`` joins them by the grid edge they lie on.
     """
     occupied = _blocks_holding(_sign_change_cells(grid), _MC_BLOCK).nonzero().tolist()
     field = (-grid).cpu().numpy()
@@ -442,16 +443,45 @@ def _marching_cubes(
         offset += len(block_vertices)
     if not faces:
         return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
-    vertices, faces = np.concatenate(vertices), np.concatenate(faces)
+    vertices, faces = _weld_grid_vertices(np.concatenate(vertices), np.concatenate(faces), field.shape)
     mesh = trimesh.Trimesh(box_min + vertices * spacing, faces, process=False)
-    # Neighbouring blocks both make the vertices on their shared face; a grid node exactly on
-    # the surface yields coincident vertices and zero-area faces.
-    mesh.merge_vertices()
-    mesh.update_faces(mesh.nondegenerate_faces() & mesh.unique_faces())
-    mesh.remove_unreferenced_vertices()
     if keep_largest_component and len(mesh.faces) > 0:
         mesh = max(mesh.split(only_watertight=False), key=lambda part: len(part.faces))
     return mesh
+
+
+# A marching-cubes vertex this close to a grid node (in voxels) is that node.
+_NODE_SNAP = 1.0e-9
+
+
+def _weld_grid_vertices(
+    vertices: np.ndarray, faces: np.ndarray, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One vertex per grid edge (or node) the surface crosses; faces that collapse or repeat dropped.
+
+    Marching-cubes vertices (in grid units) lie on grid edges: two coordinates are whole
+    numbers and the third is not, unless the vertex sits on a node (an SDF value of 0 there).
+    The lower node and the edge's axis name the vertex exactly, whichever block made it, with
+    no tolerance on world coordinates and no sorting of coordinate rows. A face left with a
+    repeated vertex (nodes on the surface) has no area; two faces on the same three vertices
+    are kept once.
+    """
+    rounded = np.rint(vertices)
+    whole = np.abs(vertices - rounded) <= _NODE_SNAP
+    vertices = np.where(whole, rounded, vertices)
+    axis = np.where(whole.all(axis=1), 3, np.argmin(whole, axis=1))
+    node = np.floor(vertices).astype(np.int64)
+    keys = ((node[:, 0] * shape[1] + node[:, 1]) * shape[2] + node[:, 2]) * 4 + axis
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    faces = inverse.reshape(-1)[faces]
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+    # A face's vertices are neighbours on the grid, so their indices (in grid order) lie within
+    # `span` of its lowest one: (lowest, offsets) is a short exact key.
+    ordered = np.sort(faces, axis=1)
+    offsets = ordered[:, 1:] - ordered[:, :1]
+    span = int(offsets.max(initial=0)) + 1
+    _, kept = np.unique((ordered[:, 0] * span + offsets[:, 0]) * span + offsets[:, 1], return_index=True)
+    return vertices[first], faces[np.sort(kept)]
 
 
 def _blocks_holding(cells: Tensor, block: int) -> Tensor:

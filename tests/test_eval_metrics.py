@@ -9,7 +9,6 @@ import pytest
 import torch
 import trimesh
 
-import diffnphr.eval as eval_module
 from diffnphr.eval import (
     SurfaceSamples,
     head_and_face_metrics,
@@ -178,21 +177,6 @@ def test_nearest_neighbours_of_surface_clouds_match_brute_force_also_far_from_th
     distances, indices = nearest_neighbours(queries, references, chunk_size=256)
     assert torch.equal(indices, expected_indices)
     assert torch.allclose(distances, expected_distances, rtol=0, atol=1e-12)
-
-
-def test_the_gpu_search_finds_the_exact_nearest_neighbours_also_among_near_ties():
-    # The GPU path (float32 candidates, float64 re-ranking) run on the CPU: surface clouds, a
-    # query set with exact duplicates and references a float32 rounding apart.
-    generator = torch.Generator().manual_seed(2)
-    directions = torch.randn(5000, 3, generator=generator, dtype=torch.float64)
-    references = directions / directions.norm(dim=1, keepdim=True) * 0.4
-    references = torch.cat([references, references[:50] + 1e-9])
-    queries = torch.cat([references[:1000] * 1.001, references[:200], torch.rand(300, 3, generator=generator,
-                                                                                 dtype=torch.float64) - 0.5])
-    exact = torch.cdist(queries, references, compute_mode="donot_use_mm_for_euclid_dist")
-    expected_distances, _ = exact.min(dim=1)
-    indices = eval_module._nearest_among_float32_candidates(queries, references)
-    assert torch.allclose((queries - references[indices]).norm(dim=1), expected_distances, rtol=0, atol=1e-12)
 
 
 def test_metrics_do_not_depend_on_chunk_size():

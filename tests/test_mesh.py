@@ -113,6 +113,17 @@ def test_marching_cubes_by_blocks_gives_the_triangles_of_the_whole_grid():
     assert mesh.is_watertight
 
 
+def test_a_surface_through_grid_nodes_gives_a_closed_mesh_without_repeated_vertices_or_empty_faces():
+    # Nodes at multiples of 1/16: the cube's faces and the sphere's poles pass exactly through them,
+    # where marching cubes makes several coincident vertices per node.
+    box = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
+    for sdf_fn in (lambda p: p.abs().amax(dim=1) - 0.5, lambda p: p.norm(dim=1) - 0.5):
+        mesh = extract_mesh(sdf_fn, resolution=33, bbox=box, method="dense")
+        assert mesh.is_watertight and mesh.is_winding_consistent
+        assert (mesh.area_faces > 1e-12).all()
+        assert len(np.unique(mesh.vertices.round(9), axis=0)) == len(mesh.vertices)
+
+
 def test_faces_point_outwards():
     mesh = extract_mesh(sphere(), resolution=64)
     outward = np.einsum("ij,ij->i", mesh.face_normals, mesh.triangles_center - CENTRE.numpy())
