@@ -18,8 +18,8 @@ each point came from:
   0 where P = R = 0 (the reference divides by zero there).
 
 Canonical units are MonoNPHM's (1 unit = 0.25 m), so distances are reported ×250 in mm.
-Nearest neighbours are exact: brute force over tiles of the distance matrix (float64, so
-neither TF32 nor float32 cancellation can pick a wrong neighbour), on the points' device.
+Nearest neighbours are exact, in float64 (a k-d tree), so neither TF32 nor float32
+cancellation can pick a wrong neighbour.
 
 Sampling floor: distances run point to point, so even a perfect reconstruction scores the gap
 between two independent samplings of one surface, about 0.5/√(points per mm²) each way. On an
@@ -44,11 +44,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 MM_PER_UNIT = 250.0
 DEFAULT_THRESHOLDS_MM = (1.0, 2.5, 5.0)
-DEFAULT_CHUNK_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -97,107 +97,23 @@ def sample_surface(vertices: Tensor | np.ndarray, faces: Tensor | np.ndarray, co
     return SurfaceSamples(points.to(torch.float32), normals.to(torch.float32), face_index)
 
 
-def nearest_neighbours(queries: Tensor, references: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, Tensor]:
+def nearest_neighbours(queries: Tensor, references: Tensor) -> tuple[Tensor, Tensor]:
     """For each query point (Q, 3), the Euclidean distance (float64) to the nearest reference point (R, 3) and its index.
 
-    Exact, in float64 on the queries' device. A uniform grid over the references answers most
-    queries from the 27 cells around them (an answer no farther than one cell is provably the
-    nearest); the rest, far from every reference, go to brute force over tiles of at most
-    `chunk_size`² distances. So surface-to-surface comparisons of 10⁵ points cost about
-    Q · 27 · (points per cell) distances instead of Q · R, and memory stays bounded. On an
-    H100, 10⁵ against 10⁵ surface points took 36 ms this way against 150 ms for all Q · R
-    distances in float32 with the 8 nearest re-ranked in float64.
+    Exact, in float64: a k-d tree over the references (`scipy.spatial.cKDTree`, on the CPU,
+    with every core); the results return to the queries' device. On this 2-core CPU, 10⁵
+    against 10⁵ surface points took 0.23 s this way against 14 s for an exact uniform-grid
+    search in torch; on an H100 that grid search took 36 ms, but an evaluation keeps the GPU
+    busy with decoding, while the tree runs beside it.
     """
     _check_points(queries, "query points")
     _check_points(references, "reference points")
     if queries.device != references.device:
         raise ValueError(f"query and reference points are on different devices ({queries.device}, {references.device})")
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    centre = references.to(torch.float64).mean(dim=0)
-    queries64 = queries.to(torch.float64) - centre
-    references64 = references.to(torch.float64) - centre
-    indices = torch.full((len(queries),), -1, dtype=torch.long, device=queries.device)
-    extent = float((references64.amax(dim=0) - references64.amin(dim=0)).max()) if len(references64) else 0.0
-    if len(references64) >= _GRID_MIN_REFERENCES and extent > 0:
-        for cells_per_side in _GRID_CELLS_PER_SIDE:
-            pending = torch.nonzero(indices < 0).squeeze(1)
-            if len(pending) == 0:
-                break
-            found = _grid_nearest(queries64[pending], references64, extent / cells_per_side, chunk_size)
-            indices[pending] = found
-    pending = torch.nonzero(indices < 0).squeeze(1)
-    if len(pending):
-        indices[pending] = _brute_force_nearest(queries64[pending], references64, chunk_size)
-    return (queries64 - references64[indices]).norm(dim=1), indices
-
-
-# Grid sizes tried in turn (cells along the references' longest side) before brute force, and
-# the fewest references worth a grid.
-_GRID_CELLS_PER_SIDE = (128, 64, 32)
-_GRID_MIN_REFERENCES = 2048
-
-
-def _grid_nearest(queries: Tensor, references: Tensor, cell: float, chunk_size: int) -> Tensor:
-    """Index of each query's nearest reference where it lies within `cell` of the query, else -1.
-
-    The 27 cells around a query's cell hold every reference within one cell size of it, so
-    a nearest candidate at most `cell` away is the true nearest.
-    """
-    low = references.amin(dim=0)
-    reference_cells = ((references - low) / cell).floor().long()
-    dims = reference_cells.amax(dim=0) + 1
-    keys = (reference_cells[:, 0] * dims[1] + reference_cells[:, 1]) * dims[2] + reference_cells[:, 2]
-    keys, order = keys.sort()
-    cell_keys, counts = torch.unique_consecutive(keys, return_counts=True)
-    starts = counts.cumsum(0) - counts
-    widest = int(counts.max())
-    slots = torch.arange(widest, device=references.device)
-    offsets = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=references.device)] * 3, indexing="ij"), -1)
-    offsets = offsets.reshape(-1, 3)
-    result = torch.full((len(queries),), -1, dtype=torch.long, device=queries.device)
-    block = max(1, chunk_size * chunk_size // (27 * widest))
-    for start in range(0, len(queries), block):
-        points = queries[start : start + block]
-        home = ((points - low) / cell).floor().long()
-        best = torch.full((len(points),), torch.inf, dtype=torch.float64, device=points.device)
-        best_index = torch.full((len(points),), -1, dtype=torch.long, device=points.device)
-        for offset in offsets:
-            neighbour = home + offset
-            inside = ((neighbour >= 0) & (neighbour < dims)).all(dim=1)
-            key = (neighbour[:, 0] * dims[1] + neighbour[:, 1]) * dims[2] + neighbour[:, 2]
-            position = torch.searchsorted(cell_keys, key).clamp(max=len(cell_keys) - 1)
-            present = inside & (cell_keys[position] == key)
-            count = torch.where(present, counts[position], 0)
-            candidate = order[(starts[position][:, None] + slots[None, :]).clamp(max=len(order) - 1)]
-            squared = (points[:, None, :] - references[candidate]).pow(2).sum(dim=2)
-            squared = squared.masked_fill(slots[None, :] >= count[:, None], torch.inf)
-            value, column = squared.min(dim=1)
-            closer = value < best
-            best = torch.where(closer, value, best)
-            best_index = torch.where(closer, candidate.gather(1, column[:, None]).squeeze(1), best_index)
-        result[start : start + block] = torch.where(best <= cell * cell, best_index, -1)
-    return result
-
-
-def _brute_force_nearest(queries: Tensor, references: Tensor, chunk_size: int) -> Tensor:
-    """Index of each query's nearest reference, over tiles of at most `chunk_size`² distances."""
-    squared_norms = (references * references).sum(dim=1)
-    indices = torch.empty(len(queries), dtype=torch.long, device=queries.device)
-    for start in range(0, len(queries), chunk_size):
-        block = queries[start : start + chunk_size]
-        best = torch.full((len(block),), torch.inf, dtype=torch.float64, device=queries.device)
-        best_index = torch.zeros(len(block), dtype=torch.long, device=queries.device)
-        for ref_start in range(0, len(references), chunk_size):
-            ref_block = references[ref_start : ref_start + chunk_size]
-            # |q - r|² - |q|²: the query's own norm does not change which reference is nearest.
-            partial = torch.addmm(squared_norms[ref_start : ref_start + chunk_size], block, ref_block.T, alpha=-2.0)
-            value, index = partial.min(dim=1)
-            closer = value < best
-            best = torch.where(closer, value, best)
-            best_index = torch.where(closer, index + ref_start, best_index)
-        indices[start : start + chunk_size] = best_index
-    return indices
+    tree = cKDTree(references.detach().to("cpu", torch.float64).numpy())
+    distances, indices = tree.query(queries.detach().to("cpu", torch.float64).numpy(), workers=-1)
+    device = queries.device
+    return torch.from_numpy(distances).to(device), torch.from_numpy(indices).to(device=device, dtype=torch.long)
 
 
 def surface_metrics(
@@ -207,7 +123,6 @@ def surface_metrics(
     gt_normals: Tensor,
     thresholds_mm: Sequence[float] = DEFAULT_THRESHOLDS_MM,
     scale_to_mm: float = MM_PER_UNIT,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, float]:
     """Chamfer-L1, accuracy, completeness (mm), normal consistency and F-scores of two sampled surfaces.
 
@@ -223,8 +138,8 @@ def surface_metrics(
     if not (scale_to_mm > 0):
         raise ValueError(f"scale_to_mm must be positive, got {scale_to_mm}")
 
-    accuracy, to_gt = nearest_neighbours(pred_points, gt_points, chunk_size)
-    completeness, to_pred = nearest_neighbours(gt_points, pred_points, chunk_size)
+    accuracy, to_gt = nearest_neighbours(pred_points, gt_points)
+    completeness, to_pred = nearest_neighbours(gt_points, pred_points)
     accuracy = accuracy * scale_to_mm
     completeness = completeness * scale_to_mm
     pred_unit = torch.nn.functional.normalize(pred_normals.to(torch.float64), dim=1)
@@ -246,7 +161,7 @@ def surface_metrics(
     return metrics
 
 
-def nearest_region_mask(points: Tensor, gt_points: Tensor, gt_in_region: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+def nearest_region_mask(points: Tensor, gt_points: Tensor, gt_in_region: Tensor) -> Tensor:
     """(N,) bool: which points have their nearest ground-truth point inside the region.
 
     This is how a predicted point is assigned to a region such as the face (the ground-truth
@@ -255,7 +170,7 @@ def nearest_region_mask(points: Tensor, gt_points: Tensor, gt_in_region: Tensor,
     if gt_in_region.shape != gt_points.shape[:1] or gt_in_region.dtype != torch.bool:
         raise ValueError(f"gt_in_region must be a bool tensor with one entry per ground-truth point ({len(gt_points)}), "
                          f"got {tuple(gt_in_region.shape)} {gt_in_region.dtype}")
-    _, nearest = nearest_neighbours(points, gt_points, chunk_size)
+    _, nearest = nearest_neighbours(points, gt_points)
     return gt_in_region.to(nearest.device)[nearest]
 
 
@@ -265,7 +180,6 @@ def head_and_face_metrics(
     gt_face_region: Tensor,
     thresholds_mm: Sequence[float] = DEFAULT_THRESHOLDS_MM,
     scale_to_mm: float = MM_PER_UNIT,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, dict[str, float]]:
     """`surface_metrics` for the whole surface ("head") and for the face region ("face").
 
@@ -279,11 +193,11 @@ def head_and_face_metrics(
     if len(gt.face_index) and int(gt.face_index.max()) >= len(gt_face_region):
         raise ValueError(f"gt_face_region has {len(gt_face_region)} entries but the ground-truth samples "
                          f"come from triangle {int(gt.face_index.max())}: it must mark every triangle of the sampled mesh")
-    settings = {"thresholds_mm": thresholds_mm, "scale_to_mm": scale_to_mm, "chunk_size": chunk_size}
+    settings = {"thresholds_mm": thresholds_mm, "scale_to_mm": scale_to_mm}
     gt_in_face = gt_face_region[gt.face_index]
     if not gt_in_face.any():
         raise ValueError(f"none of the {len(gt_in_face)} ground-truth samples lies in the face region")
-    pred_in_face = nearest_region_mask(pred.points, gt.points, gt_in_face, chunk_size)
+    pred_in_face = nearest_region_mask(pred.points, gt.points, gt_in_face)
     if not pred_in_face.any():
         raise ValueError("no predicted point lies nearest to the ground-truth face: the prediction misses the face")
     return {
