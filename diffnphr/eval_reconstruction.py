@@ -613,12 +613,34 @@ def _summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def paired_differences(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-render differences, ours − theirs, of head Chamfer and F@2.5 mm: mean ± standard error, and wins.
+
+    Renders are paired by position; a pair where either side failed is left out. The means of
+    a table can differ by less than the renders' spread: this says whether a gap is more than
+    noise (a difference within about two standard errors of 0 is a tie).
+    """
+    pairs = [(a["head"], b["head"]) for a, b in zip(ours, theirs) if "error" not in a and "error" not in b]
+    result: dict[str, Any] = {"renders": len(pairs)}
+    if len(pairs) < 2:
+        return result
+    for key in ("chamfer_l1_mm", "f_score_2.5mm"):
+        differences = [a[key] - b[key] for a, b in pairs]
+        result[key] = {"mean_difference": statistics.fmean(differences),
+                       "standard_error": statistics.stdev(differences) / math.sqrt(len(differences))}
+    result["ours_closer"] = sum(a["chamfer_l1_mm"] < b["chamfer_l1_mm"] for a, b in pairs)
+    return result
+
+
 def build_report(cache: _ResultCache, renders: EvalRenders, scope: range, methods: Sequence[str], default: str,
                  settings: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """The report over the cached results in `scope`: a table over the renders every method has finished."""
     finished = [i for i in scope if all(_key("recon", m, i) in cache for m in methods)]
     table = {m: _summarise([cache.results[_key("recon", m, i)] for i in finished]) for m in methods}
     pending = {m: sum(_key("recon", m, i) not in cache for i in scope) for m in methods}
+    paired = {m: paired_differences([cache.results[_key("recon", default, i)] for i in finished],
+                                    [cache.results[_key("recon", m, i)] for i in finished])
+              for m in methods if m not in (default, "sampling_floor") and default in methods}
     curve = [{"steps": s, "guidance": g, **_headline(table[_diffusion_name(s, g)])}
              for s in DIFFUSION_STEPS for g in GUIDANCE_SCALES if _diffusion_name(s, g) in table]
     consistency = consistency_summary([cache.results[_key("consistency", default, i)] for i in scope
@@ -632,6 +654,7 @@ def build_report(cache: _ResultCache, renders: EvalRenders, scope: range, method
                      "fingerprint": renders.fingerprint()},
         "compared_renders": len(finished),
         "methods": table,
+        "paired": {"method": default, "against": paired},
         "pending": {m: n for m, n in pending.items() if n},
         "steps_curve": curve,
         "consistency": {"method": default, **consistency},
@@ -677,6 +700,16 @@ def format_reconstruction_summary(report: dict[str, Any]) -> str:
             cells = [f"{summary[region][k]['mean']:.3f}" for k in REPORTED]
             cells[0] = f"{summary[region]['chamfer_l1_mm']['mean']:.3f} ({summary[region]['chamfer_l1_mm']['median']:.3f})"
             lines.append(f"| {method} | {region} | " + " | ".join(cells) + f" | {summary['failures']} |")
+    paired = report["paired"]
+    rows = [(m, d) for m, d in paired["against"].items() if "chamfer_l1_mm" in d]
+    if rows:
+        lines += ["", f"Paired per render, {paired['method']} − method (mean ± standard error; negative Chamfer and "
+                  "positive F@2.5 favour the former):", "",
+                  "| method | renders | Δ Chamfer-L1 mm (head) | closer on | Δ F@2.5 mm (head) |", "|---|---|---|---|---|"]
+        lines += [f"| {m} | {d['renders']} | {d['chamfer_l1_mm']['mean_difference']:+.3f} ± "
+                  f"{d['chamfer_l1_mm']['standard_error']:.3f} | {d['ours_closer']} of {d['renders']} | "
+                  f"{d['f_score_2.5mm']['mean_difference']:+.3f} ± {d['f_score_2.5mm']['standard_error']:.3f} |"
+                  for m, d in rows]
     if report["steps_curve"]:
         lines += ["", "| DDIM steps | guidance | Chamfer-L1 mm (head) | F@2.5 mm (head) |", "|---|---|---|---|"]
         lines += [f"| {row['steps']} | {row['guidance']:g} | {_number(row['chamfer_l1_mm'])} | "

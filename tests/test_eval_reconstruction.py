@@ -19,6 +19,7 @@ from diffnphr.eval_reconstruction import (
     METHODS,
     build_landmark_predictions,
     consistency_summary,
+    paired_differences,
     eval_renders,
     evaluate_reconstruction,
     format_reconstruction_summary,
@@ -136,6 +137,9 @@ def test_the_table_has_every_method(tmp_path, tiny_weights_dir, latents_dir, reg
     for method, summary in report["methods"].items():
         assert summary["count"] + summary["failures"] == 3, method
     assert [row["steps"] for row in report["steps_curve"]] == [5, 5, 10, 10, 25, 25, 50, 50]
+    assert report["paired"]["method"] == default
+    assert set(report["paired"]["against"]) == set(report["methods"]) - {default, "sampling_floor"}
+    assert all(pair["renders"] == 3 for pair in report["paired"]["against"].values())
     table = format_reconstruction_summary(report)
     assert all(f"| {method} |" in table for method in report["methods"] if report["methods"][method]["count"])
     assert json.loads((tmp_path / "report.json").read_text())["compared_renders"] == 3
@@ -216,6 +220,21 @@ def test_consistency_counts_empty_reconstructions_as_failures():
              reconstruction_distances(_sphere(0.3), _sphere(0.3), _sphere(0.32), 1000, 0)]
     assert "error" in items[0]
     assert consistency_summary(items)["failures"] == 1 and consistency_summary(items)["pairs"] == 1
+
+
+def test_paired_differences_give_the_mean_gap_its_standard_error_and_the_wins():
+    def record(chamfer, f_score):
+        return {"head": {"chamfer_l1_mm": chamfer, "f_score_2.5mm": f_score}}
+
+    ours = [record(4.0, 0.5), record(5.0, 0.4), {"error": "empty mesh"}, record(3.0, 0.6)]
+    theirs = [record(4.5, 0.45), record(4.9, 0.42), record(4.0, 0.5), record(3.6, 0.55)]
+    paired = paired_differences(ours, theirs)
+    assert paired["renders"] == 3 and paired["ours_closer"] == 2
+    differences = np.array([-0.5, 0.1, -0.6])
+    assert paired["chamfer_l1_mm"]["mean_difference"] == pytest.approx(differences.mean())
+    assert paired["chamfer_l1_mm"]["standard_error"] == pytest.approx(differences.std(ddof=1) / np.sqrt(3))
+    assert paired["f_score_2.5mm"]["mean_difference"] == pytest.approx(np.mean([0.05, -0.02, 0.05]))
+    assert paired_differences(ours[:1], theirs[:1]) == {"renders": 1}
 
 
 def test_landmark_features_ignore_a_similarity_transform():
