@@ -814,14 +814,20 @@ def _astronaut_figure(directory: Path, pipeline, resolution: int) -> Path:
 
 
 def steps_chart(report: dict[str, Any], path: Path) -> Path:
-    """A line chart (PNG, PIL only) of mean head Chamfer against DDIM steps per guidance scale, baselines dashed."""
+    """A line chart (PNG, PIL only) of mean head Chamfer against DDIM steps per guidance scale, baselines dashed,
+    the default setting (samples averaged) as a square at its steps."""
     from PIL import Image, ImageDraw
 
     width, height, margin = 720, 420, 60
     curve = [row for row in report["steps_curve"] if row["chamfer_l1_mm"] is not None]
     baselines = {m: _headline(report["methods"][m])["chamfer_l1_mm"] for m in (*BASELINES, "decoder_fit")
                  if m in report["methods"] and report["methods"][m].get("head")}
-    values = [row["chamfer_l1_mm"] for row in curve] + list(baselines.values())
+    default = report["goal"]["method"]
+    default_value = _headline(report["methods"][default])["chamfer_l1_mm"] if default in report["methods"] else None
+    default_steps = _parse_diffusion_name(default)[0]
+    if default_steps not in DIFFUSION_STEPS:
+        default_value = None
+    values = [row["chamfer_l1_mm"] for row in curve] + list(baselines.values()) + [v for v in [default_value] if v]
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     if not values:
@@ -856,6 +862,10 @@ def steps_chart(report: dict[str, Any], path: Path) -> Path:
         for start in range(margin, width - margin, 16):
             draw.line([(start, y(value)), (min(start + 8, width - margin), y(value))], fill="#777777", width=2)
         draw.text((margin + 6 + 120 * n, y(value) - 14), name, fill="#555555")
+    if default_value is not None:
+        px, py = x(default_steps), y(default_value)
+        draw.rectangle([px - 5, py - 5, px + 5, py + 5], fill=palette[2])
+        draw.text((px + 10, py + 4), f"default ({_parse_diffusion_name(default)[2]} averaged)", fill=palette[2])
     image.save(path)
     return path
 
