@@ -33,8 +33,8 @@ over the Chamfer to another head's, at the pipeline's default settings) and expr
 Work is cached per (kind, method, render) in the output folder (`results.jsonl`), so a call stops
 at `max_minutes` and the next one continues; `settings.json` guards against mixing settings.
 With `shard=(k, n)` a call takes only the k-th of n contiguous parts of the renders and caches
-into `results-k-of-n.jsonl`, so n processes can share one GPU and folder (meshing and metrics
-are single-threaded CPU work); every call reads all the folder's result files.
+into `results-k-of-n.jsonl`, so n processes can share one GPU and folder (meshing is
+single-threaded CPU work); every call reads all the folder's result files.
 """
 
 from __future__ import annotations
@@ -638,9 +638,11 @@ def build_report(cache: _ResultCache, renders: EvalRenders, scope: range, method
     finished = [i for i in scope if all(_key("recon", m, i) in cache for m in methods)]
     table = {m: _summarise([cache.results[_key("recon", m, i)] for i in finished]) for m in methods}
     pending = {m: sum(_key("recon", m, i) not in cache for i in scope) for m in methods}
-    paired = {m: paired_differences([cache.results[_key("recon", default, i)] for i in finished],
-                                    [cache.results[_key("recon", m, i)] for i in finished])
-              for m in methods if m not in (default, "sampling_floor") and default in methods}
+    paired = {}
+    if default in methods:
+        ours = [cache.results[_key("recon", default, i)] for i in finished]
+        paired = {m: paired_differences(ours, [cache.results[_key("recon", m, i)] for i in finished])
+                  for m in methods if m not in (default, "sampling_floor")}
     curve = [{"steps": s, "guidance": g, **_headline(table[_diffusion_name(s, g)])}
              for s in DIFFUSION_STEPS for g in GUIDANCE_SCALES if _diffusion_name(s, g) in table]
     consistency = consistency_summary([cache.results[_key("consistency", default, i)] for i in scope
@@ -823,11 +825,11 @@ def steps_chart(report: dict[str, Any], path: Path) -> Path:
     baselines = {m: _headline(report["methods"][m])["chamfer_l1_mm"] for m in (*BASELINES, "decoder_fit")
                  if m in report["methods"] and report["methods"][m].get("head")}
     default = report["goal"]["method"]
-    default_value = _headline(report["methods"][default])["chamfer_l1_mm"] if default in report["methods"] else None
-    default_steps = _parse_diffusion_name(default)[0]
-    if default_steps not in DIFFUSION_STEPS:
-        default_value = None
-    values = [row["chamfer_l1_mm"] for row in curve] + list(baselines.values()) + [v for v in [default_value] if v]
+    default_steps, _, default_samples = _parse_diffusion_name(default)
+    default_value = (_headline(report["methods"][default])["chamfer_l1_mm"]
+                     if default in report["methods"] and default_steps in DIFFUSION_STEPS else None)
+    values = [row["chamfer_l1_mm"] for row in curve] + list(baselines.values())
+    values += [default_value] if default_value is not None else []
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     if not values:
@@ -865,7 +867,7 @@ def steps_chart(report: dict[str, Any], path: Path) -> Path:
     if default_value is not None:
         px, py = x(default_steps), y(default_value)
         draw.rectangle([px - 5, py - 5, px + 5, py + 5], fill=palette[2])
-        draw.text((px + 10, py + 4), f"default ({_parse_diffusion_name(default)[2]} averaged)", fill=palette[2])
+        draw.text((px + 10, py + 4), f"default ({default_samples} averaged)", fill=palette[2])
     image.save(path)
     return path
 

@@ -114,14 +114,31 @@ def test_marching_cubes_by_blocks_gives_the_triangles_of_the_whole_grid():
 
 
 def test_a_surface_through_grid_nodes_gives_a_closed_mesh_without_repeated_vertices_or_empty_faces():
-    # Nodes at multiples of 1/16: the cube's faces and the sphere's poles pass exactly through them,
-    # where marching cubes makes several coincident vertices per node.
+    # Nodes at multiples of 1/16 and SDF values rounded to 1/16: hundreds of nodes are exactly 0,
+    # where marching cubes puts several vertices of a triangle on the same node.
     box = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
-    for sdf_fn in (lambda p: p.abs().amax(dim=1) - 0.5, lambda p: p.norm(dim=1) - 0.5):
+    bumpy = lambda p: p.norm(dim=1) - 0.5 + 0.1 * torch.sin(7 * p[:, 0]) * torch.cos(5 * p[:, 1])  # noqa: E731
+    for sdf_fn in (lambda p: torch.round((p.norm(dim=1) - 0.5) * 16) / 16, lambda p: torch.round(bumpy(p) * 16) / 16):
         mesh = extract_mesh(sdf_fn, resolution=33, bbox=box, method="dense")
         assert mesh.is_watertight and mesh.is_winding_consistent
         assert (mesh.area_faces > 1e-12).all()
         assert len(np.unique(mesh.vertices.round(9), axis=0)) == len(mesh.vertices)
+
+
+def test_marching_cubes_on_a_field_full_of_zeros_keeps_each_face_and_vertex_once():
+    # Random values in {-1, 0, 1}: triangles collapse onto zero nodes, and different triangles of
+    # a cell collapse onto the same three vertices.
+    grid = torch.randint(-1, 2, (17, 17, 17), generator=torch.Generator().manual_seed(0)).float()
+
+    def grid_values(points):  # grid nodes sit at whole coordinates in the box 0..16
+        index = points.round().long()
+        return grid[index[:, 0], index[:, 1], index[:, 2]]
+
+    mesh = extract_mesh(grid_values, resolution=17, bbox=((0, 0, 0), (16, 16, 16)), method="dense")
+    assert len(mesh.faces) > 100
+    assert len(np.unique(np.sort(mesh.faces, axis=1), axis=0)) == len(mesh.faces)
+    assert (mesh.area_faces > 1e-12).all()
+    assert len(np.unique(mesh.vertices.round(9), axis=0)) == len(mesh.vertices)
 
 
 def test_faces_point_outwards():
