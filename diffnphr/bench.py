@@ -170,7 +170,9 @@ def _pipeline(device: torch.device) -> tuple[Any, str]:
 
 
 def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -> dict[str, Any]:
-    """Seconds per stage of one reconstruction, as the pipeline runs it, after a warm-up call."""
+    """Seconds per stage of a reconstruction as the pipeline runs it: after a warm-up call, the
+    timed call with the median total of 3 (1 when quick); a shared machine's speed drifts by
+    ±15 % from call to call, so one call is not a figure to quote."""
     from diffnphr.mesh import extract_mesh_with_stats
     from diffnphr.nphm.latents import unpack
     from diffnphr.pipeline import REPO_WEIGHTS_DIR
@@ -223,7 +225,8 @@ def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -
         }
 
     first = reconstruct()
-    row = reconstruct()
+    calls = sorted((reconstruct() for _ in range(1 if quick else 3)), key=lambda call: call["seconds"]["total"])
+    row = calls[len(calls) // 2]
     return {
         "weights": weights,
         "resolution": resolution,
@@ -231,6 +234,7 @@ def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -
         "guidance_scale": defaults.guidance_scale,
         "samples": defaults.samples,
         **row,
+        "timed_totals": [call["seconds"]["total"] for call in calls],
         "first_call_total": first["seconds"]["total"],
         **({"crop": crop_note} if crop_note else {}),
     }

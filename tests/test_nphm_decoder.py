@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
 from diffnphr.nphm.canonical import gaussian_blend_weights
+from diffnphr.nphm.ensemble import MemberBlocks, MemberSlices, edge_layout
 
 STATE_DICT_LISTING = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mononphm_state_dict.txt"
 BOX_MIN = torch.tensor([-0.55, -0.5, -0.95])
@@ -150,17 +151,40 @@ def test_a_state_dict_with_the_official_names_loads_strictly():
 
 
 @pytest.mark.parametrize("config", [MonoNPHMConfig(), MonoNPHMConfig.small()], ids=["official", "small"])
-def test_batched_gemm_path_equals_a_plain_per_member_implementation(config):
+@pytest.mark.parametrize("grad", [True, False], ids=["blocks (autograd)", "slices (CPU inference)"])
+def test_both_edge_layouts_equal_a_plain_per_member_implementation(config, grad):
     model = make_model(config).double()
     z_geo, z_exp, z_app = make_latents(config, batch=2, dtype=torch.float64)
     points = box_points(2, 12, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        fast = {key: value.detach() for key, value in model(points, z_geo, z_exp, z_app).items()}
     with torch.no_grad():
-        fast = model(points, z_geo, z_exp, z_app)
         for b in range(2):
             ref = reference_forward(model, points[b], z_geo[b], z_exp[b], z_app[b])
             for key, value in ref.items():
                 torch.testing.assert_close(fast[key][b], value, rtol=1e-9, atol=1e-11, msg=key)
     assert fast["sdf"].std() > 1e-3 and fast["rgb"].std() > 1e-3  # the comparison is not between constants
+
+
+def test_the_two_edge_layouts_run_every_member_layer_alike():
+    members, edges = 7, 500
+    g = torch.Generator().manual_seed(0)
+    member = torch.randint(0, members - 2, (edges,), generator=g)  # the last two members own no edge
+    x = torch.randn(edges, 5, generator=g, dtype=torch.float64)
+    table, index = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randint(0, 40, (edges,), generator=g)
+    w1, w2 = torch.randn(members, 6, 5, generator=g, dtype=torch.float64), torch.randn(members, 3, 6, generator=g, dtype=torch.float64)
+    b2 = torch.randn(members, 3, generator=g, dtype=torch.float64)
+
+    def run(layout):
+        hidden = layout.linear_onto(layout.gather_rows(table, index), layout.scatter(x), w1)
+        return layout.gather(layout.linear(torch.relu(hidden), w2, b2))
+
+    per_edge = torch.stack([w2[m] @ torch.relu(table[i] + w1[m] @ row) + b2[m] for m, i, row in zip(member.tolist(), index, x)])
+    torch.testing.assert_close(run(MemberBlocks(member, members)), per_edge)
+    torch.testing.assert_close(run(MemberSlices(member, members)), per_edge)
+    with torch.no_grad():
+        assert isinstance(edge_layout(member, members), MemberSlices)
+    assert isinstance(edge_layout(member, members), MemberBlocks)  # autograd needs the blocks
 
 
 def test_blend_weights_sum_to_one_and_fall_with_distance():

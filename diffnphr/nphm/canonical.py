@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffnphr.nphm.config import MonoNPHMConfig
-from diffnphr.nphm.ensemble import MemberBlocks, MLPEnsemble
+from diffnphr.nphm.ensemble import MemberBlocks, MemberSlices, MLPEnsemble, edge_layout
 
 # Added to the sum of the Gaussian weights before normalising, as in the reference.
 _BLEND_EPS = 1e-8
@@ -179,18 +179,18 @@ class CanonicalField:
         mirrored_x = delta[..., :1] * self.decoder.node_sign[nodes].unsqueeze(-1).to(delta.dtype)
         delta = torch.cat([mirrored_x, delta[..., 1:]], dim=-1)
 
-        blocks = MemberBlocks(self.decoder.node_member[nodes], config.n_members)
-        hidden = blocks.linear_onto(
-            blocks.gather_rows(self.geo_node_terms, flat_nodes),
-            blocks.scatter(delta.reshape(-1, dim)),
+        layout = edge_layout(self.decoder.node_member[nodes], config.n_members)
+        hidden = layout.linear_onto(
+            layout.gather_rows(self.geo_node_terms, flat_nodes),
+            layout.scatter(delta.reshape(-1, dim)),
             self.geo_position_weight,
         )
         beta = config.softplus_beta
         for weight, bias in self.geo_layers[1:-1]:
-            hidden = blocks.linear(F.softplus(hidden, beta=beta), weight, bias)
-        edge_sdf = blocks.gather(blocks.linear(F.softplus(hidden, beta=beta), *self.geo_layers[-1]))
+            hidden = layout.linear(F.softplus(hidden, beta=beta), weight, bias)
+        edge_sdf = layout.gather(layout.linear(F.softplus(hidden, beta=beta), *self.geo_layers[-1]))
         sdf = (weights * edge_sdf.view(weights.shape)).sum(dim=-1)
-        rgb = self._colour(blocks, flat_nodes, hidden, weights) if with_rgb else None
+        rgb = self._colour(layout, flat_nodes, hidden, weights) if with_rgb else None
         return CanonicalOutput(sdf=sdf, rgb=rgb, nodes=nodes, weights=weights)
 
     def _neighbours(self, canonical_points: Tensor) -> Tensor:
@@ -202,12 +202,12 @@ class CanonicalField:
         global_node = torch.full_like(knn[..., :1], config.n_anchors)
         return torch.cat([knn, global_node], dim=-1)
 
-    def _colour(self, blocks: MemberBlocks, flat_nodes: Tensor, geo_feature: Tensor, weights: Tensor) -> Tensor:
+    def _colour(self, layout: MemberBlocks | MemberSlices, flat_nodes: Tensor, geo_feature: Tensor, weights: Tensor) -> Tensor:
         """Blended colour [B, N, 3]; the geometry MLPs pass on the pre-activation of their last hidden layer."""
         decoder = self.decoder
         comm = decoder.communcation_bottleneck2(F.relu(decoder.communcation_bottleneck1(geo_feature)))
-        hidden = blocks.linear_onto(blocks.gather_rows(self.app_node_terms, flat_nodes), comm, self.app_comm_weight)
+        hidden = layout.linear_onto(layout.gather_rows(self.app_node_terms, flat_nodes), comm, self.app_comm_weight)
         for weight, bias in self.app_layers[1:-1]:
-            hidden = blocks.linear(F.relu(hidden), weight, bias)
-        edge_rgb = blocks.gather(blocks.linear(F.relu(hidden), *self.app_layers[-1]))
+            hidden = layout.linear(F.relu(hidden), weight, bias)
+        edge_rgb = layout.gather(layout.linear(F.relu(hidden), *self.app_layers[-1]))
         return (weights.unsqueeze(-1) * edge_rgb.view(*weights.shape, 3)).sum(dim=-2)

@@ -1,9 +1,15 @@
 """Ensembles of small MLPs, stored member by member (official names) and run as one batched GEMM per layer.
 
 MonoNPHM evaluates, for every query, 13 (query, node) edges, each through the MLP of that node's
-ensemble member. `MemberBlocks` lays the edges out in fixed-size blocks, every block owned by a
-single member, so that a layer of all members is one `torch.baddbmm` over the blocks with that
-layer's stacked weights gathered per block.
+ensemble member. Two layouts of the edges run a layer of all members at once, with the same
+interface (`edge_layout` picks one):
+
+- `MemberBlocks` lays the edges out in fixed-size blocks, every block owned by a single member,
+  so that a layer is one `torch.baddbmm` over the blocks with that layer's stacked weights
+  gathered per block: one kernel per layer, differentiable (training, the GPU).
+- `MemberSlices` sorts the edges by member and runs one `torch.addmm` per member on its
+  contiguous rows: no padding and no weight copies, 14–20 % faster on a 2-core CPU, but one
+  call per member and writes into preallocated outputs, so it serves CPU inference only.
 """
 
 from __future__ import annotations
@@ -122,3 +128,55 @@ class MemberBlocks:
     def linear_onto(self, base: Tensor, x: Tensor, weight: Tensor) -> Tensor:
         """base + each block's member weights applied to x (base [n_blocks, block or 1, out], weight [M, out, in])."""
         return torch.baddbmm(base, x, weight.index_select(0, self.block_member).transpose(1, 2))
+
+
+class MemberSlices:
+    """The edges sorted by member, each member's rows contiguous: [E, F] tensors in sorted order.
+
+    Same interface as `MemberBlocks`; `linear` and `linear_onto` write into their outputs, so the
+    layout works without autograd only (see `edge_layout`).
+    """
+
+    def __init__(self, member: Tensor, n_members: int):
+        member = member.reshape(-1)
+        counts = torch.bincount(member, minlength=n_members)
+        self.order = torch.sort(member, stable=True).indices
+        self.position = torch.empty_like(self.order).index_copy_(
+            0, self.order, torch.arange(len(self.order), device=member.device)
+        )
+        ends = torch.cumsum(counts, 0).tolist()
+        starts = [0] + ends[:-1]
+        # (member, first row, end row) of every member that owns edges
+        self.spans = [(m, start, end) for m, (start, end) in enumerate(zip(starts, ends)) if end > start]
+
+    def scatter(self, values: Tensor) -> Tensor:
+        """Per-edge rows [E, F] -> rows in member order [E, F]."""
+        return values.index_select(0, self.order)
+
+    def gather_rows(self, table: Tensor, index: Tensor) -> Tensor:
+        """Rows table[index[e]] of every edge e ([R, F] table, [E] index), in member order."""
+        return table.index_select(0, index.reshape(-1).index_select(0, self.order))
+
+    def gather(self, rows: Tensor) -> Tensor:
+        """Rows in member order [E, F] -> per-edge rows [E, F] in the original edge order."""
+        return rows.index_select(0, self.position)
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Apply each row's member layer: x [E, in] with stacked weight [M, out, in], bias [M, out]."""
+        out = x.new_empty(x.shape[0], weight.shape[1])
+        for member, start, end in self.spans:
+            torch.addmm(bias[member], x[start:end], weight[member].t(), out=out[start:end])
+        return out
+
+    def linear_onto(self, base: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+        """base + each row's member weights applied to x (base [E, out], updated in place; weight [M, out, in])."""
+        for member, start, end in self.spans:
+            base[start:end].addmm_(x[start:end], weight[member].t())
+        return base
+
+
+def edge_layout(member: Tensor, n_members: int) -> MemberBlocks | MemberSlices:
+    """The faster layout that can serve this call: slices for CPU inference, blocks otherwise."""
+    if member.device.type == "cpu" and not torch.is_grad_enabled():
+        return MemberSlices(member, n_members)
+    return MemberBlocks(member, n_members)
