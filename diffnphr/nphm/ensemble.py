@@ -8,8 +8,9 @@ interface (`edge_layout` picks one):
   so that a layer is one `torch.baddbmm` over the blocks with that layer's stacked weights
   gathered per block: one kernel per layer, differentiable (training, the GPU).
 - `MemberSlices` sorts the edges by member and runs one `torch.addmm` per member on its
-  contiguous rows: no padding and no weight copies, 14–20 % faster on a 2-core CPU, but one
-  call per member and writes into preallocated outputs, so it serves CPU inference only.
+  contiguous rows: no padding and no weight copies (a head at 128³ on a 2-core CPU: 12.4 s
+  instead of 13.8), but one call per member, writing into preallocated outputs, so it serves
+  CPU inference only.
 """
 
 from __future__ import annotations
