@@ -17,6 +17,9 @@ randomly initialised encoder (`weights/encoder/config.json`, else the project's 
 tower) and diffusion model (`DiffusionConfig()`): their speed depends on shapes only, but their
 latent is no head, so the decoder then meshes its first training head instead (`weights` in the
 row says which).
+
+The `app` row starts `app.py` as people run it and reconstructs the example portrait through
+`gradio_client` at the app's defaults: seconds per request and the app process's peak RSS.
 """
 
 from __future__ import annotations
@@ -240,6 +243,78 @@ def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -
     }
 
 
+def _bench_app(device: torch.device, quick: bool) -> dict[str, Any]:
+    """The app as people reach it: `app.py` in its own process, reconstructions of the example
+    portrait through `gradio_client` at the app's defaults (a warm-up call, then the median of 3,
+    1 when quick), and that process's peak RSS: the figure the ≤ 3 GB goal is about, Gradio's
+    server and queue included (the other rows measure the pipeline without them)."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from gradio_client import handle_file
+
+    app_file = Path(__file__).resolve().parents[1] / "app.py"
+    if not app_file.is_file():
+        raise FileNotFoundError(f"the app row needs the repository's app.py, not found at {app_file}")
+    photo, crop_note = _face_photo()
+    if crop_note is not None:
+        raise RuntimeError(f"the app row needs a face photo and MediaPipe: {crop_note}")
+    with tempfile.TemporaryDirectory(prefix="diffnphr-bench-app-") as folder:
+        photo_path = Path(folder) / "portrait.png"
+        photo.save(photo_path)
+        with socket.socket() as probe:  # a free port for this run
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+               "GRADIO_ANALYTICS_ENABLED": "False"}
+        log_path = Path(folder) / "app.log"
+        with log_path.open("w") as log:
+            app = subprocess.Popen([sys.executable, str(app_file), "--device", device.type], env=env, stdout=log, stderr=log)
+        try:
+            started = time.perf_counter()
+            client = _connect(f"http://127.0.0.1:{port}/", app, log_path, started)
+            ready_s = time.perf_counter() - started
+
+            def reconstruct() -> tuple[float, dict[str, Any]]:
+                start = time.perf_counter()
+                *_, details = client.predict(handle_file(str(photo_path)), 0, False, api_name="/reconstruct")
+                return time.perf_counter() - start, details
+
+            first_s, _ = reconstruct()
+            calls = sorted((reconstruct() for _ in range(1 if quick else 3)), key=lambda call: call[0])
+            wall_s, details = calls[len(calls) // 2]
+        finally:
+            app.terminate()
+            app.wait(timeout=60)
+    return {
+        "vertices": details["vertices"],
+        "request_s": round(wall_s, 3),
+        "pipeline_seconds": details["seconds"],
+        "timed_requests_s": [round(call[0], 3) for call in calls],
+        "first_request_s": round(first_s, 3),
+        "ready_s": round(ready_s, 1),
+        "app_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+
+
+def _connect(url: str, app: Any, log_path: Any, started: float, timeout_s: float = 300.0) -> Any:
+    """A `gradio_client.Client` of the app at `url` once it serves, or an error with the app's last words."""
+    from gradio_client import Client
+
+    while True:
+        if app.poll() is not None:
+            raise RuntimeError(f"app.py exited ({app.returncode}) before serving: {log_path.read_text()[-800:]}")
+        try:
+            return Client(url, verbose=False)
+        except Exception:
+            if time.perf_counter() - started > timeout_s:
+                raise TimeoutError(f"app.py did not serve within {timeout_s:.0f} s")
+            time.sleep(1.0)
+
+
 def _face_photo() -> tuple[Any, str | None]:
     """The app's example portrait, or a grey square and why crop timing is left out."""
     from PIL import Image
@@ -292,6 +367,7 @@ def _cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], dict[s
     if not quick:
         cases.append(("pipeline_default", _bench_pipeline, {"resolution": None}))
     cases.append(("pipeline_128", _bench_pipeline, {"resolution": 128}))
+    cases.append(("app", _bench_app, {}))
     return cases
 
 

@@ -1,4 +1,4 @@
-"""`python -m diffnphr bench --only`: a person short of time runs just the cases they name."""
+"""`python -m diffnphr bench`: a person short of time runs just the cases they name; the app row measures the served app."""
 
 from __future__ import annotations
 
@@ -13,3 +13,12 @@ def test_only_the_named_cases_run_and_unknown_names_are_refused():
     assert "error" not in report["results"][1] and report["results"][1]["peak_rss_mib"] > 0
     with pytest.raises(ValueError, match="unknown bench cases pipeline_fast; choose from baseline"):
         run_benchmarks(device="cpu", quick=True, only=["pipeline_fast"])
+
+
+def test_the_app_row_reconstructs_through_the_served_app_and_reports_its_peak_memory():
+    row = run_benchmarks(device="cpu", quick=True, only=["app"])["results"][0]
+    assert "error" not in row, row.get("error")
+    assert row["vertices"] > 1000 and len(row["timed_requests_s"]) == 1
+    # the request covers the pipeline's stages; the peak is the served process's, which holds the models
+    assert row["request_s"] >= row["pipeline_seconds"]["total"] > 0
+    assert row["app_peak_rss_mib"] > 400
