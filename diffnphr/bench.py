@@ -25,12 +25,17 @@ The `app` row starts `app.py` as people run it and reconstructs the example port
 from __future__ import annotations
 
 import multiprocessing
+import os
 import platform
 import resource
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from queue import Empty
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import torch
@@ -174,8 +179,8 @@ def _pipeline(device: torch.device) -> tuple[Any, str]:
 
 def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -> dict[str, Any]:
     """Seconds per stage of a reconstruction as the pipeline runs it: after a warm-up call, the
-    timed call with the median total of 3 (1 when quick); a shared machine's speed drifts by
-    ±15 % from call to call, so one call is not a figure to quote."""
+    timed call with the median total of 3 (1 when quick): a shared machine's speed drifts from
+    call to call and over minutes, so one call is not a figure to quote."""
     from diffnphr.mesh import extract_mesh_with_stats
     from diffnphr.nphm.latents import unpack
     from diffnphr.pipeline import REPO_WEIGHTS_DIR
@@ -248,12 +253,6 @@ def _bench_app(device: torch.device, quick: bool) -> dict[str, Any]:
     portrait through `gradio_client` at the app's defaults (a warm-up call, then the median of 3,
     1 when quick), and that process's peak RSS: the figure the ≤ 3 GB goal is about, Gradio's
     server and queue included (the other rows measure the pipeline without them)."""
-    import os
-    import socket
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
     from gradio_client import handle_file
 
     app_file = Path(__file__).resolve().parents[1] / "app.py"
@@ -300,7 +299,7 @@ def _bench_app(device: torch.device, quick: bool) -> dict[str, Any]:
     }
 
 
-def _connect(url: str, app: Any, log_path: Any, started: float, timeout_s: float = 300.0) -> Any:
+def _connect(url: str, app: subprocess.Popen, log_path: Path, started: float, timeout_s: float = 300.0) -> Any:
     """A `gradio_client.Client` of the app at `url` once it serves, or an error with the app's last words."""
     from gradio_client import Client
 

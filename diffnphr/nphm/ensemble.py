@@ -1,4 +1,4 @@
-"""Ensembles of small MLPs, stored member by member (official names) and run as one batched GEMM per layer.
+"""Ensembles of small MLPs, stored member by member (official names) and run for all members at once.
 
 MonoNPHM evaluates, for every query, 13 (query, node) edges, each through the MLP of that node's
 ensemble member. Two layouts of the edges run a layer of all members at once, with the same
