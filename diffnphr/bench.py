@@ -11,10 +11,10 @@ add its output, squashed to ±1e-3, to a head-sized ellipsoid's signed distance 
 band covers a head-sized surface).
 
 The `pipeline_*` rows time one whole reconstruction stage by stage (crop, encode, diffusion,
-extraction, colour) as `HeadReconstructionPipeline` runs them, after one warm-up call. They use
-the repo's `weights/` when it holds all three blocks; otherwise the trained decoder with a
-randomly initialised encoder (`weights/encoder/config.json`, else the project's small FaRL-layout
-tower) and diffusion model (`DiffusionConfig()`): their speed depends on shapes only, but their
+extraction, colour) as `HeadReconstructionPipeline` runs them: after a warm-up call, the median
+of 3 timed calls (1 with quick). They use the repo's `weights/` when it holds all three
+blocks; otherwise the trained decoder with a randomly initialised encoder
+(`weights/encoder/config.json`, else the project's small FaRL-layout tower) and diffusion model (`DiffusionConfig()`): their speed depends on shapes only, but their
 latent is no head, so the decoder then meshes its first training head instead (`weights` in the
 row says which).
 

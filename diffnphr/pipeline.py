@@ -66,9 +66,9 @@ class PipelineDefaults:
     steps: int = 10  # beats 25 and 50 on Chamfer in `eval reconstruction` (docs/RESULTS.md), and is faster
     guidance_scale: float = 1.0
     # Diffusion samples averaged into the head: their mean beats one sample on Chamfer in `eval
-    # reconstruction` (4.29 vs 5.07 mm; docs/RESULTS.md); 8 add about 1.3 s on 2 CPU cores
+    # reconstruction` (docs/RESULTS.md); 8 add about 1-1.7 s on 2 CPU cores
     samples: int = 8
-    resolution: int = 256  # on a GPU: about 0.64 s per head on an H100
+    resolution: int = 256  # on a GPU: under 1 s per head on an H100 (docs/RESULTS.md)
     cpu_resolution: int = 128  # on a CPU: 256 takes about 4x as long (about 55 s on 2 cores)
     scheduler: str = "ddim"
 
