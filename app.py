@@ -120,7 +120,9 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         """
         options = _options(seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face, progress)
         result = _run(
-            lambda: pipeline.transfer_expression(_uploaded_path(identity_image), _uploaded_path(expression_image), **options)
+            lambda: pipeline.transfer_expression(
+                _uploaded_path(identity_image), _uploaded_path(expression_image), **options
+            )
         )
         files = _export(result, outputs.new_run(request), "transfer")
         return files[0], files, result.seed, _details(result)
@@ -128,7 +130,9 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
     def require_photo(image: dict[str, Any] | None, *settings: Any) -> list[dict]:
         return [gr.validate(image is not None, "Please upload a photo first.")] + _all_valid(settings)
 
-    def require_photos(identity: dict[str, Any] | None, expression: dict[str, Any] | None, *settings: Any) -> list[dict]:
+    def require_photos(
+        identity: dict[str, Any] | None, expression: dict[str, Any] | None, *settings: Any
+    ) -> list[dict]:
         return [
             gr.validate(identity is not None, "Please upload the photo whose head you want."),
             gr.validate(expression is not None, "Please upload the photo whose expression you want."),
@@ -211,11 +215,12 @@ def _settings(defaults: PipelineDefaults, resolution: int) -> list[gr.components
             randomize = gr.Checkbox(label="Randomize seed", value=True)
         steps = gr.Slider(1, max(100, defaults.steps), value=defaults.steps, step=1, label="DDIM steps")
         guidance = gr.Slider(0.0, 10.0, value=defaults.guidance_scale, step=0.1, label="Guidance scale")
-        resolution = gr.Slider(
-            32, 512, value=resolution, step=16, label="Mesh resolution (grid samples per axis)"
-        )
+        resolution = gr.Slider(32, 512, value=resolution, step=16, label="Mesh resolution (grid samples per axis)")
         samples = gr.Slider(
-            1, MAX_SAMPLES, value=defaults.samples, step=1,
+            1,
+            MAX_SAMPLES,
+            value=defaults.samples,
+            step=1,
             label="Samples averaged (1: one sample from the model, with its variation; more: closer to the likeliest head)",
         )
     return [seed, randomize, steps, guidance, resolution, samples]

@@ -60,8 +60,14 @@ def _train_reconstruction(args: argparse.Namespace) -> None:
     from diffnphr.train.reconstruction import train_reconstruction
 
     report = train_reconstruction(
-        args.out, args.latents, args.time_budget, args.config, total_steps=args.steps, ict_path=args.ict,
-        backgrounds=args.backgrounds, device=args.device,
+        args.out,
+        args.latents,
+        args.time_budget,
+        args.config,
+        total_steps=args.steps,
+        ict_path=args.ict,
+        backgrounds=args.backgrounds,
+        device=args.device,
     )
     print(json.dumps(report, indent=2, default=str))
 
@@ -77,8 +83,16 @@ def _fit(args: argparse.Namespace) -> None:
     from diffnphr.train.fit import fit_heads
 
     report = fit_heads(
-        args.decoder, args.split, args.out, which=args.which, count=args.count, expressions=args.expressions,
-        steps=args.steps, time_budget_s=args.time_budget, ict_path=args.ict, device=args.device,
+        args.decoder,
+        args.split,
+        args.out,
+        which=args.which,
+        count=args.count,
+        expressions=args.expressions,
+        steps=args.steps,
+        time_budget_s=args.time_budget,
+        ict_path=args.ict,
+        device=args.device,
     )
     print(json.dumps(report, indent=2, default=str))
 
@@ -94,9 +108,18 @@ def _eval(args: argparse.Namespace) -> None:
     from diffnphr.eval_decoder import evaluate_decoder, format_summary
 
     report = evaluate_decoder(
-        args.decoder, args.latents, which=args.which, fitted_dir=args.fitted, count=args.count,
-        expressions=args.expressions, resolution=args.resolution, points=args.points, device=args.device,
-        seed=args.seed, ict_path=args.ict, renders_dir=args.renders,
+        args.decoder,
+        args.latents,
+        which=args.which,
+        fitted_dir=args.fitted,
+        count=args.count,
+        expressions=args.expressions,
+        resolution=args.resolution,
+        points=args.points,
+        device=args.device,
+        seed=args.seed,
+        ict_path=args.ict,
+        renders_dir=args.renders,
     )
     print(json.dumps(report, indent=2) if args.json else format_summary(report))
 
@@ -105,10 +128,23 @@ def _eval_reconstruction(args: argparse.Namespace) -> None:
     from diffnphr.eval_reconstruction import evaluate_reconstruction, format_reconstruction_summary
 
     report = evaluate_reconstruction(
-        args.weights, args.latents, args.out, methods=args.methods, count=args.count, resolution=args.resolution,
-        points=args.points, regression_dir=args.regression, landmarks_file=args.landmarks, max_minutes=args.max_minutes,
-        device=args.device, seed=args.seed, ict_path=args.ict, backgrounds=args.backgrounds, figures_dir=args.figures,
-        shard=args.shard, log=lambda message: print(message, file=sys.stderr, flush=True),
+        args.weights,
+        args.latents,
+        args.out,
+        methods=args.methods,
+        count=args.count,
+        resolution=args.resolution,
+        points=args.points,
+        regression_dir=args.regression,
+        landmarks_file=args.landmarks,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        seed=args.seed,
+        ict_path=args.ict,
+        backgrounds=args.backgrounds,
+        figures_dir=args.figures,
+        shard=args.shard,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(json.dumps(report, indent=2) if args.json else format_reconstruction_summary(report))
 
@@ -128,9 +164,15 @@ def _eval_landmarks(args: argparse.Namespace) -> None:
     from diffnphr.eval_reconstruction import build_landmark_predictions
 
     report = build_landmark_predictions(
-        args.latents, args.out, train_count=args.train_count, image_size=args.image_size, frame_size=args.frame_size,
+        args.latents,
+        args.out,
+        train_count=args.train_count,
+        image_size=args.image_size,
+        frame_size=args.frame_size,
         seed=args.seed,
-        ict_path=args.ict, backgrounds=args.backgrounds, log=lambda message: print(message, file=sys.stderr, flush=True),
+        ict_path=args.ict,
+        backgrounds=args.backgrounds,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(json.dumps(report, indent=2))
 
@@ -138,8 +180,14 @@ def _eval_landmarks(args: argparse.Namespace) -> None:
 def _eval_crops(args: argparse.Namespace) -> None:
     from diffnphr.data.crop_agreement import crop_agreement, format_crop_agreement
 
-    report = crop_agreement(args.count, args.seed, size=args.size, ict_path=args.ict, backgrounds=args.backgrounds,
-                            progress=lambda done, total: print(f"{done}/{total}", file=sys.stderr, flush=True))
+    report = crop_agreement(
+        args.count,
+        args.seed,
+        size=args.size,
+        ict_path=args.ict,
+        backgrounds=args.backgrounds,
+        progress=lambda done, total: print(f"{done}/{total}", file=sys.stderr, flush=True),
+    )
     print(json.dumps(report, indent=2) if args.json else format_crop_agreement(report))
 
 
@@ -169,8 +217,13 @@ def _transfer(args: argparse.Namespace) -> None:
 
 
 def _sampling_options(args: argparse.Namespace) -> dict:
-    return {"seed": args.seed, "steps": args.steps, "resolution": args.resolution, "guidance_scale": args.guidance,
-            "samples": args.samples}
+    return {
+        "seed": args.seed,
+        "steps": args.steps,
+        "resolution": args.resolution,
+        "guidance_scale": args.guidance,
+        "samples": args.samples,
+    }
 
 
 class _ProgressPrinter:
@@ -198,17 +251,33 @@ def _write_result(result: Reconstruction, output: Path, file_format: str | None)
 
 def _add_reconstruction_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `reconstruct` and `transfer`."""
-    p.add_argument("-o", "--output", type=Path, default=None, help="mesh file to write: .glb, .obj or .ply (default: named after the photo)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="mesh file to write: .glb, .obj or .ply (default: named after the photo)",
+    )
     p.add_argument(
         "--format", choices=("glb", "obj", "ply"), default=None, help="mesh format (default: from --output, else glb)"
     )
     p.add_argument("--seed", type=int, default=None, help="diffusion seed (default: random, printed)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the weights' pipeline.json)")
-    p.add_argument("--resolution", type=int, default=None, help="marching-cubes grid size per axis (default: pipeline.json)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: pipeline.json)")
-    p.add_argument("--samples", type=int, default=None,
-                   help="diffusion samples averaged into the head; 1 gives one sample (default: pipeline.json)")
-    p.add_argument("--weights", default=None, help="weights folder or Hub id (default: $DIFFNPHR_WEIGHTS, else ./weights)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="marching-cubes grid size per axis (default: pipeline.json)"
+    )
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: pipeline.json)"
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="diffusion samples averaged into the head; 1 gives one sample (default: pipeline.json)",
+    )
+    p.add_argument(
+        "--weights", default=None, help="weights folder or Hub id (default: $DIFFNPHR_WEIGHTS, else ./weights)"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-no-face", action="store_true", help="use the centre of the image when no face is found")
 
@@ -228,7 +297,9 @@ def _add_training_data_options(p: argparse.ArgumentParser) -> None:
 
 def _add_training_run_options(p: argparse.ArgumentParser) -> None:
     """The options every resumable trainer takes: time budget, settings file, planned steps, data, device."""
-    p.add_argument("--time-budget", type=float, default=540.0, help="seconds this call may train before it saves and stops")
+    p.add_argument(
+        "--time-budget", type=float, default=540.0, help="seconds this call may train before it saves and stops"
+    )
     p.add_argument("--config", type=Path, default=None, help="JSON file of training settings (default: the defaults)")
     p.add_argument("--steps", type=int, default=None, help="planned total steps (the schedules are fractions of it)")
     _add_training_data_options(p)
@@ -243,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="checkpoint_epoch_N.tar with 'id_decoder' and 'ex_decoder'")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--anchors", type=Path, required=True, help="the official assets/anchors_65.npy")
-    p.add_argument("--config", type=Path, default=None, help="the official configs.yaml (default: mononphm.yaml values)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="the official configs.yaml (default: mononphm.yaml values)"
+    )
     p.set_defaults(run=_convert_mononphm)
 
     p = sub.add_parser("convert-farl", help="FaRL .pth -> transformers CLIPVisionModelWithProjection folder")
@@ -256,31 +329,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_npz", type=Path)
     p.set_defaults(run=_convert_ict)
 
-    p = sub.add_parser("build-backgrounds", help="natural-image background patches (scikit-image) -> one safetensors file")
+    p = sub.add_parser(
+        "build-backgrounds", help="natural-image background patches (scikit-image) -> one safetensors file"
+    )
     p.add_argument("out", type=Path, help="file to write, e.g. carry/backgrounds.safetensors")
     p.set_defaults(run=_build_backgrounds)
 
     p = sub.add_parser("train-decoder", help="train (or resume) the MonoNPHM-architecture decoder on ICT-FaceKit heads")
-    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, split, log; resumed when it exists")
+    p.add_argument(
+        "--out", type=Path, required=True, help="run folder: checkpoints, split, log; resumed when it exists"
+    )
     _add_training_run_options(p)
     p.set_defaults(run=_train_decoder)
 
-    p = sub.add_parser("export-decoder", help="a training run's newest checkpoint -> decoder/ and decoder_latents/ folders")
+    p = sub.add_parser(
+        "export-decoder", help="a training run's newest checkpoint -> decoder/ and decoder_latents/ folders"
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.set_defaults(run=_export_decoder)
 
-    p = sub.add_parser("train-reconstruction",
-                       help="train (or resume) the image encoder + diffusion model (+ regression baseline) on renders")
-    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, config, log; resumed when it exists")
-    p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"),
-                   help="the decoder's split + codebook latents (the diffusion targets)")
-    p.add_argument("--backgrounds", type=Path, default=None, help="background bank (python -m diffnphr build-backgrounds)")
+    p = sub.add_parser(
+        "train-reconstruction",
+        help="train (or resume) the image encoder + diffusion model (+ regression baseline) on renders",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="run folder: checkpoints, config, log; resumed when it exists"
+    )
+    p.add_argument(
+        "--latents",
+        type=Path,
+        default=Path("weights/decoder_latents"),
+        help="the decoder's split + codebook latents (the diffusion targets)",
+    )
+    p.add_argument(
+        "--backgrounds", type=Path, default=None, help="background bank (python -m diffnphr build-backgrounds)"
+    )
     _add_training_run_options(p)
     p.set_defaults(run=_train_reconstruction)
 
-    p = sub.add_parser("export-reconstruction",
-                       help="a reconstruction run's newest checkpoint -> encoder/, diffusion/, baselines/regression/")
+    p = sub.add_parser(
+        "export-reconstruction",
+        help="a reconstruction run's newest checkpoint -> encoder/, diffusion/, baselines/regression/",
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.set_defaults(run=_export_reconstruction)
@@ -301,16 +392,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes, for a smoke check")
-    p.add_argument("--only", nargs="+", default=None, metavar="CASE",
-                   help="run only these cases (e.g. pipeline_default pipeline_128; default: all)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="CASE",
+        help="run only these cases (e.g. pipeline_default pipeline_128; default: all)",
+    )
     p.set_defaults(run=_bench)
 
     evaluations = sub.add_parser("eval", help="measure models against ground-truth ICT heads (mm)").add_subparsers(
-        dest="what", required=True)
+        dest="what", required=True
+    )
     p = evaluations.add_parser("decoder", help="the trained decoder against ground-truth ICT heads (mm)")
     p.add_argument("--decoder", type=Path, default=Path("weights/decoder"), help="decoder weights folder")
     p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"), help="split + codebook latents")
-    p.add_argument("--fitted", type=Path, default=None, help="folder of `fit` (held-out latents); else held-out is skipped")
+    p.add_argument(
+        "--fitted", type=Path, default=None, help="folder of `fit` (held-out latents); else held-out is skipped"
+    )
     p.add_argument("--which", nargs="+", choices=("train", "heldout"), default=["train", "heldout"])
     p.add_argument("--count", type=int, default=16, help="identities per split")
     p.add_argument("--expressions", type=int, default=None, help="expression slots per identity (default: all)")
@@ -322,24 +421,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full JSON report instead of a table")
     p.set_defaults(run=_eval)
 
-    p = evaluations.add_parser("reconstruction", help="reconstructions of held-out renders vs ground truth and baselines")
-    p.add_argument("--weights", default=None, help="pipeline weights folder (default: $DIFFNPHR_WEIGHTS, else ./weights)")
-    p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"),
-                   help="split, codebooks and fitted held-out latents")
-    p.add_argument("--out", type=Path, default=Path("eval_reconstruction"),
-                   help="results folder: cached per-render results (resumed), report.json, report.md")
+    p = evaluations.add_parser(
+        "reconstruction", help="reconstructions of held-out renders vs ground truth and baselines"
+    )
+    p.add_argument(
+        "--weights", default=None, help="pipeline weights folder (default: $DIFFNPHR_WEIGHTS, else ./weights)"
+    )
+    p.add_argument(
+        "--latents",
+        type=Path,
+        default=Path("weights/decoder_latents"),
+        help="split, codebooks and fitted held-out latents",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("eval_reconstruction"),
+        help="results folder: cached per-render results (resumed), report.json, report.md",
+    )
     p.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (default: all available)")
     p.add_argument("--count", type=int, default=None, help="held-out identities to evaluate (default: all)")
     p.add_argument("--resolution", type=int, default=128, help="marching-cubes grid per axis")
     p.add_argument("--points", type=int, default=100_000, help="surface samples per side")
-    p.add_argument("--regression", type=Path, default=None, help="LatentRegressor folder (weights/baselines/regression)")
+    p.add_argument(
+        "--regression", type=Path, default=None, help="LatentRegressor folder (weights/baselines/regression)"
+    )
     p.add_argument("--landmarks", type=Path, default=None, help="file written by `eval landmarks`")
     p.add_argument("--backgrounds", type=Path, default=None, help="background bank for the renders")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after about this long; rerun to continue")
     p.add_argument("--figures", type=Path, default=None, help="folder for side-by-side PNGs and the steps chart")
-    p.add_argument("--shard", type=_shard, default=None,
-                   help="K/N: evaluate only the K-th (from 0) of N contiguous parts of the renders, so N processes "
-                        "can share a GPU and --out; a call without it then reports on (and draws) everything")
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        help="K/N: evaluate only the K-th (from 0) of N contiguous parts of the renders, so N processes "
+        "can share a GPU and --out; a call without it then reports on (and draws) everything",
+    )
     p.add_argument("--seed", type=int, default=0)
     _add_training_data_options(p)
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the markdown summary")
@@ -347,8 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = evaluations.add_parser("landmarks", help="fit the Face Mesh landmark ridge baseline (CPU, MediaPipe)")
     p.add_argument("--out", type=Path, required=True, help="file for the evaluation renders' predicted latents")
-    p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"),
-                   help="split, codebooks and fitted held-out latents")
+    p.add_argument(
+        "--latents",
+        type=Path,
+        default=Path("weights/decoder_latents"),
+        help="split, codebooks and fitted held-out latents",
+    )
     p.add_argument("--train-count", type=int, default=1000, help="training heads to render and trace")
     p.add_argument("--frame-size", type=int, default=256, help="side of the rendered frames Face Mesh traces")
     p.add_argument("--image-size", type=int, default=128, help="the encoder's crop size (scene sampling follows it)")
@@ -357,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ict", type=Path, default=None, help="ICT-FaceKit archive (default: $DIFFNPHR_ICT or ../shared)")
     p.set_defaults(run=_eval_landmarks)
 
-    p = evaluations.add_parser("crops", help="training crops (projected landmarks) vs photo crops (MediaPipe) on CPU renders")
+    p = evaluations.add_parser(
+        "crops", help="training crops (projected landmarks) vs photo crops (MediaPipe) on CPU renders"
+    )
     p.add_argument("--count", type=int, default=300, help="frames to render and detect")
     p.add_argument("--size", type=int, default=512, help="frame side in pixels")
     p.add_argument("--backgrounds", type=Path, default=None, help="background bank for the renders")

@@ -33,9 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from queue import Empty
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from queue import Empty
 from typing import IO, Any
 
 import torch
@@ -106,7 +106,9 @@ def _bench_extraction(device: torch.device, quick: bool, method: str, resolution
         ellipsoid = (scaled - 1.0) * radii.min()
         return ellipsoid + 1e-3 * torch.tanh(head.point_sdf(points))
 
-    result = extract_mesh_with_stats(sdf, resolution=resolution, method=method, color_fn=head.point_colour, device=device)
+    result = extract_mesh_with_stats(
+        sdf, resolution=resolution, method=method, color_fn=head.point_colour, device=device
+    )
     return {
         "resolution": resolution,
         "sdf_queries": result.num_sdf_queries,
@@ -156,11 +158,12 @@ def _bench_farl(device: torch.device, quick: bool) -> dict[str, Any]:
 
 def _pipeline(device: torch.device) -> tuple[Any, str]:
     """The pipeline of the repo's weights, with random stand-ins for missing blocks, and which it is."""
+    from transformers import CLIPVisionConfig
+
     from diffnphr.diffusion import DiffusionConfig, LatentDiffusion
     from diffnphr.encoders import FaceEncoder, farl_vision_config
     from diffnphr.nphm import MonoNPHM
     from diffnphr.pipeline import REPO_WEIGHTS_DIR, HeadReconstructionPipeline
-    from transformers import CLIPVisionConfig
 
     folders = [REPO_WEIGHTS_DIR / name for name in ("encoder", "diffusion", "decoder")]
     if all(folder.is_dir() for folder in folders):
@@ -208,8 +211,12 @@ def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -
             seconds["encode"] = time.perf_counter() - start
             start = time.perf_counter()
             flat = diffusion.sample(
-                z_cond, num_steps=defaults.steps, seed=0, guidance_scale=defaults.guidance_scale,
-                average_of=defaults.samples, scheduler=defaults.scheduler,
+                z_cond,
+                num_steps=defaults.steps,
+                seed=0,
+                guidance_scale=defaults.guidance_scale,
+                average_of=defaults.samples,
+                scheduler=defaults.scheduler,
             )
             _synchronize(device)
             seconds["diffusion"] = time.perf_counter() - start
@@ -267,11 +274,17 @@ def _bench_app(device: torch.device, quick: bool) -> dict[str, Any]:
         with socket.socket() as probe:  # a free port for this run
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-               "GRADIO_ANALYTICS_ENABLED": "False"}
+        env = {
+            **os.environ,
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(port),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+        }
         log_path = Path(folder) / "app.log"
         with log_path.open("w") as log:
-            app = subprocess.Popen([sys.executable, str(app_file), "--device", device.type], env=env, stdout=log, stderr=log)
+            app = subprocess.Popen(
+                [sys.executable, str(app_file), "--device", device.type], env=env, stdout=log, stderr=log
+            )
         try:
             started = time.perf_counter()
             client = _connect(f"http://127.0.0.1:{port}/", app, log_path, started)
@@ -308,9 +321,9 @@ def _connect(url: str, app: subprocess.Popen, log_path: Path, started: float, ti
             raise RuntimeError(f"app.py exited ({app.returncode}) before serving: {log_path.read_text()[-800:]}")
         try:
             return Client(url, verbose=False)
-        except Exception:
+        except Exception as error:
             if time.perf_counter() - started > timeout_s:
-                raise TimeoutError(f"app.py did not serve within {timeout_s:.0f} s")
+                raise TimeoutError(f"app.py did not serve within {timeout_s:.0f} s") from error
             time.sleep(1.0)
 
 
@@ -355,7 +368,9 @@ def _cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], dict[s
     ]
     for resolution in resolutions:
         for method in ("narrow_band", "dense"):
-            cases.append((f"extract_{method}_{resolution}", _bench_extraction, {"method": method, "resolution": resolution}))
+            cases.append(
+                (f"extract_{method}_{resolution}", _bench_extraction, {"method": method, "resolution": resolution})
+            )
     cases += [
         ("unet_step_batch1", _bench_unet_step, {"batch": 1}),
         ("unet_step_batch2", _bench_unet_step, {"batch": 2}),
@@ -400,8 +415,9 @@ def _result_of(process, queue) -> dict[str, Any]:
     return row
 
 
-def run_benchmarks(device: str | None = None, quick: bool = False, progress: IO[str] | None = None,
-                   only: Sequence[str] | None = None) -> dict[str, Any]:
+def run_benchmarks(
+    device: str | None = None, quick: bool = False, progress: IO[str] | None = None, only: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Time every block (decoder, extraction, U-Net, DDIM, FaRL) and whole reconstructions, with peak memory.
 
     `only` names the cases to run (default all), e.g. just the whole pipeline on a machine with
@@ -428,7 +444,9 @@ def run_benchmarks(device: str | None = None, quick: bool = False, progress: IO[
         process.start()
         row = _result_of(process, queue)
         results.append({"name": name, **row})
-    described = torch.cuda.get_device_name(0) if device_name.startswith("cuda") else platform.processor() or platform.machine()
+    described = (
+        torch.cuda.get_device_name(0) if device_name.startswith("cuda") else platform.processor() or platform.machine()
+    )
     return {
         "device": f"{device_name} ({described})",
         "torch": torch.__version__,

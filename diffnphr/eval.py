@@ -71,9 +71,13 @@ def sample_surface(vertices: Tensor | np.ndarray, faces: Tensor | np.ndarray, co
     vertices = torch.as_tensor(vertices)
     faces = torch.as_tensor(faces, device=vertices.device)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or not vertices.is_floating_point():
-        raise ValueError(f"vertices must be a float array of shape (V, 3), got {tuple(vertices.shape)} {vertices.dtype}")
+        raise ValueError(
+            f"vertices must be a float array of shape (V, 3), got {tuple(vertices.shape)} {vertices.dtype}"
+        )
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.is_floating_point() or len(faces) == 0:
-        raise ValueError(f"faces must be a non-empty integer array of shape (F, 3), got {tuple(faces.shape)} {faces.dtype}")
+        raise ValueError(
+            f"faces must be a non-empty integer array of shape (F, 3), got {tuple(faces.shape)} {faces.dtype}"
+        )
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise ValueError(f"faces index vertices outside 0..{len(vertices) - 1}")
     if count <= 0:
@@ -85,7 +89,9 @@ def sample_surface(vertices: Tensor | np.ndarray, faces: Tensor | np.ndarray, co
     cumulative = double_area.cumsum(0)
     total = cumulative[-1]
     if not torch.isfinite(total) or total <= 0:
-        raise ValueError("the mesh has no surface area to sample (every triangle is degenerate, or a vertex is not finite)")
+        raise ValueError(
+            "the mesh has no surface area to sample (every triangle is degenerate, or a vertex is not finite)"
+        )
 
     generator = torch.Generator().manual_seed(seed)
     uniforms = torch.rand(3, count, generator=generator, dtype=torch.float64).to(vertices.device)
@@ -168,8 +174,10 @@ def nearest_region_mask(points: Tensor, gt_points: Tensor, gt_in_region: Tensor)
     points carry the labels of their triangles: `region_of_faces[samples.face_index]`).
     """
     if gt_in_region.shape != gt_points.shape[:1] or gt_in_region.dtype != torch.bool:
-        raise ValueError(f"gt_in_region must be a bool tensor with one entry per ground-truth point ({len(gt_points)}), "
-                         f"got {tuple(gt_in_region.shape)} {gt_in_region.dtype}")
+        raise ValueError(
+            f"gt_in_region must be a bool tensor with one entry per ground-truth point ({len(gt_points)}), "
+            f"got {tuple(gt_in_region.shape)} {gt_in_region.dtype}"
+        )
     _, nearest = nearest_neighbours(points, gt_points)
     return gt_in_region.to(nearest.device)[nearest]
 
@@ -188,11 +196,15 @@ def head_and_face_metrics(
     """
     gt_face_region = torch.as_tensor(gt_face_region, device=gt.face_index.device)
     if gt_face_region.ndim != 1 or gt_face_region.dtype != torch.bool:
-        raise ValueError(f"gt_face_region must be a 1-D bool array (one entry per ground-truth triangle), "
-                         f"got {tuple(gt_face_region.shape)} {gt_face_region.dtype}")
+        raise ValueError(
+            f"gt_face_region must be a 1-D bool array (one entry per ground-truth triangle), "
+            f"got {tuple(gt_face_region.shape)} {gt_face_region.dtype}"
+        )
     if len(gt.face_index) and int(gt.face_index.max()) >= len(gt_face_region):
-        raise ValueError(f"gt_face_region has {len(gt_face_region)} entries but the ground-truth samples "
-                         f"come from triangle {int(gt.face_index.max())}: it must mark every triangle of the sampled mesh")
+        raise ValueError(
+            f"gt_face_region has {len(gt_face_region)} entries but the ground-truth samples "
+            f"come from triangle {int(gt.face_index.max())}: it must mark every triangle of the sampled mesh"
+        )
     settings = {"thresholds_mm": thresholds_mm, "scale_to_mm": scale_to_mm}
     gt_in_face = gt_face_region[gt.face_index]
     if not gt_in_face.any():
@@ -202,8 +214,13 @@ def head_and_face_metrics(
         raise ValueError("no predicted point lies nearest to the ground-truth face: the prediction misses the face")
     return {
         "head": surface_metrics(pred.points, pred.normals, gt.points, gt.normals, **settings),
-        "face": surface_metrics(pred.points[pred_in_face], pred.normals[pred_in_face],
-                                gt.points[gt_in_face], gt.normals[gt_in_face], **settings),
+        "face": surface_metrics(
+            pred.points[pred_in_face],
+            pred.normals[pred_in_face],
+            gt.points[gt_in_face],
+            gt.normals[gt_in_face],
+            **settings,
+        ),
     }
 
 

@@ -49,12 +49,16 @@ class GroundTruthHeads:
         surface = self._sampler.surface
         self._faces = torch.as_tensor(surface.faces, device=self.device)
         self._face_region = torch.as_tensor(surface.face_region, device=self.device)
-        self._tests = [(torch.as_tensor(q, device=self.device), torch.as_tensor(s, device=self.device))
-                       for q, s in surface.exposure_tests]
+        self._tests = [
+            (torch.as_tensor(q, device=self.device), torch.as_tensor(s, device=self.device))
+            for q, s in surface.exposure_tests
+        ]
         self._cap_loop = torch.as_tensor(surface.cap_loop_rows, device=self.device)
         self._appearance = appearance_basis(model).rows(surface.vertex_ids).to(self.device)
 
-    def mesh(self, split: HeadSplit, identity: int, slot: int, expression_identity: int | None = None) -> dict[str, Tensor]:
+    def mesh(
+        self, split: HeadSplit, identity: int, slot: int, expression_identity: int | None = None
+    ) -> dict[str, Tensor]:
         """The head of split row `identity` with expression `slot`: vertices (N+1, 3), faces (F', 3)
         of its exposed triangles, face_region (F',) bool, colours (N+1, 3) sRGB in [0, 1].
         With `expression_identity`, the expression is that row's slot instead (expression transfer)."""
@@ -65,12 +69,17 @@ class GroundTruthHeads:
         exposed = exposed_faces(vertices, self._faces, self._tests)[0]
         colours = vertex_colours(self._appearance, split.appearance(torch.tensor([identity])).to(self.device))
         colours = torch.cat([colours, colours[:, self._cap_loop].mean(dim=1, keepdim=True)], dim=1)
-        return {"vertices": vertices[0], "faces": self._faces[exposed], "face_region": self._face_region[exposed],
-                "colours": colours[0].clamp(0, 1)}
+        return {
+            "vertices": vertices[0],
+            "faces": self._faces[exposed],
+            "face_region": self._face_region[exposed],
+            "colours": colours[0].clamp(0, 1),
+        }
 
 
-def decode_mesh(model: MonoNPHM, z_geo: Tensor, z_exp: Tensor, z_app: Tensor, resolution: int = 256,
-                colours: bool = True):
+def decode_mesh(
+    model: MonoNPHM, z_geo: Tensor, z_exp: Tensor, z_app: Tensor, resolution: int = 256, colours: bool = True
+):
     """The decoder's head for one latent triple (1-D codes) as a trimesh, on the model's device;
     with `colours`, the decoded vertex colours too (only pictures need them)."""
     from diffnphr.mesh import extract_mesh
@@ -78,11 +87,14 @@ def decode_mesh(model: MonoNPHM, z_geo: Tensor, z_exp: Tensor, z_app: Tensor, re
     device = next(model.parameters()).device
     with torch.inference_mode():
         head = model.bind(z_geo[None].to(device), z_exp[None].to(device), z_app[None].to(device))
-        return extract_mesh(head.point_sdf, resolution=resolution, device=device,
-                            color_fn=head.point_colour if colours else None)
+        return extract_mesh(
+            head.point_sdf, resolution=resolution, device=device, color_fn=head.point_colour if colours else None
+        )
 
 
-def sample_above_floor(vertices: Tensor, faces: Tensor, count: int, seed: int, floor_y: float = FLOOR_Y) -> SurfaceSamples:
+def sample_above_floor(
+    vertices: Tensor, faces: Tensor, count: int, seed: int, floor_y: float = FLOOR_Y
+) -> SurfaceSamples:
     """`count` points uniform by area on the part of a mesh at y ≥ floor_y (face_index into `faces`)."""
     kept = (vertices[faces.long(), 1] >= floor_y).any(dim=1).nonzero().squeeze(1)
     if len(kept) == 0:
@@ -98,15 +110,20 @@ def sample_above_floor(vertices: Tensor, faces: Tensor, count: int, seed: int, f
     raise ValueError(f"could not draw {count} points above y = {floor_y}: the surface there is (almost) empty")
 
 
-def compare_head(pred_vertices: Tensor, pred_faces: Tensor, truth: dict[str, Tensor], points: int, seed: int,
-                 with_floor: bool = True) -> dict[str, dict[str, float]]:
+def compare_head(
+    pred_vertices: Tensor, pred_faces: Tensor, truth: dict[str, Tensor], points: int, seed: int, with_floor: bool = True
+) -> dict[str, dict[str, float]]:
     """Head and face metrics (`diffnphr.eval`) of a predicted mesh against a `GroundTruthHeads.mesh`,
     both cropped to y ≥ -0.5, `points` samples per side; with `with_floor`, also "floor_head" and
     "floor_face": the ground truth against itself resampled with another seed."""
     device = truth["vertices"].device
     gt = sample_above_floor(truth["vertices"], truth["faces"], points, seed)
-    pred = sample_above_floor(torch.as_tensor(pred_vertices, dtype=torch.float32, device=device),
-                              torch.as_tensor(pred_faces, device=device), points, seed + 1000)
+    pred = sample_above_floor(
+        torch.as_tensor(pred_vertices, dtype=torch.float32, device=device),
+        torch.as_tensor(pred_faces, device=device),
+        points,
+        seed + 1000,
+    )
     metrics = head_and_face_metrics(pred, gt, truth["face_region"])
     if with_floor:
         again = sample_above_floor(truth["vertices"], truth["faces"], points, seed + 2000)
@@ -151,8 +168,14 @@ def evaluate_decoder(
     split = load_head_split(latents_dir)
     model = MonoNPHM.from_pretrained(decoder_dir, device=device).eval()
     truth_heads = GroundTruthHeads(load_ict(ict_path), device)
-    settings = {"resolution": resolution, "points_per_side": points, "count": count, "seed": seed,
-                "device": str(device), "floor_y": FLOOR_Y}
+    settings = {
+        "resolution": resolution,
+        "points_per_side": points,
+        "count": count,
+        "seed": seed,
+        "device": str(device),
+        "floor_y": FLOOR_Y,
+    }
     report: dict[str, Any] = {"settings": settings}
     for name in which:
         latents, note = _split_latents(name, latents_dir, fitted_dir)
@@ -166,8 +189,14 @@ def evaluate_decoder(
             for slot in range(slots):
                 truth = truth_heads.mesh(split, identity, slot)
                 pictured = renders_dir is not None and row < renders and slot in (0, slots - 1)
-                mesh = decode_mesh(model, latents.z_geo[row], latents.z_exp[row, slot], latents.z_app[row], resolution,
-                                   colours=pictured)
+                mesh = decode_mesh(
+                    model,
+                    latents.z_geo[row],
+                    latents.z_exp[row, slot],
+                    latents.z_app[row],
+                    resolution,
+                    colours=pictured,
+                )
                 metrics = compare_head(mesh.vertices, mesh.faces, truth, points, seed + 7919 * identity + slot)
                 heads.append({"identity": identity, "slot": slot, **metrics})
                 if pictured:
@@ -187,8 +216,9 @@ def write_comparison(path: str | os.PathLike, truth: dict[str, Tensor], mesh) ->
     for yaw in (0.0, 45.0):
         gt = render_mesh(truth["vertices"], truth["faces"], truth["colours"], yaw_deg=yaw, size=384)
         colours = mesh.visual.vertex_colors if mesh.visual.kind == "vertex" else None
-        pred = render_mesh(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces), colours,
-                           yaw_deg=yaw, size=384)
+        pred = render_mesh(
+            np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces), colours, yaw_deg=yaw, size=384
+        )
         rows.append(np.concatenate([gt, pred], axis=1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,10 +230,14 @@ def _split_latents(name: str, latents_dir, fitted_dir) -> tuple[HeadLatents | No
     if name == "train":
         return load_head_latents(latents_dir, CODEBOOKS_NAME), "training identities, codebook latents"
     if fitted_dir is None:
-        return None, ("no fitted latents given (fitted_dir): fit them first with "
-                      "`python -m diffnphr fit --out DIR` and pass that folder")
+        return None, (
+            "no fitted latents given (fitted_dir): fit them first with "
+            "`python -m diffnphr fit --out DIR` and pass that folder"
+        )
     try:
-        return load_head_latents(fitted_dir, FITTED_HELDOUT_NAME), "held-out identities, latents fitted with the decoder frozen"
+        return load_head_latents(
+            fitted_dir, FITTED_HELDOUT_NAME
+        ), "held-out identities, latents fitted with the decoder frozen"
     except FileNotFoundError as error:
         return None, f"skipped: {error}"
 

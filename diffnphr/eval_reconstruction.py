@@ -85,8 +85,7 @@ CONDITIONAL_MEAN = "diffusion_conditional_mean"
 # The shipped pipeline's default (`PipelineDefaults`: 10 steps, guidance 1, 8 samples averaged; a test
 # keeps the two in step without importing the pipeline here)
 AVERAGED_METHOD = _diffusion_name(10, 1.0, 8)
-METHODS = ("decoder_fit", *BASELINES, *DIFFUSION_METHODS, AVERAGED_METHOD, CONDITIONAL_MEAN,
-           "sampling_floor")
+METHODS = ("decoder_fit", *BASELINES, *DIFFUSION_METHODS, AVERAGED_METHOD, CONDITIONAL_MEAN, "sampling_floor")
 TRANSFER_METHODS = ("diffusion", "diffusion_without_transfer", "decoder_fit")
 
 
@@ -128,8 +127,10 @@ class EvalRenders:
 def eval_renders(split: HeadSplit, fitted_slots: int) -> EvalRenders:
     """Every held-out identity × slot 0 and two other slots below `fitted_slots`, drawn with a fixed seed."""
     if fitted_slots < SLOTS_PER_IDENTITY:
-        raise ValueError(f"the evaluation needs fitted latents for at least {SLOTS_PER_IDENTITY} expression slots "
-                         f"per held-out identity; the fitted latents have {fitted_slots}")
+        raise ValueError(
+            f"the evaluation needs fitted latents for at least {SLOTS_PER_IDENTITY} expression slots "
+            f"per held-out identity; the fitted latents have {fitted_slots}"
+        )
     rng = np.random.default_rng(SLOT_DRAW_SEED)
     identities, slots = [], []
     for identity in split.heldout_identities.tolist():
@@ -149,8 +150,9 @@ def render_scenes(renderer, split: HeadSplit, identities: Tensor, slots: Tensor,
     )
 
 
-def default_renderer(model: ICTFaceModel, device: torch.device, image_size: int,
-                     backgrounds: str | os.PathLike | None = None):
+def default_renderer(
+    model: ICTFaceModel, device: torch.device, image_size: int, backgrounds: str | os.PathLike | None = None
+):
     """The training renderer (`diffnphr.data.renders.HeadRenderer`) with crops of the encoder's input size."""
     from diffnphr.data.backgrounds import BackgroundBank
     from diffnphr.data.renders import HeadRenderer, RenderConfig
@@ -166,9 +168,19 @@ def default_renderer(model: ICTFaceModel, device: torch.device, image_size: int,
 class _Predictors:
     """The trained models and baselines; turns one chunk of renders into each method's latents."""
 
-    def __init__(self, pipeline, split: HeadSplit, renders: EvalRenders, renderer, fitted: HeadLatents,
-                 codebooks: HeadLatents, regressor, landmark_latents: Tensor | None, neighbour_heads: int | None,
-                 device: torch.device):
+    def __init__(
+        self,
+        pipeline,
+        split: HeadSplit,
+        renders: EvalRenders,
+        renderer,
+        fitted: HeadLatents,
+        codebooks: HeadLatents,
+        regressor,
+        landmark_latents: Tensor | None,
+        neighbour_heads: int | None,
+        device: torch.device,
+    ):
         self.pipeline, self.split, self.renders, self.renderer = pipeline, split, renders, renderer
         self.fitted, self.codebooks, self.regressor = fitted, codebooks, regressor
         self.landmark_latents, self.neighbour_heads, self.device = landmark_latents, neighbour_heads, device
@@ -181,8 +193,14 @@ class _Predictors:
     def crops(self, chunk: int, view: int) -> Tensor:
         """The chunk's encoder inputs (B, 3, S, S) in [0, 1]."""
         rows = self.renders.chunk_rows(chunk)
-        scenes = render_scenes(self.renderer, self.split, self.renders.identities[rows], self.renders.slots[rows],
-                               self.renders.seed(chunk, view), self.device)
+        scenes = render_scenes(
+            self.renderer,
+            self.split,
+            self.renders.identities[rows],
+            self.renders.slots[rows],
+            self.renders.seed(chunk, view),
+            self.device,
+        )
         return self.renderer.render_crops(scenes)
 
     @torch.inference_mode()
@@ -190,6 +208,7 @@ class _Predictors:
         """Padded raw latents (B, 4456) on the CPU per method for one chunk (view 1: the second renders)."""
         rows = self.renders.chunk_rows(chunk)
         identities, slots = self.renders.identities[rows], self.renders.slots[rows]
+
         # Rendering a chunk costs minutes on a CPU: only the methods that read the image ask for it.
         def crops() -> Tensor:
             return self._conditions(chunk, view)[0]
@@ -215,8 +234,14 @@ class _Predictors:
                 latent = diffusion.denormalize(diffusion.conditional_mean(z_cond().to(diffusion.data_mean.dtype)))
             elif method.startswith("diffusion_ddim"):
                 steps, guidance, samples = _parse_diffusion_name(method)
-                latent = self.pipeline.diffusion.sample(z_cond(), num_steps=steps, seed=seed, guidance_scale=guidance,
-                                                        average_of=samples, scheduler=self.pipeline.defaults.scheduler)
+                latent = self.pipeline.diffusion.sample(
+                    z_cond(),
+                    num_steps=steps,
+                    seed=seed,
+                    guidance_scale=guidance,
+                    average_of=samples,
+                    scheduler=self.pipeline.defaults.scheduler,
+                )
             elif method == "sampling_floor":
                 continue
             else:
@@ -249,8 +274,14 @@ class _Predictors:
             embeddings = []
             for start in range(0, heads, CHUNK):
                 part = slice(start, start + CHUNK)
-                scenes = render_scenes(self.renderer, self.split, identities[part], head_slots[part],
-                                       NEIGHBOUR_RENDER_SEED + start // CHUNK, self.device)
+                scenes = render_scenes(
+                    self.renderer,
+                    self.split,
+                    identities[part],
+                    head_slots[part],
+                    NEIGHBOUR_RENDER_SEED + start // CHUNK,
+                    self.device,
+                )
                 embeddings.append(self.pipeline.encoder.encode(self.renderer.render_crops(scenes)).float())
             self._neighbours = NearestNeighbourLatents(torch.cat(embeddings), flat[:heads].to(self.device))
         return self._neighbours
@@ -277,18 +308,28 @@ class _ResultCache:
 
     def __init__(self, directory: Path, settings: dict[str, Any], shard: tuple[int, int] | None = None):
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / (CACHE_FILE if shard is None else f"{Path(CACHE_FILE).stem}-{shard[0]}-of-{shard[1]}.jsonl")
+        self.path = directory / (
+            CACHE_FILE if shard is None else f"{Path(CACHE_FILE).stem}-{shard[0]}-of-{shard[1]}.jsonl"
+        )
         settings_path = directory / SETTINGS_FILE
         if settings_path.is_file():
             stored = json.loads(settings_path.read_text())
             # Results are keyed by the method (the default setting included), so the default may change.
-            changed = [key for key in settings if key not in ("methods", "default_diffusion")
-                       and stored.get(key) != settings[key]]
-            changed += [f"inputs of {method}" for method, digest in settings["methods"].items()
-                        if stored.get("methods", {}).get(method, digest) != digest]
+            changed = [
+                key
+                for key in settings
+                if key not in ("methods", "default_diffusion") and stored.get(key) != settings[key]
+            ]
+            changed += [
+                f"inputs of {method}"
+                for method, digest in settings["methods"].items()
+                if stored.get("methods", {}).get(method, digest) != digest
+            ]
             if changed:
-                raise ValueError(f"{directory} holds results made with other settings ({', '.join(changed)}); "
-                                 f"use another output folder or delete it.")
+                raise ValueError(
+                    f"{directory} holds results made with other settings ({', '.join(changed)}); "
+                    f"use another output folder or delete it."
+                )
             settings = {**settings, "methods": {**stored.get("methods", {}), **settings["methods"]}}
         text = json.dumps(settings, indent=1) + "\n"
         if not settings_path.is_file() or settings_path.read_text() != text:  # shards starting together write it once
@@ -374,7 +415,9 @@ def evaluate_reconstruction(
     started = time.monotonic()
     log = log or (lambda message: None)
     if resolution < 16 or points < 1 or (count is not None and count < 1):
-        raise ValueError(f"resolution must be at least 16 and points and count positive; got {resolution}, {points}, {count}")
+        raise ValueError(
+            f"resolution must be at least 16 and points and count positive; got {resolution}, {points}, {count}"
+        )
     if max_minutes is not None and not max_minutes > 0:
         raise ValueError(f"max_minutes must be positive, got {max_minutes}")
     if shard is not None and not 0 <= shard[0] < shard[1]:
@@ -396,8 +439,9 @@ def evaluate_reconstruction(
     chosen, notes = _choose_methods(methods, regression_dir, landmarks_file)
     if CONDITIONAL_MEAN in chosen and pipeline.diffusion.mean_head is None:
         if methods is not None:
-            raise ValueError(f"the method {CONDITIONAL_MEAN} needs a diffusion model with a mean head; "
-                             f"{weights_dir} has none")
+            raise ValueError(
+                f"the method {CONDITIONAL_MEAN} needs a diffusion model with a mean head; {weights_dir} has none"
+            )
         chosen.remove(CONDITIONAL_MEAN)
         notes.append(f"{CONDITIONAL_MEAN} omitted: the diffusion model has no mean head")
     if shard is not None:  # the shards share the machine's cores: one process's threads would oversubscribe them
@@ -411,10 +455,13 @@ def evaluate_reconstruction(
         from diffnphr.baselines.landmarks import load_landmark_predictions
 
         landmark_latents, detected, details = load_landmark_predictions(landmarks_file, renders.fingerprint())
-        notes.append(f"landmark_ridge: Face Mesh found no face in {int((~detected).sum())} of {len(detected)} "
-                     f"evaluation renders (those get the mean latent); ridge alpha {details.get('alpha')}")
-    predictors = _Predictors(pipeline, split, renders, renderer, fitted, codebooks, regressor, landmark_latents,
-                             neighbour_heads, device)
+        notes.append(
+            f"landmark_ridge: Face Mesh found no face in {int((~detected).sum())} of {len(detected)} "
+            f"evaluation renders (those get the mean latent); ridge alpha {details.get('alpha')}"
+        )
+    predictors = _Predictors(
+        pipeline, split, renders, renderer, fitted, codebooks, regressor, landmark_latents, neighbour_heads, device
+    )
     default = predictors.default_method
     if methods is None and default not in chosen:  # a pipeline with other defaults: evaluate its setting too
         chosen.insert(chosen.index(AVERAGED_METHOD) + 1, default)
@@ -422,18 +469,30 @@ def evaluate_reconstruction(
     scope = range(identities * SLOTS_PER_IDENTITY)
 
     # The model folders, not pipeline.json: its defaults only pick which (named) method is the default.
-    base = _digest(*(weights_dir / folder for folder in ("encoder", "diffusion", "decoder")),
-                   Path(latents_dir) / "split.json", *sorted(Path(latents_dir).glob("*.safetensors")))
-    settings = {"eval_set": renders.fingerprint(), "resolution": resolution, "points": points, "seed": seed,
-                "weights": base, "default_diffusion": default, "chunk": CHUNK,
-                "methods": {"regression": _digest(regression_dir)} if regressor is not None else {}}
+    base = _digest(
+        *(weights_dir / folder for folder in ("encoder", "diffusion", "decoder")),
+        Path(latents_dir) / "split.json",
+        *sorted(Path(latents_dir).glob("*.safetensors")),
+    )
+    settings = {
+        "eval_set": renders.fingerprint(),
+        "resolution": resolution,
+        "points": points,
+        "seed": seed,
+        "weights": base,
+        "default_diffusion": default,
+        "chunk": CHUNK,
+        "methods": {"regression": _digest(regression_dir)} if regressor is not None else {},
+    }
     if landmark_latents is not None:
         settings["methods"]["landmark_ridge"] = _digest(landmarks_file)
     cache = _ResultCache(Path(out_dir), settings, shard)
 
     work = _Work(cache, predictors, truth_heads, split, renders, pipeline.decoder, resolution, points, seed)
     deadline = None if max_minutes is None else started + 60.0 * max_minutes
-    part = scope if shard is None else scope[shard[0] * len(scope) // shard[1] : (shard[0] + 1) * len(scope) // shard[1]]
+    part = (
+        scope if shard is None else scope[shard[0] * len(scope) // shard[1] : (shard[0] + 1) * len(scope) // shard[1]]
+    )
     stopped = work.run(part, chosen, default, deadline, log)
 
     report = build_report(cache, renders, scope, chosen, default, settings, notes)
@@ -451,8 +510,10 @@ def _choose_methods(methods, regression_dir, landmarks_file) -> tuple[list[str],
     if unknown:
         raise ValueError(f"unknown methods {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     chosen, notes = [m for m in METHODS if methods is None or m in methods], []
-    for method, given, how in (("regression", regression_dir, "--regression weights/baselines/regression"),
-                               ("landmark_ridge", landmarks_file, "--landmarks FILE from `eval landmarks`")):
+    for method, given, how in (
+        ("regression", regression_dir, "--regression weights/baselines/regression"),
+        ("landmark_ridge", landmarks_file, "--landmarks FILE from `eval landmarks`"),
+    ):
         if method in chosen and given is None:
             if methods is not None:
                 raise ValueError(f"the method {method} needs {how}")
@@ -464,8 +525,18 @@ def _choose_methods(methods, regression_dir, landmarks_file) -> tuple[list[str],
 class _Work:
     """The per-item loop: decode, compare, cache; latents computed per chunk as the loop reaches it."""
 
-    def __init__(self, cache: _ResultCache, predictors: _Predictors, truth_heads: GroundTruthHeads, split: HeadSplit,
-                 renders: EvalRenders, decoder, resolution: int, points: int, seed: int):
+    def __init__(
+        self,
+        cache: _ResultCache,
+        predictors: _Predictors,
+        truth_heads: GroundTruthHeads,
+        split: HeadSplit,
+        renders: EvalRenders,
+        decoder,
+        resolution: int,
+        points: int,
+        seed: int,
+    ):
         self.cache, self.predictors, self.truth_heads, self.split = cache, predictors, truth_heads, split
         self.renders, self.decoder, self.resolution, self.points, self.seed = renders, decoder, resolution, points, seed
         self._latents: dict[tuple[int, int, str], dict[str, Tensor]] = {}
@@ -494,13 +565,15 @@ class _Work:
         """`compare_head` metrics, or the reason there are none (an empty or misplaced mesh)."""
         identity = int(self.renders.identities[index])
         try:
-            return compare_head(mesh.vertices, mesh.faces, truth, self.points, self.seed + 7919 * identity + index,
-                                with_floor=False)
+            return compare_head(
+                mesh.vertices, mesh.faces, truth, self.points, self.seed + 7919 * identity + index, with_floor=False
+            )
         except ValueError as error:
             return {"error": str(error)}
 
-    def run(self, scope: range, methods: Sequence[str], default: str, deadline: float | None,
-            log: Callable[[str], None]) -> bool:
+    def run(
+        self, scope: range, methods: Sequence[str], default: str, deadline: float | None, log: Callable[[str], None]
+    ) -> bool:
         """Do every pending item in `scope`; True when the deadline stopped it first."""
         done = 0
         for index in scope:
@@ -508,8 +581,13 @@ class _Work:
             # Consistency and transfer use the default diffusion setting; they run when diffusion is evaluated.
             diffusion = any(m.startswith("diffusion") for m in methods)
             consistency = diffusion and _key("consistency", default, index) not in self.cache
-            transfer = [m for m in TRANSFER_METHODS if diffusion and int(self.renders.slots[index]) == 0
-                        and _transfer_key(default, m, index) not in self.cache]
+            transfer = [
+                m
+                for m in TRANSFER_METHODS
+                if diffusion
+                and int(self.renders.slots[index]) == 0
+                and _transfer_key(default, m, index) not in self.cache
+            ]
             if not (pending or consistency or transfer):
                 continue
             truth = self.truth(index)
@@ -542,7 +620,9 @@ class _Work:
         other = (index + SLOTS_PER_IDENTITY) % len(self.renders)
         second = self.mesh(self.latent(method, index, view=1))
         another = self.mesh(self.latent(method, other, view=1))
-        distances = reconstruction_distances(mesh, second, another, self.points, self.seed + index, self.truth_heads.device)
+        distances = reconstruction_distances(
+            mesh, second, another, self.points, self.seed + index, self.truth_heads.device
+        )
         return {"other": other, **distances}
 
     def transfer_item(self, method: str, index: int) -> dict[str, Any]:
@@ -568,17 +648,24 @@ class _Mesh:
     faces: Tensor
 
 
-def reconstruction_distances(mesh, second, another, points: int, seed: int,
-                             device: torch.device | str = "cpu") -> dict[str, Any]:
+def reconstruction_distances(
+    mesh, second, another, points: int, seed: int, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
     """Chamfer-L1 (mm) of `mesh` to `second` (the same head, another render) and to `another` (another head).
 
     Each mesh is sampled above the box floor like the ground truth, on `device` (where the
     nearest-neighbour search runs); an empty mesh gives the reason instead of numbers.
     """
     try:
-        samples = [sample_above_floor(torch.as_tensor(np.asarray(m.vertices), dtype=torch.float32, device=device),
-                                      torch.as_tensor(np.asarray(m.faces), device=device), points, seed + 1000 * k)
-                   for k, m in enumerate((mesh, second, another))]
+        samples = [
+            sample_above_floor(
+                torch.as_tensor(np.asarray(m.vertices), dtype=torch.float32, device=device),
+                torch.as_tensor(np.asarray(m.faces), device=device),
+                points,
+                seed + 1000 * k,
+            )
+            for k, m in enumerate((mesh, second, another))
+        ]
     except ValueError as error:
         return {"error": str(error)}
     base = samples[0]
@@ -594,8 +681,13 @@ def consistency_summary(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {"pairs": 0, "failures": len(items)}
     same = statistics.fmean(item["same_head_mm"] for item in valid)
     other = statistics.fmean(item["other_head_mm"] for item in valid)
-    return {"pairs": len(valid), "failures": len(items) - len(valid), "same_head_chamfer_mm": same,
-            "other_head_chamfer_mm": other, "ratio": same / other if other > 0 else math.inf}
+    return {
+        "pairs": len(valid),
+        "failures": len(items) - len(valid),
+        "same_head_chamfer_mm": same,
+        "other_head_chamfer_mm": other,
+        "ratio": same / other if other > 0 else math.inf,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,9 +699,17 @@ def _summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     valid = [r for r in records if "error" not in r]
     summary: dict[str, Any] = {"count": len(valid), "failures": len(records) - len(valid)}
     for region in ("head", "face"):
-        summary[region] = {key: {"mean": statistics.fmean(r[region][key] for r in valid),
-                                 "median": statistics.median(r[region][key] for r in valid)}
-                           for key in REPORTED} if valid else {}
+        summary[region] = (
+            {
+                key: {
+                    "mean": statistics.fmean(r[region][key] for r in valid),
+                    "median": statistics.median(r[region][key] for r in valid),
+                }
+                for key in REPORTED
+            }
+            if valid
+            else {}
+        )
     return summary
 
 
@@ -626,14 +726,23 @@ def paired_differences(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str
         return result
     for key in ("chamfer_l1_mm", "f_score_2.5mm"):
         differences = [a[key] - b[key] for a, b in pairs]
-        result[key] = {"mean_difference": statistics.fmean(differences),
-                       "standard_error": statistics.stdev(differences) / math.sqrt(len(differences))}
+        result[key] = {
+            "mean_difference": statistics.fmean(differences),
+            "standard_error": statistics.stdev(differences) / math.sqrt(len(differences)),
+        }
     result["ours_closer"] = sum(a["chamfer_l1_mm"] < b["chamfer_l1_mm"] for a, b in pairs)
     return result
 
 
-def build_report(cache: _ResultCache, renders: EvalRenders, scope: range, methods: Sequence[str], default: str,
-                 settings: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+def build_report(
+    cache: _ResultCache,
+    renders: EvalRenders,
+    scope: range,
+    methods: Sequence[str],
+    default: str,
+    settings: dict[str, Any],
+    notes: list[str],
+) -> dict[str, Any]:
     """The report over the cached results in `scope`: a table over the renders every method has finished."""
     finished = [i for i in scope if all(_key("recon", m, i) in cache for m in methods)]
     table = {m: _summarise([cache.results[_key("recon", m, i)] for i in finished]) for m in methods}
@@ -641,19 +750,35 @@ def build_report(cache: _ResultCache, renders: EvalRenders, scope: range, method
     paired = {}
     if default in methods:
         ours = [cache.results[_key("recon", default, i)] for i in finished]
-        paired = {m: paired_differences(ours, [cache.results[_key("recon", m, i)] for i in finished])
-                  for m in methods if m not in (default, "sampling_floor")}
-    curve = [{"steps": s, "guidance": g, **_headline(table[_diffusion_name(s, g)])}
-             for s in DIFFUSION_STEPS for g in GUIDANCE_SCALES if _diffusion_name(s, g) in table]
-    consistency = consistency_summary([cache.results[_key("consistency", default, i)] for i in scope
-                                       if _key("consistency", default, i) in cache])
-    transfer = {m: _summarise([cache.results[_transfer_key(default, m, i)] for i in scope
-                               if _transfer_key(default, m, i) in cache]) for m in TRANSFER_METHODS}
+        paired = {
+            m: paired_differences(ours, [cache.results[_key("recon", m, i)] for i in finished])
+            for m in methods
+            if m not in (default, "sampling_floor")
+        }
+    curve = [
+        {"steps": s, "guidance": g, **_headline(table[_diffusion_name(s, g)])}
+        for s in DIFFUSION_STEPS
+        for g in GUIDANCE_SCALES
+        if _diffusion_name(s, g) in table
+    ]
+    consistency = consistency_summary(
+        [cache.results[_key("consistency", default, i)] for i in scope if _key("consistency", default, i) in cache]
+    )
+    transfer = {
+        m: _summarise(
+            [cache.results[_transfer_key(default, m, i)] for i in scope if _transfer_key(default, m, i) in cache]
+        )
+        for m in TRANSFER_METHODS
+    }
     return {
         "settings": {k: v for k, v in settings.items() if k != "methods"},
-        "eval_set": {"identities": len(scope) // SLOTS_PER_IDENTITY, "renders": len(scope),
-                     "renders_in_set": len(renders), "slots_per_identity": SLOTS_PER_IDENTITY,
-                     "fingerprint": renders.fingerprint()},
+        "eval_set": {
+            "identities": len(scope) // SLOTS_PER_IDENTITY,
+            "renders": len(scope),
+            "renders_in_set": len(renders),
+            "slots_per_identity": SLOTS_PER_IDENTITY,
+            "fingerprint": renders.fingerprint(),
+        },
         "compared_renders": len(finished),
         "methods": table,
         "paired": {"method": default, "against": paired},
@@ -669,7 +794,10 @@ def build_report(cache: _ResultCache, renders: EvalRenders, scope: range, method
 def _headline(summary: dict[str, Any]) -> dict[str, float | None]:
     if not summary.get("head"):
         return {"chamfer_l1_mm": None, "f_score_2.5mm": None}
-    return {"chamfer_l1_mm": summary["head"]["chamfer_l1_mm"]["mean"], "f_score_2.5mm": summary["head"]["f_score_2.5mm"]["mean"]}
+    return {
+        "chamfer_l1_mm": summary["head"]["chamfer_l1_mm"]["mean"],
+        "f_score_2.5mm": summary["head"]["f_score_2.5mm"]["mean"],
+    }
 
 
 def _goal(table: dict[str, Any], default: str) -> dict[str, Any]:
@@ -681,61 +809,94 @@ def _goal(table: dict[str, Any], default: str) -> dict[str, Any]:
     for baseline in BASELINES:
         theirs = _headline(table.get(baseline, {}))
         if theirs["chamfer_l1_mm"] is not None:
-            beats[baseline] = {"chamfer": ours["chamfer_l1_mm"] < theirs["chamfer_l1_mm"],
-                               "f_score_2.5mm": ours["f_score_2.5mm"] > theirs["f_score_2.5mm"]}
+            beats[baseline] = {
+                "chamfer": ours["chamfer_l1_mm"] < theirs["chamfer_l1_mm"],
+                "f_score_2.5mm": ours["f_score_2.5mm"] > theirs["f_score_2.5mm"],
+            }
     return {"method": default, "beats": beats, "met": all(all(b.values()) for b in beats.values()) if beats else None}
 
 
 def format_reconstruction_summary(report: dict[str, Any]) -> str:
     """A markdown summary of an `evaluate_reconstruction` report: the table, steps curve, consistency, transfer."""
     settings, evaluated = report["settings"], report["eval_set"]
-    lines = [f"Evaluation set: {evaluated['identities']} held-out identities × {evaluated['slots_per_identity']} "
-             f"expressions ({evaluated['renders']} renders); meshes at {settings['resolution']}³, "
-             f"{settings['points']:,} points per side; mean (median) over the {report['compared_renders']} renders "
-             f"every method has finished.", "",
-             "| method | region | Chamfer-L1 mm | normal cons. | F@1 mm | F@2.5 mm | F@5 mm | failed |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Evaluation set: {evaluated['identities']} held-out identities × {evaluated['slots_per_identity']} "
+        f"expressions ({evaluated['renders']} renders); meshes at {settings['resolution']}³, "
+        f"{settings['points']:,} points per side; mean (median) over the {report['compared_renders']} renders "
+        f"every method has finished.",
+        "",
+        "| method | region | Chamfer-L1 mm | normal cons. | F@1 mm | F@2.5 mm | F@5 mm | failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for method, summary in report["methods"].items():
         for region in ("head", "face"):
             if not summary[region]:
                 continue
             cells = [f"{summary[region][k]['mean']:.3f}" for k in REPORTED]
-            cells[0] = f"{summary[region]['chamfer_l1_mm']['mean']:.3f} ({summary[region]['chamfer_l1_mm']['median']:.3f})"
+            cells[0] = (
+                f"{summary[region]['chamfer_l1_mm']['mean']:.3f} ({summary[region]['chamfer_l1_mm']['median']:.3f})"
+            )
             lines.append(f"| {method} | {region} | " + " | ".join(cells) + f" | {summary['failures']} |")
     paired = report["paired"]
     rows = [(m, d) for m, d in paired["against"].items() if "chamfer_l1_mm" in d]
     if rows:
-        lines += ["", f"Paired per render, {paired['method']} − method (mean ± standard error; negative Chamfer and "
-                  "positive F@2.5 favour the former):", "",
-                  "| method | renders | Δ Chamfer-L1 mm (head) | closer on | Δ F@2.5 mm (head) |", "|---|---|---|---|---|"]
-        lines += [f"| {m} | {d['renders']} | {d['chamfer_l1_mm']['mean_difference']:+.3f} ± "
-                  f"{d['chamfer_l1_mm']['standard_error']:.3f} | {d['ours_closer']} of {d['renders']} | "
-                  f"{d['f_score_2.5mm']['mean_difference']:+.3f} ± {d['f_score_2.5mm']['standard_error']:.3f} |"
-                  for m, d in rows]
+        lines += [
+            "",
+            f"Paired per render, {paired['method']} − method (mean ± standard error; negative Chamfer and "
+            "positive F@2.5 favour the former):",
+            "",
+            "| method | renders | Δ Chamfer-L1 mm (head) | closer on | Δ F@2.5 mm (head) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m} | {d['renders']} | {d['chamfer_l1_mm']['mean_difference']:+.3f} ± "
+            f"{d['chamfer_l1_mm']['standard_error']:.3f} | {d['ours_closer']} of {d['renders']} | "
+            f"{d['f_score_2.5mm']['mean_difference']:+.3f} ± {d['f_score_2.5mm']['standard_error']:.3f} |"
+            for m, d in rows
+        ]
     if report["steps_curve"]:
         lines += ["", "| DDIM steps | guidance | Chamfer-L1 mm (head) | F@2.5 mm (head) |", "|---|---|---|---|"]
-        lines += [f"| {row['steps']} | {row['guidance']:g} | {_number(row['chamfer_l1_mm'])} | "
-                  f"{_number(row['f_score_2.5mm'])} |" for row in report["steps_curve"]]
+        lines += [
+            f"| {row['steps']} | {row['guidance']:g} | {_number(row['chamfer_l1_mm'])} | "
+            f"{_number(row['f_score_2.5mm'])} |"
+            for row in report["steps_curve"]
+        ]
     consistency = report["consistency"]
     if consistency.get("pairs"):
-        lines += ["", f"Consistency ({consistency['method']}, {consistency['pairs']} heads): Chamfer between the "
-                  f"reconstructions of two renders of the same head {consistency['same_head_chamfer_mm']:.3f} mm, to "
-                  f"another head's {consistency['other_head_chamfer_mm']:.3f} mm; ratio {consistency['ratio']:.3f}."]
+        lines += [
+            "",
+            f"Consistency ({consistency['method']}, {consistency['pairs']} heads): Chamfer between the "
+            f"reconstructions of two renders of the same head {consistency['same_head_chamfer_mm']:.3f} mm, to "
+            f"another head's {consistency['other_head_chamfer_mm']:.3f} mm; ratio {consistency['ratio']:.3f}.",
+        ]
     transfer = report["transfer"]
     rows = [(m, transfer[m]) for m in TRANSFER_METHODS if transfer[m]["count"]]
     if rows:
         lines += ["", "| expression transfer | region | Chamfer-L1 mm | F@2.5 mm | failed |", "|---|---|---|---|---|"]
-        lines += [f"| {m} | {region} | {s[region]['chamfer_l1_mm']['mean']:.3f} | {s[region]['f_score_2.5mm']['mean']:.3f} "
-                  f"| {s['failures']} |" for m, s in rows for region in ("head", "face")]
+        lines += [
+            f"| {m} | {region} | {s[region]['chamfer_l1_mm']['mean']:.3f} | {s[region]['f_score_2.5mm']['mean']:.3f} "
+            f"| {s['failures']} |"
+            for m, s in rows
+            for region in ("head", "face")
+        ]
     goal = report["goal"]
     if goal.get("met") is not None:
-        lost = [f"{b} ({', '.join(k for k, won in r.items() if not won)})" for b, r in goal["beats"].items()
-                if not all(r.values())]
-        lines += ["", f"Goal ({goal['method']} beats every baseline on head Chamfer and F@2.5 mm): "
-                  + ("met." if goal["met"] else "not met: " + "; ".join(lost) + ".")]
+        lost = [
+            f"{b} ({', '.join(k for k, won in r.items() if not won)})"
+            for b, r in goal["beats"].items()
+            if not all(r.values())
+        ]
+        lines += [
+            "",
+            f"Goal ({goal['method']} beats every baseline on head Chamfer and F@2.5 mm): "
+            + ("met." if goal["met"] else "not met: " + "; ".join(lost) + "."),
+        ]
     if report["pending"]:
-        lines += ["", "Pending (rerun the same command to continue): "
-                  + ", ".join(f"{m} {n}" for m, n in report["pending"].items())]
+        lines += [
+            "",
+            "Pending (rerun the same command to continue): "
+            + ", ".join(f"{m} {n}" for m, n in report["pending"].items()),
+        ]
     lines += [f"Note: {note}" for note in report["notes"]]
     return "\n".join(lines)
 
@@ -761,15 +922,25 @@ def write_figures(directory: Path, report: dict[str, Any], work: _Work, count: i
     for index in range(count):
         chunk = work.renders.chunk_of(index)
         rows = work.renders.chunk_rows(chunk)
-        scenes = render_scenes(predictors.renderer, work.split, work.renders.identities[rows],
-                               work.renders.slots[rows], work.renders.seed(chunk, 0), predictors.device)
+        scenes = render_scenes(
+            predictors.renderer,
+            work.split,
+            work.renders.identities[rows],
+            work.renders.slots[rows],
+            work.renders.seed(chunk, 0),
+            predictors.device,
+        )
         at = index - chunk * CHUNK
         frame = predictors.renderer.render_frames(scenes)[at]
         crop = predictors.renderer.render_crops(scenes)[at]
         mesh = work.mesh(work.latent(default, index), colours=True)
         truth = work.truth(index)
-        panels = [_image_panel(frame), _image_panel(crop), *_mesh_panels(mesh.vertices, mesh.faces, mesh.visual.vertex_colors),
-                  *_mesh_panels(truth["vertices"], truth["faces"], truth["colours"])]
+        panels = [
+            _image_panel(frame),
+            _image_panel(crop),
+            *_mesh_panels(mesh.vertices, mesh.faces, mesh.visual.vertex_colors),
+            *_mesh_panels(truth["vertices"], truth["faces"], truth["colours"]),
+        ]
         identity, slot = int(work.renders.identities[index]), int(work.renders.slots[index])
         path = directory / f"reconstruction_identity{identity:04d}_slot{slot}.png"
         Image.fromarray(np.concatenate(panels, axis=1)).save(path)
@@ -795,7 +966,9 @@ def _image_panel(image: Tensor) -> np.ndarray:
 def _mesh_panels(vertices, faces, colours) -> list[np.ndarray]:
     from diffnphr.render import render_mesh
 
-    vertices = torch.as_tensor(np.asarray(vertices) if not isinstance(vertices, Tensor) else vertices, dtype=torch.float32)
+    vertices = torch.as_tensor(
+        np.asarray(vertices) if not isinstance(vertices, Tensor) else vertices, dtype=torch.float32
+    )
     faces = faces if isinstance(faces, Tensor) else np.asarray(faces)
     return [render_mesh(vertices, faces, colours, yaw_deg=yaw, size=PANEL) for yaw in (0.0, 45.0)]
 
@@ -808,8 +981,11 @@ def _astronaut_figure(directory: Path, pipeline, resolution: int) -> Path:
 
     photo = Image.fromarray(data.astronaut())
     result = pipeline(photo, seed=DIFFUSION_SEED, resolution=resolution)
-    panels = [np.asarray(photo.resize((PANEL, PANEL))), np.asarray(result.crop.image.resize((PANEL, PANEL))),
-              *_mesh_panels(result.mesh.vertices, result.mesh.faces, result.mesh.visual.vertex_colors)]
+    panels = [
+        np.asarray(photo.resize((PANEL, PANEL))),
+        np.asarray(result.crop.image.resize((PANEL, PANEL))),
+        *_mesh_panels(result.mesh.vertices, result.mesh.faces, result.mesh.visual.vertex_colors),
+    ]
     path = directory / "reconstruction_astronaut.png"
     Image.fromarray(np.concatenate(panels, axis=1)).save(path)
     return path
@@ -822,12 +998,18 @@ def steps_chart(report: dict[str, Any], path: Path) -> Path:
 
     width, height, margin = 720, 420, 60
     curve = [row for row in report["steps_curve"] if row["chamfer_l1_mm"] is not None]
-    baselines = {m: _headline(report["methods"][m])["chamfer_l1_mm"] for m in (*BASELINES, "decoder_fit")
-                 if m in report["methods"] and report["methods"][m].get("head")}
+    baselines = {
+        m: _headline(report["methods"][m])["chamfer_l1_mm"]
+        for m in (*BASELINES, "decoder_fit")
+        if m in report["methods"] and report["methods"][m].get("head")
+    }
     default = report["goal"]["method"]
     default_steps, _, default_samples = _parse_diffusion_name(default)
-    default_value = (_headline(report["methods"][default])["chamfer_l1_mm"]
-                     if default in report["methods"] and default_steps in DIFFUSION_STEPS else None)
+    default_value = (
+        _headline(report["methods"][default])["chamfer_l1_mm"]
+        if default in report["methods"] and default_steps in DIFFUSION_STEPS
+        else None
+    )
     values = [row["chamfer_l1_mm"] for row in curve] + list(baselines.values())
     values += [default_value] if default_value is not None else []
     image = Image.new("RGB", (width, height), "white")
@@ -900,8 +1082,13 @@ def build_landmark_predictions(
     evaluation renders' predictions to `out_file` (`baselines.landmarks.save_landmark_predictions`).
     Returns what it did: counts, detection failures, the chosen alpha and the CV errors.
     """
-    from diffnphr.baselines.landmarks import (face_mesh_landmarks, fit_ridge, landmark_features, mean_shape,
-                                              save_landmark_predictions)
+    from diffnphr.baselines.landmarks import (
+        face_mesh_landmarks,
+        fit_ridge,
+        landmark_features,
+        mean_shape,
+        save_landmark_predictions,
+    )
 
     log = log or (lambda message: None)
     landmarks_fn = landmarks_fn or face_mesh_landmarks
@@ -922,18 +1109,24 @@ def build_landmark_predictions(
         found = []
         for start in range(0, len(identities), CHUNK):
             part = slice(start, start + CHUNK)
-            scenes = render_scenes(renderer, split, identities[part], head_slots[part], seed_of_chunk(start // CHUNK), device)
+            scenes = render_scenes(
+                renderer, split, identities[part], head_slots[part], seed_of_chunk(start // CHUNK), device
+            )
             found.append(landmarks_fn(renderer.render_frames(scenes, frame_size)))
             log(f"{what}: {min(start + CHUNK, len(identities))}/{len(identities)} frames traced")
         return np.concatenate(found)
 
-    train_points = trace(codebooks.identities[heads // slots], heads % slots, lambda c: LANDMARK_TRAIN_SEED + c, "training heads")
+    train_points = trace(
+        codebooks.identities[heads // slots], heads % slots, lambda c: LANDMARK_TRAIN_SEED + c, "training heads"
+    )
     eval_points = trace(renders.identities, renders.slots, lambda c: renders.seed(c, 0), "evaluation renders")
     train_ok = ~np.isnan(train_points).any(axis=(1, 2))
     eval_ok = ~np.isnan(eval_points).any(axis=(1, 2))
     if train_ok.sum() < 20:
-        raise ValueError(f"Face Mesh traced only {int(train_ok.sum())} of {train_count} training renders; "
-                         "too few to fit the landmark baseline")
+        raise ValueError(
+            f"Face Mesh traced only {int(train_ok.sum())} of {train_count} training renders; "
+            "too few to fit the landmark baseline"
+        )
     reference = mean_shape(train_points[train_ok])
     mean, std = flat.mean(dim=0), flat.std(dim=0).clamp_min(1e-4)
     targets = ((flat[heads[torch.as_tensor(train_ok)]] - mean) / std).numpy()
@@ -941,10 +1134,16 @@ def build_landmark_predictions(
     predicted = torch.zeros(len(renders), flat.shape[1])
     if eval_ok.any():
         predicted[torch.as_tensor(eval_ok)] = torch.as_tensor(
-            ridge.predict(landmark_features(eval_points[eval_ok], reference)), dtype=torch.float32)
+            ridge.predict(landmark_features(eval_points[eval_ok], reference)), dtype=torch.float32
+        )
     latents = mean + std * predicted  # renders without landmarks get the mean latent
-    details = {"train_heads": train_count, "train_failures": int((~train_ok).sum()),
-               "eval_renders": len(renders), "eval_failures": int((~eval_ok).sum()), "alpha": ridge.alpha,
-               "cv_mse_normalised": {f"{a:g}": e for a, e in ridge.cv_errors.items()}}
+    details = {
+        "train_heads": train_count,
+        "train_failures": int((~train_ok).sum()),
+        "eval_renders": len(renders),
+        "eval_failures": int((~eval_ok).sum()),
+        "alpha": ridge.alpha,
+        "cv_mse_normalised": {f"{a:g}": e for a, e in ridge.cv_errors.items()},
+    }
     path = save_landmark_predictions(out_file, latents, torch.as_tensor(eval_ok), renders.fingerprint(), details)
     return {"file": str(path), "bytes": path.stat().st_size, **details}

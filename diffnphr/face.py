@@ -24,7 +24,7 @@ import io
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -49,7 +49,7 @@ MESH_EYE_RIGHT = (362, 263)  # inner and outer corner of the eye on the image's 
 MESH_MOUTH_LEFT = 61
 MESH_MOUTH_RIGHT = 291
 
-ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
 
 class ImageInputError(ValueError):
@@ -84,9 +84,7 @@ def load_image(source: ImageSource) -> Image.Image:
         if not path.is_file():
             raise ImageInputError(f"There is no image file at '{path}'.")
         return _open_and_convert(path, f"'{path.name}'")
-    raise ImageInputError(
-        f"An image (file path, bytes, PIL image or array) was expected, not {type(source).__name__}."
-    )
+    raise ImageInputError(f"An image (file path, bytes, PIL image or array) was expected, not {type(source).__name__}.")
 
 
 def _open_and_convert(fp: Path | io.BytesIO, subject: str) -> Image.Image:
@@ -102,9 +100,7 @@ def _open_and_convert(fp: Path | io.BytesIO, subject: str) -> Image.Image:
     except PermissionError as error:
         raise ImageInputError(f"{subject} could not be opened; check that it is readable.") from error
     except (OSError, SyntaxError, EOFError) as error:
-        raise ImageInputError(
-            f"{subject} could not be read to the end; the file looks damaged or cut off."
-        ) from error
+        raise ImageInputError(f"{subject} could not be read to the end; the file looks damaged or cut off.") from error
 
 
 def _too_large_sentence(subject: str, size: tuple[int, int] | None) -> str:
@@ -134,9 +130,7 @@ def _first_frame_upright(image: Image.Image, subject: str) -> Image.Image:
 def _array_to_image(array: np.ndarray) -> Image.Image:
     values = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
     if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[2] not in (3, 4)):
-        raise ImageInputError(
-            f"An image array must have shape (H, W), (H, W, 3) or (H, W, 4), not {array.shape}."
-        )
+        raise ImageInputError(f"An image array must have shape (H, W), (H, W, 3) or (H, W, 4), not {array.shape}.")
     _check_size((values.shape[1], values.shape[0]), "The image")
     if values.dtype == np.bool_:
         values = values.astype(np.uint8) * 255
@@ -257,8 +251,7 @@ def head_square(
     return HeadSquare(centre=centre, x_axis=x_axis, half_side=float(half_side))
 
 
-def head_squares(eye_left, eye_right, mouth_left, mouth_right, *, scale: float = HEAD_SCALE,
-                 shift: float = HEAD_SHIFT):
+def head_squares(eye_left, eye_right, mouth_left, mouth_right, *, scale: float = HEAD_SCALE, shift: float = HEAD_SHIFT):
     """`head_square` for batches: key points (..., 2) as NumPy arrays or torch tensors.
 
     Returns (centre (..., 2), x_axis (..., 2), half_side (...)) in the inputs' library, so
@@ -273,8 +266,10 @@ def head_squares(eye_left, eye_right, mouth_left, mouth_right, *, scale: float =
     eye_to_eye, eye_to_mouth = eye_right - eye_left, (mouth_left + mouth_right) / 2.0 - eye_mid
     x_axis = xp.stack([eye_to_eye[..., 0] + eye_to_mouth[..., 1], eye_to_eye[..., 1] - eye_to_mouth[..., 0]], -1)
     length = xp.hypot(x_axis[..., 0], x_axis[..., 1])
-    half_side = scale * xp.maximum(2.0 * xp.hypot(eye_to_eye[..., 0], eye_to_eye[..., 1]),
-                                   1.8 * xp.hypot(eye_to_mouth[..., 0], eye_to_mouth[..., 1]))
+    half_side = scale * xp.maximum(
+        2.0 * xp.hypot(eye_to_eye[..., 0], eye_to_eye[..., 1]),
+        1.8 * xp.hypot(eye_to_mouth[..., 0], eye_to_mouth[..., 1]),
+    )
     return eye_mid + shift * eye_to_mouth, x_axis / (length + (length < 1e-6))[..., None], half_side
 
 
@@ -319,12 +314,14 @@ def sample_square(
     step = square.side / output_size
     origin = (square.top_left - inner_low) * factor + before
     coefficients = (
-        step * square.x_axis[0] * factor[0], step * square.y_axis[0] * factor[0], origin[0],
-        step * square.x_axis[1] * factor[1], step * square.y_axis[1] * factor[1], origin[1],
+        step * square.x_axis[0] * factor[0],
+        step * square.y_axis[0] * factor[0],
+        origin[0],
+        step * square.x_axis[1] * factor[1],
+        step * square.y_axis[1] * factor[1],
+        origin[1],
     )
-    return Image.fromarray(pixels).transform(
-        (output_size, output_size), Image.Transform.AFFINE, coefficients, resample
-    )
+    return Image.fromarray(pixels).transform((output_size, output_size), Image.Transform.AFFINE, coefficients, resample)
 
 
 def crop_from_landmarks(
@@ -510,9 +507,7 @@ def crop_face(image: ImageSource, *, allow_no_face: bool = False, output_size: i
     mesh = _face_mesh(sample_square(photo, first, output_size, Image.Resampling.BILINEAR))
     if mesh is None:
         square, landmarks = first, None
-        warnings.append(
-            "The facial features could not be traced precisely, so the crop may be a little off."
-        )
+        warnings.append("The facial features could not be traced precisely, so the crop may be a little off.")
     else:
         points = first.to_image(mesh, output_size)
         square = head_square(*mesh_key_points(points))
@@ -546,8 +541,5 @@ def _centre_crop(photo: Image.Image, output_size: int) -> FaceCrop:
         face_size_px=None,
         square=square,
         centred_fallback=True,
-        warnings=[
-            "No face was found, so the centre of the image was used; "
-            "the head may be cut off or off-centre."
-        ],
+        warnings=["No face was found, so the centre of the image was used; the head may be cut off or off-centre."],
     )

@@ -139,9 +139,7 @@ def extract_mesh_with_stats(
     start = time.perf_counter()
     with torch.inference_mode():
         if method == "dense":
-            grid, num_queries = _dense_grid(
-                sdf_fn, box_min, spacing, resolution, chunk_size, device
-            )
+            grid, num_queries = _dense_grid(sdf_fn, box_min, spacing, resolution, chunk_size, device)
         else:
             coarse = resolution // 8 if coarse_resolution is None else int(coarse_resolution)
             grid, num_queries = _narrow_band_grid(
@@ -198,44 +196,29 @@ def _checked_box(bbox: Box) -> tuple[np.ndarray, np.ndarray]:
     try:
         box_min, box_max = (np.asarray(corner, dtype=np.float64) for corner in bbox)
     except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"bbox must be (min_xyz, max_xyz), two triples of numbers; got {bbox!r}."
-        ) from error
+        raise ValueError(f"bbox must be (min_xyz, max_xyz), two triples of numbers; got {bbox!r}.") from error
     if box_min.shape != (3,) or box_max.shape != (3,) or not np.all(box_min < box_max):
-        raise ValueError(
-            f"bbox must be (min_xyz, max_xyz) with min < max on every axis; got {bbox!r}."
-        )
+        raise ValueError(f"bbox must be (min_xyz, max_xyz) with min < max on every axis; got {bbox!r}.")
     return box_min, box_max
 
 
-def _check_settings(
-    resolution: int, method: str, chunk_size: int, coarse_resolution: int | None
-) -> None:
+def _check_settings(resolution: int, method: str, chunk_size: int, coarse_resolution: int | None) -> None:
     """Refuse extraction settings that cannot give a mesh, with a sentence saying why."""
     if method not in METHODS:
         raise ValueError(f"Unknown extraction method '{method}': choose 'narrow_band' or 'dense'.")
     if not isinstance(resolution, numbers.Integral) or resolution < 3:
-        raise ValueError(
-            f"resolution must be an integer of at least 3 samples per axis; got {resolution!r}."
-        )
+        raise ValueError(f"resolution must be an integer of at least 3 samples per axis; got {resolution!r}.")
     if not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
-    if coarse_resolution is not None and (
-        not isinstance(coarse_resolution, numbers.Integral) or coarse_resolution < 2
-    ):
-        raise ValueError(
-            f"coarse_resolution must be an integer of at least 2; got {coarse_resolution!r}."
-        )
+    if coarse_resolution is not None and (not isinstance(coarse_resolution, numbers.Integral) or coarse_resolution < 2):
+        raise ValueError(f"coarse_resolution must be an integer of at least 2; got {coarse_resolution!r}.")
 
 
-def _grid_axes(
-    box_min: np.ndarray, spacing: np.ndarray, size: int, device: torch.device
-) -> list[Tensor]:
+def _grid_axes(box_min: np.ndarray, spacing: np.ndarray, size: int, device: torch.device) -> list[Tensor]:
     """Node coordinates along x, y, z: ``box_min + i * spacing`` for i < size, for every method."""
     index = np.arange(size, dtype=np.float64)
     return [
-        torch.as_tensor(lo + index * step, dtype=torch.float32, device=device)
-        for lo, step in zip(box_min, spacing)
+        torch.as_tensor(lo + index * step, dtype=torch.float32, device=device) for lo, step in zip(box_min, spacing)
     ]
 
 
@@ -251,8 +234,7 @@ def _dense_grid(
     axes = _grid_axes(box_min, spacing, resolution, device)
     total = resolution**3
     chunks = (
-        torch.arange(begin, min(begin + chunk_size, total), device=device)
-        for begin in range(0, total, chunk_size)
+        torch.arange(begin, min(begin + chunk_size, total), device=device) for begin in range(0, total, chunk_size)
     )
     values = _sdf_at_nodes(sdf_fn, axes, chunks, total)
     return values.view(resolution, resolution, resolution), total
@@ -396,9 +378,7 @@ def _evaluate_level(
     return len(flat)
 
 
-def _sdf_at_nodes(
-    sdf_fn: SdfFn, axes: list[Tensor], chunks: Iterable[Tensor], total: int
-) -> Tensor:
+def _sdf_at_nodes(sdf_fn: SdfFn, axes: list[Tensor], chunks: Iterable[Tensor], total: int) -> Tensor:
     """Query ``sdf_fn`` at nodes given by flat (x-slowest) indices, chunk by chunk, as float32."""
     size = len(axes[0])
     out = torch.empty(total, dtype=torch.float32, device=axes[0].device)
@@ -409,8 +389,7 @@ def _sdf_at_nodes(
         sdf = sdf_fn(torch.stack([axes[0][ix], axes[1][iy], axes[2][iz]], dim=1))
         if tuple(sdf.shape) not in ((len(flat),), (len(flat), 1)):
             raise ValueError(
-                f"sdf_fn returned shape {tuple(sdf.shape)} for {len(flat)} points; "
-                f"expected ({len(flat)},)."
+                f"sdf_fn returned shape {tuple(sdf.shape)} for {len(flat)} points; expected ({len(flat)},)."
             )
         out[begin : begin + len(flat)] = sdf.reshape(-1)
         begin += len(flat)
@@ -435,9 +414,7 @@ def _marching_cubes(
     for block in occupied:
         corner = np.array(block) * _MC_BLOCK
         lo, hi = corner, corner + _MC_BLOCK + 1
-        block_vertices, block_faces = mcubes.marching_cubes(
-            field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], 0.0
-        )
+        block_vertices, block_faces = mcubes.marching_cubes(field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], 0.0)
         vertices.append(block_vertices + corner)
         faces.append(block_faces.astype(np.int64) + offset)
         offset += len(block_vertices)
@@ -493,9 +470,7 @@ def _blocks_holding(cells: Tensor, block: int) -> Tensor:
     return blocks.any(dim=5).any(dim=3).any(dim=1)
 
 
-def _vertex_colors(
-    color_fn: ColorFn, vertices: np.ndarray, chunk_size: int, device: torch.device
-) -> np.ndarray:
+def _vertex_colors(color_fn: ColorFn, vertices: np.ndarray, chunk_size: int, device: torch.device) -> np.ndarray:
     """Query ``color_fn`` at the vertices in chunks; return uint8 RGBA (alpha 255)."""
     points = torch.as_tensor(vertices, dtype=torch.float32, device=device)
     chunks = []
@@ -503,8 +478,7 @@ def _vertex_colors(
         rgb = color_fn(chunk)
         if tuple(rgb.shape) != (len(chunk), 3):
             raise ValueError(
-                f"color_fn returned shape {tuple(rgb.shape)} for {len(chunk)} points; "
-                f"expected ({len(chunk)}, 3)."
+                f"color_fn returned shape {tuple(rgb.shape)} for {len(chunk)} points; expected ({len(chunk)}, 3)."
             )
         chunks.append(rgb.float())
     rgb = torch.cat(chunks)

@@ -306,7 +306,9 @@ class HeadReconstructionPipeline:
         with torch.inference_mode():
             identity = self._sample(self._encode(crop, timer, tracker), settings, timer, tracker)
             if expression_crop is not None:
-                given_z_exp = self._sample(self._encode(expression_crop, timer, tracker), settings, timer, tracker).z_exp
+                given_z_exp = self._sample(
+                    self._encode(expression_crop, timer, tracker), settings, timer, tracker
+                ).z_exp
             latents = HeadLatents(identity.z_geo, given_z_exp, identity.z_app)
             mesh = self._decode(latents, settings["resolution"], timer, tracker)
         warnings = list(crop.warnings)
@@ -318,7 +320,11 @@ class HeadReconstructionPipeline:
     # -- stages -------------------------------------------------------------------------------
 
     def _settings(
-        self, seed: int | None, steps: int | None, resolution: int | None, guidance_scale: float | None,
+        self,
+        seed: int | None,
+        steps: int | None,
+        resolution: int | None,
+        guidance_scale: float | None,
         samples: int | None,
     ) -> dict[str, Any]:
         """Fill in defaults and refuse values that cannot work, with a sentence saying why."""
@@ -340,8 +346,9 @@ class HeadReconstructionPipeline:
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
             raise ValueError(f"The guidance scale must be a number of at least 0; got {guidance_scale!r}.")
         if not _is_int(samples) or not 1 <= samples <= MAX_SAMPLES:
-            raise ValueError(f"The number of samples averaged must be a whole number from 1 to {MAX_SAMPLES}; "
-                             f"got {samples!r}.")
+            raise ValueError(
+                f"The number of samples averaged must be a whole number from 1 to {MAX_SAMPLES}; got {samples!r}."
+            )
         return {
             "seed": int(seed),
             "steps": int(steps),

@@ -50,7 +50,9 @@ def render_mesh(
     """
     vertices = torch.as_tensor(vertices)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or not vertices.is_floating_point():
-        raise ValueError(f"vertices must be a float array of shape (V, 3), got {tuple(vertices.shape)} {vertices.dtype}")
+        raise ValueError(
+            f"vertices must be a float array of shape (V, 3), got {tuple(vertices.shape)} {vertices.dtype}"
+        )
     device = vertices.device
     faces = torch.as_tensor(faces, device=device)
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.is_floating_point():
@@ -118,7 +120,9 @@ def rasterise(screen: Tensor, depth: Tensor, faces: Tensor, size: int) -> tuple[
     Both windings are drawn, so open or inconsistently wound surfaces show from either side.
     """
     if screen.ndim != 3 or screen.shape[-1] != 2 or depth.shape != screen.shape[:2]:
-        raise ValueError(f"screen must be (B, V, 2) and depth (B, V); got {tuple(screen.shape)} and {tuple(depth.shape)}")
+        raise ValueError(
+            f"screen must be (B, V, 2) and depth (B, V); got {tuple(screen.shape)} and {tuple(depth.shape)}"
+        )
     device = screen.device
     batch, face_count, pixels = screen.shape[0], len(faces), size * size
     corners = screen[:, faces].reshape(batch * face_count, 3, 2)
@@ -145,7 +149,8 @@ def rasterise(screen: Tensor, depth: Tensor, faces: Tensor, size: int) -> tuple[
         counts = area[chunk]
         pair_triangle = chunk.repeat_interleave(counts, output_size=int(cumulative[stop - 1]) - base)
         offset = torch.arange(len(pair_triangle), device=device) - (counts.cumsum(0) - counts).repeat_interleave(
-            counts, output_size=len(pair_triangle))
+            counts, output_size=len(pair_triangle)
+        )
         width = extent[pair_triangle, 0]
         cols = low[pair_triangle, 0] + offset % width
         rows = low[pair_triangle, 1] + offset // width
@@ -160,7 +165,9 @@ def rasterise(screen: Tensor, depth: Tensor, faces: Tensor, size: int) -> tuple[
     weights = torch.zeros(batch * pixels, 3, device=device)
     drawn = torch.nonzero(best >= 0).squeeze(1)
     image, pixel = drawn // pixels, drawn % pixels
-    weights[drawn] = _barycentric(corners[image * face_count + triangle[drawn]], pixel % size, pixel // size).clamp_min(0)
+    weights[drawn] = _barycentric(corners[image * face_count + triangle[drawn]], pixel % size, pixel // size).clamp_min(
+        0
+    )
     return triangle.view(batch, pixels), weights.view(batch, pixels, 3)
 
 

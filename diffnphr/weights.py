@@ -102,7 +102,9 @@ class PretrainedModule(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         parameters = {name for name, _ in self.named_parameters()}
         state = {
-            k: (v.to(dtype) if dtype is not None and k in parameters and v.is_floating_point() else v).detach().contiguous()
+            k: (v.to(dtype) if dtype is not None and k in parameters and v.is_floating_point() else v)
+            .detach()
+            .contiguous()
             for k, v in self.state_dict().items()
         }
         save_torch_state_dict(state, directory, max_shard_size=MAX_SHARD_SIZE)

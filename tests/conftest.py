@@ -38,8 +38,14 @@ def no_face_photo() -> Image.Image:
 # reconstruction takes about a second on a CPU. Random decoders have no surface, so the
 # decoder's geometry MLPs are set by hand to give a smooth closed blob (see `_blob_decoder`).
 
-TINY_DEFAULTS = {"steps": 3, "guidance_scale": 1.0, "samples": 2, "resolution": 64, "cpu_resolution": 48,
-                 "scheduler": "ddim"}
+TINY_DEFAULTS = {
+    "steps": 3,
+    "guidance_scale": 1.0,
+    "samples": 2,
+    "resolution": 64,
+    "cpu_resolution": 48,
+    "scheduler": "ddim",
+}
 
 
 def _blob_decoder():
@@ -101,7 +107,9 @@ def tiny_weights_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     encoder = FaceEncoder.from_config(
-        farl_vision_config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64)
+        farl_vision_config(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64
+        )
     )
     diffusion = LatentDiffusion(
         DiffusionConfig(
@@ -169,7 +177,10 @@ def app_url(tiny_weights_dir, tmp_path_factory):
     log = (workdir / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, str(repo / "app.py"), "--weights", str(tiny_weights_dir)],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180

@@ -31,7 +31,9 @@ def test_only_reconstruct_and_transfer_are_public(client):
 
 
 def test_reconstruct_returns_crop_coloured_glb_downloads_seed_and_timings(client, face_photo_file):
-    crop, glb, downloads, seed, details = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
+    crop, glb, downloads, seed, details = client.predict(
+        handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct"
+    )
 
     _coloured_mesh(glb)
     assert sorted(path.rsplit(".", 1)[-1] for path in downloads) == ["glb", "obj", "ply"]
@@ -57,7 +59,9 @@ def test_bad_photos_get_the_sentence_and_the_server_keeps_serving(
         client.predict(handle_file(not_an_image_file), *SETTINGS, api_name="/reconstruct")
 
     # the explicit choice: use the centre of a face-less photo
-    _, glb, _, _, details = client.predict(handle_file(no_face_photo_file), *SETTINGS[:-1], True, api_name="/reconstruct")
+    _, glb, _, _, details = client.predict(
+        handle_file(no_face_photo_file), *SETTINGS[:-1], True, api_name="/reconstruct"
+    )
     _coloured_mesh(glb)
     assert any("centre" in warning for warning in details["warnings"])
 

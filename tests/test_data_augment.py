@@ -11,8 +11,13 @@ from PIL import Image
 
 from diffnphr.data.augment import AugmentConfig, augment_images, gaussian_blur, jpeg_compress
 
-NOTHING = AugmentConfig(blur_probability=0.0, motion_blur_probability=0.0, colour_probability=0.0,
-                        noise_probability=0.0, jpeg_probability=0.0)
+NOTHING = AugmentConfig(
+    blur_probability=0.0,
+    motion_blur_probability=0.0,
+    colour_probability=0.0,
+    noise_probability=0.0,
+    jpeg_probability=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +26,7 @@ def photos() -> torch.Tensor:
     from skimage import data
 
     image = torch.tensor(data.coffee()).permute(2, 0, 1).float() / 255.0
-    return torch.stack([image[:, 40 * k:40 * k + 64, 60 * k:60 * k + 80] for k in range(8)])
+    return torch.stack([image[:, 40 * k : 40 * k + 64, 60 * k : 60 * k + 80] for k in range(8)])
 
 
 def _high_frequency_energy(images: torch.Tensor) -> torch.Tensor:
@@ -43,8 +48,14 @@ def test_default_augmentation_keeps_shape_range_and_input_and_is_seeded(photos):
 
 
 def test_each_image_gets_its_own_strength(photos):
-    config = AugmentConfig(blur_probability=1.0, motion_blur_probability=0.0, colour_probability=0.0,
-                           noise_probability=0.0, jpeg_probability=0.0, blur_sigma_px=(0.3, 3.0))
+    config = AugmentConfig(
+        blur_probability=1.0,
+        motion_blur_probability=0.0,
+        colour_probability=0.0,
+        noise_probability=0.0,
+        jpeg_probability=0.0,
+        blur_sigma_px=(0.3, 3.0),
+    )
     same = photos[:1].repeat(8, 1, 1, 1)
     energy = _high_frequency_energy(augment_images(same, torch.Generator().manual_seed(0), config))
     assert energy.max() > 1.5 * energy.min()
@@ -57,17 +68,30 @@ def test_disabled_effects_leave_images_alone(photos):
 
 
 def test_zero_saturation_gives_grey_images(photos):
-    config = AugmentConfig(blur_probability=0.0, motion_blur_probability=0.0, colour_probability=1.0,
-                           noise_probability=0.0, jpeg_probability=0.0, saturation=(0.0, 0.0),
-                           white_balance_std=0.0, tint_std=0.0)
+    config = AugmentConfig(
+        blur_probability=0.0,
+        motion_blur_probability=0.0,
+        colour_probability=1.0,
+        noise_probability=0.0,
+        jpeg_probability=0.0,
+        saturation=(0.0, 0.0),
+        white_balance_std=0.0,
+        tint_std=0.0,
+    )
     out = augment_images(photos, torch.Generator().manual_seed(0), config)
     assert (out.amax(dim=1) - out.amin(dim=1)).max() < 1e-5
 
 
 def test_sensor_noise_grows_with_brightness():
-    config = AugmentConfig(blur_probability=0.0, motion_blur_probability=0.0, colour_probability=0.0,
-                           noise_probability=1.0, jpeg_probability=0.0, read_noise_std=(0.001, 0.001),
-                           shot_noise_std=(0.05, 0.05))
+    config = AugmentConfig(
+        blur_probability=0.0,
+        motion_blur_probability=0.0,
+        colour_probability=0.0,
+        noise_probability=1.0,
+        jpeg_probability=0.0,
+        read_noise_std=(0.001, 0.001),
+        shot_noise_std=(0.05, 0.05),
+    )
     flat = torch.cat([torch.full((4, 3, 64, 64), 0.1), torch.full((4, 3, 64, 64), 0.8)])
     out = augment_images(flat, torch.Generator().manual_seed(0), config)
     std = (out - flat).std(dim=(1, 2, 3))

@@ -23,8 +23,9 @@ def model():
 @pytest.fixture(scope="module")
 def heads(model):
     rng = np.random.default_rng(0)
-    return torch.tensor(np.stack([head_vertices(model, rng.normal(size=model.identity_modes.shape[0]))
-                                  for _ in range(24)]))
+    return torch.tensor(
+        np.stack([head_vertices(model, rng.normal(size=model.identity_modes.shape[0])) for _ in range(24)])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,15 @@ def torso(model):
 def _shell_offsets(hair, heads, vertices):
     """Signed distance (B, Vs) of each shell vertex from its skin vertex along the skin normal."""
     normals = vertex_normals(heads, hair._normal_faces)[:, hair.shell_rows]
-    shell = vertices[:, :len(hair.shell_rows)]
+    shell = vertices[:, : len(hair.shell_rows)]
     return ((shell - heads[:, hair.shell_rows]) * normals).sum(dim=-1)
 
 
 def _triangle_areas(vertices, faces):
     corners = vertices[:, faces]
-    return 0.5 * torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0]).norm(dim=-1)
+    return 0.5 * torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0]).norm(
+        dim=-1
+    )
 
 
 def test_hair_meshes_share_one_topology_and_are_seeded(hair, heads):
@@ -68,7 +71,7 @@ def test_hair_varies_from_bald_to_long(hair, heads):
     offsets = _shell_offsets(hair, heads, vertices)
     covered = (offsets > 0.001).float().mean(dim=1)
     assert covered.min() < 0.2 and covered.max() > 0.5
-    lowest = vertices[:, len(hair.shell_rows):, 1].amin(dim=1)
+    lowest = vertices[:, len(hair.shell_rows) :, 1].amin(dim=1)
     assert (lowest < -0.4).any() and (lowest > 0.3).any()  # some shoulder-length, some short styles
 
 
@@ -78,8 +81,8 @@ def test_missing_hair_hides_inside_the_skin(hair, heads):
     vertices, faces, _ = hair.mesh(heads[:4], bald)
     offsets = _shell_offsets(hair, heads[:4], vertices)
     assert offsets.max() < -0.007 and offsets.min() > -0.009  # 2 mm inside everywhere
-    curtain_faces = faces[len(hair.shell_faces):] - len(hair.shell_rows)
-    assert _triangle_areas(vertices[:, len(hair.shell_rows):], curtain_faces).max() < 1e-9  # folded away
+    curtain_faces = faces[len(hair.shell_faces) :] - len(hair.shell_rows)
+    assert _triangle_areas(vertices[:, len(hair.shell_rows) :], curtain_faces).max() < 1e-9  # folded away
 
 
 def test_hair_thickness_and_rim(hair, heads):
@@ -133,12 +136,12 @@ def test_torso_joins_the_neck_cut_and_has_shoulders(model, torso, heads):
     assert faces.min() == 0 and faces.max() == torso.num_vertices - 1
     assert colours.min() >= 0 and colours.max() <= 1
     loop = heads[:, torch.as_tensor(np.array(model.neck_boundary_loop))]
-    first_ring = vertices[:, :len(model.neck_boundary_loop) * 3:3]
+    first_ring = vertices[:, : len(model.neck_boundary_loop) * 3 : 3]
     torch.testing.assert_close(first_ring, loop)  # no gap between head and torso
-    torso_part = vertices[:, :torso.num_torso_vertices]
+    torso_part = vertices[:, : torso.num_torso_vertices]
     assert torch.all(torso_part[..., 0].abs().amax(dim=1) > 0.6)  # shoulders wider than 15 cm each side
     assert torch.all(torso_part[..., 1].amin(dim=1) < -2.0)  # reaches below any frame
-    bottom = colours[:, torso.num_torso_vertices - first_ring.shape[1] * 3:torso.num_torso_vertices]
+    bottom = colours[:, torso.num_torso_vertices - first_ring.shape[1] * 3 : torso.num_torso_vertices]
     assert ((bottom - skin[:, None]).abs().amax(dim=-1) > 0.02).float().mean() > 0.9  # clothes below
 
 
@@ -150,9 +153,10 @@ def test_necklines_decide_what_is_skin_and_what_is_clothes(torso, heads):
     neckline[1, :3] = torch.tensor([-0.42, -0.41, -0.4])  # a turtleneck
     neckline[:, 4] = 0.03
     vertices, _, colours = torso.mesh(heads[:2], replace(styles, neckline=neckline), skin)
-    torch.testing.assert_close(colours[0, :torso.num_torso_vertices], skin[0].expand(torso.num_torso_vertices, 3),
-                               atol=1e-5, rtol=0)
-    shell = vertices[:, torso.num_torso_vertices:]
+    torch.testing.assert_close(
+        colours[0, : torso.num_torso_vertices], skin[0].expand(torso.num_torso_vertices, 3), atol=1e-5, rtol=0
+    )
+    shell = vertices[:, torso.num_torso_vertices :]
     lifted = (shell - heads[:2, torso._shell_rows]).norm(dim=-1)
     assert lifted[0].max() < 0.0081  # bare: the clothes shell hides 2 mm inside the skin
     low_neck = (heads[1, torso._shell_rows, 1] < -0.5) & (torso._free > 0) & ~torso._hidden_rim  # not its outline

@@ -89,9 +89,11 @@ def test_expression_sampler_is_sparse_and_realistic(model):
     assert np.all(weights[:, names.index("mouthClose")] <= weights[:, names.index("jawOpen")])
     assert not np.any(used("jawLeft") & used("jawRight"))
     for first, second in CONFLICTS:
-        assert not np.any(np.any([used(s) for s in action_shapes(first)], axis=0)
-                          & np.any([used(s) for s in action_shapes(second)], axis=0))
-    assert set(ACTIONS) and len(set(s for a in ACTIONS for s in action_shapes(a))) == 53
+        assert not np.any(
+            np.any([used(s) for s in action_shapes(first)], axis=0)
+            & np.any([used(s) for s in action_shapes(second)], axis=0)
+        )
+    assert set(ACTIONS) and len({s for a in ACTIONS for s in action_shapes(a)}) == 53
 
 
 def test_expression_sampler_rejects_a_model_without_its_shapes():

@@ -70,8 +70,9 @@ def test_archive_without_the_fields_is_rejected(tmp_path):
 
 # A tiny stand-in for the ICT repository: an open box (5 quads, 'face') whose rim is the
 # neck loop, plus a tetrahedron ('teeth'), two identities and two expressions.
-BOX = np.array([[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1],
-                [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], float)
+BOX = np.array(
+    [[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1], [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], float
+)
 TETRA = np.array([[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]], float)
 BOX_QUADS = [(4, 5, 6, 7), (0, 4, 7, 3), (0, 1, 5, 4), (1, 2, 6, 5), (3, 7, 6, 2)]  # outward, no z = -1 side
 TETRA_TRIS = [(8, 10, 9), (8, 9, 11), (8, 11, 10), (9, 10, 11)]
@@ -99,13 +100,21 @@ def _write_tiny_repo(root: Path) -> dict[str, np.ndarray]:
     lines += ["f " + " ".join(f"{v + 1}/{k + 1}/1" for k, v in enumerate(tri)) for tri in TETRA_TRIS]
     (folder / "generic_neutral_mesh.obj").write_text("mtllib x.mtl\n" + "\n".join(lines) + "\n")
     rng = np.random.default_rng(0)
-    shapes = {name: neutral + rng.normal(0, 0.1, neutral.shape)
-              for name in ("identity000", "identity001", "jawOpen", "mouthSmile_L")}
+    shapes = {
+        name: neutral + rng.normal(0, 0.1, neutral.shape)
+        for name in ("identity000", "identity001", "jawOpen", "mouthSmile_L")
+    }
     for name, vertices in shapes.items():
         (folder / f"{name}.obj").write_text("".join(f"v {x:.9f} {y:.9f} {z:.9f}\n" for x, y, z in vertices))
-    (folder / "vertex_indices.json").write_text(json.dumps({
-        "expressions": ["jawOpen", "mouthSmile_L"], "idx_to_landmark_verts": [4, 5, 6],
-        "idx_to_rigid_verts": [0, 1]}))
+    (folder / "vertex_indices.json").write_text(
+        json.dumps(
+            {
+                "expressions": ["jawOpen", "mouthSmile_L"],
+                "idx_to_landmark_verts": [4, 5, 6],
+                "idx_to_rigid_verts": [0, 1],
+            }
+        )
+    )
     return {"neutral": neutral, **shapes}
 
 

@@ -55,7 +55,11 @@ def test_the_crop_is_the_crop_rule_of_the_projected_landmarks_in_any_pose(model)
     points = renderer.landmarks(_scenes(renderer, seed=11, count=6))  # crop units, random poses
     eye_left, eye_right = points[:, [36, 39]].mean(dim=1), points[:, [42, 45]].mean(dim=1)
     mouth = points[:, [48, 54]].mean(dim=1)
-    eye_mid, eye_to_mouth, eye_to_eye = (eye_left + eye_right) / 2, mouth - (eye_left + eye_right) / 2, eye_right - eye_left
+    eye_mid, eye_to_mouth, eye_to_eye = (
+        (eye_left + eye_right) / 2,
+        mouth - (eye_left + eye_right) / 2,
+        eye_right - eye_left,
+    )
     torch.testing.assert_close(eye_mid + 0.2 * eye_to_mouth, torch.full((6, 2), 0.5), atol=1e-4, rtol=0)
     half_side = 1.4 * torch.maximum(2 * eye_to_eye.norm(dim=1), 1.8 * eye_to_mouth.norm(dim=1))
     torch.testing.assert_close(half_side, torch.full((6,), 0.5), atol=1e-4, rtol=0)
@@ -81,8 +85,13 @@ def test_jitter_moves_the_square_by_the_drawn_amounts(model):
     plain_centre, plain_axis, plain_half = renderer.head_squares(scenes, jitter=False)
     centre, axis, half = renderer.head_squares(scenes)
     shift, log_scale, angle = scenes.crop_jitter[:, :2], scenes.crop_jitter[:, 2], scenes.crop_jitter[:, 3]
-    local = torch.stack([((centre - plain_centre) * plain_axis).sum(1),
-                         ((centre - plain_centre) * torch.stack([-plain_axis[:, 1], plain_axis[:, 0]], 1)).sum(1)], 1)
+    local = torch.stack(
+        [
+            ((centre - plain_centre) * plain_axis).sum(1),
+            ((centre - plain_centre) * torch.stack([-plain_axis[:, 1], plain_axis[:, 0]], 1)).sum(1),
+        ],
+        1,
+    )
     torch.testing.assert_close(local / (2 * plain_half[:, None]), shift, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(half / plain_half, torch.exp(log_scale))
     turned = torch.atan2(plain_axis[:, 0] * axis[:, 1] - plain_axis[:, 1] * axis[:, 0], (plain_axis * axis).sum(1))
@@ -125,12 +134,16 @@ def test_batched_crop_rule_is_the_photo_rule():
 def test_rasterising_a_batch_equals_rasterising_each_mesh_alone():
     # Two overlapping triangles; the nearer one (larger depth) wins where they overlap.
     faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
-    screen = torch.tensor([[[2.0, 2.0], [14.0, 3.0], [4.0, 13.0], [6.0, 1.0], [15.0, 15.0], [1.0, 9.0]],
-                           [[1.0, 1.0], [9.0, 2.0], [3.0, 10.0], [5.0, 5.0], [15.0, 6.0], [8.0, 15.0]]])
+    screen = torch.tensor(
+        [
+            [[2.0, 2.0], [14.0, 3.0], [4.0, 13.0], [6.0, 1.0], [15.0, 15.0], [1.0, 9.0]],
+            [[1.0, 1.0], [9.0, 2.0], [3.0, 10.0], [5.0, 5.0], [15.0, 6.0], [8.0, 15.0]],
+        ]
+    )
     depth = torch.tensor([[1.0, 1.0, 1.0, 2.0, 2.0, 2.0], [3.0, 3.0, 3.0, 0.5, 0.5, 0.5]])
     triangle, weights = rasterise(screen, depth, faces, 16)
     for image in range(2):
-        alone = rasterise(screen[image:image + 1], depth[image:image + 1], faces, 16)
+        alone = rasterise(screen[image : image + 1], depth[image : image + 1], faces, 16)
         assert torch.equal(triangle[image], alone[0][0]) and torch.equal(weights[image], alone[1][0])
     assert (triangle[0] == 1).sum() > (triangle[0] == 0).sum() > 0  # the first image's near triangle covers more
     covered = triangle >= 0

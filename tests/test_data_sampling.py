@@ -48,8 +48,10 @@ def batch(sampler, heads):
 def meshes(model, sampler, heads):
     """Per head: (surface vertices posed, surface vertices neutral), built with numpy."""
     identity, expression, _ = heads
-    return [(sampler.surface.vertices(head_vertices(model, a, b)), sampler.surface.vertices(head_vertices(model, a)))
-            for a, b in zip(identity, expression)]
+    return [
+        (sampler.surface.vertices(head_vertices(model, a, b)), sampler.surface.vertices(head_vertices(model, a)))
+        for a, b in zip(identity, expression)
+    ]
 
 
 def _winding_numbers(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -59,8 +61,12 @@ def _winding_numbers(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
         a, b, c = (triangles[:, k] - point for k in range(3))
         la, lb, lc = (np.linalg.norm(v, axis=1) for v in (a, b, c))
         det = np.einsum("ij,ij->i", a, np.cross(b, c))
-        den = (la * lb * lc + np.einsum("ij,ij->i", a, b) * lc + np.einsum("ij,ij->i", b, c) * la
-               + np.einsum("ij,ij->i", c, a) * lb)
+        den = (
+            la * lb * lc
+            + np.einsum("ij,ij->i", a, b) * lc
+            + np.einsum("ij,ij->i", b, c) * la
+            + np.einsum("ij,ij->i", c, a) * lb
+        )
         result.append(np.arctan2(det, den).sum() / (2 * np.pi))
     return np.array(result)
 
@@ -190,9 +196,11 @@ def test_sampling_runs_on_cuda_like_on_cpu(model, sampler, heads):
     surface = sampler.surface
     masks = []
     for device in ("cpu", "cuda"):
-        vertices = torch.as_tensor(np.stack([surface.vertices(head_vertices(model, a, b))
-                                             for a, b in zip(identity, expression)]))
-        tests = [(torch.as_tensor(q, device=device), torch.as_tensor(f, device=device))
-                 for q, f in surface.exposure_tests]
+        vertices = torch.as_tensor(
+            np.stack([surface.vertices(head_vertices(model, a, b)) for a, b in zip(identity, expression)])
+        )
+        tests = [
+            (torch.as_tensor(q, device=device), torch.as_tensor(f, device=device)) for q, f in surface.exposure_tests
+        ]
         masks.append(exposed_faces(vertices.to(device), torch.as_tensor(surface.faces, device=device), tests).cpu())
     assert (masks[0] != masks[1]).float().mean() < 1e-3

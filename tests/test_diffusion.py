@@ -126,8 +126,10 @@ def test_classifier_free_guidance(trained: dict) -> None:
     unconditional = model.sample(cond, num_steps=5, seed=5, guidance_scale=0.0)
     other = model.sample(other_cond, num_steps=5, seed=5, guidance_scale=0.0)
     with torch.no_grad():
-        torch.testing.assert_close(model.normalize(unconditional) - model.conditional_mean(cond),
-                                   model.normalize(other) - model.conditional_mean(other_cond))
+        torch.testing.assert_close(
+            model.normalize(unconditional) - model.conditional_mean(cond),
+            model.normalize(other) - model.conditional_mean(other_cond),
+        )
 
 
 def test_the_mean_head_predicts_the_conditional_mean(trained: dict) -> None:

@@ -23,8 +23,17 @@ RESOLUTION, POINTS = 64, 20_000
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     renders = tmp_path_factory.mktemp("renders")
-    result = evaluate_decoder(DECODER, LATENTS, count=1, expressions=1, resolution=RESOLUTION, points=POINTS,
-                              device="cpu", renders_dir=renders, renders=1)
+    result = evaluate_decoder(
+        DECODER,
+        LATENTS,
+        count=1,
+        expressions=1,
+        resolution=RESOLUTION,
+        points=POINTS,
+        device="cpu",
+        renders_dir=renders,
+        renders=1,
+    )
     return result, renders
 
 
@@ -65,8 +74,14 @@ def test_sphere_renders_as_a_lit_disc_with_its_vertex_colours():
     sphere = trimesh.creation.icosphere(subdivisions=4)
     colours = np.tile([1.0, 0.1, 0.1], (len(sphere.vertices), 1))
     colours[sphere.vertices[:, 0] > 0] = [0.1, 0.1, 1.0]  # right half (+x, image right) blue
-    image = render_mesh(torch.tensor(sphere.vertices, dtype=torch.float32), sphere.faces, colours,
-                        size=128, center=(0, 0, 0), half_extent=1.25)
+    image = render_mesh(
+        torch.tensor(sphere.vertices, dtype=torch.float32),
+        sphere.faces,
+        colours,
+        size=128,
+        center=(0, 0, 0),
+        half_extent=1.25,
+    )
     assert image.shape == (128, 128, 3) and image.dtype == np.uint8
     rows, cols = np.mgrid[:128, :128]
     radius = np.hypot(cols + 0.5 - 64, rows + 0.5 - 64) / 64 * 1.25

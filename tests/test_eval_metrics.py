@@ -30,14 +30,22 @@ def _samples(mesh: trimesh.Trimesh, count: int, seed: int) -> SurfaceSamples:
     return sample_surface(mesh.vertices, mesh.faces, count, seed)
 
 
-def _plate(x_min: float, x_max: float, z: float = 0.0, half_width: float = 0.1, cells: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def _plate(
+    x_min: float, x_max: float, z: float = 0.0, half_width: float = 0.1, cells: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     """A flat grid of triangles over [x_min, x_max] × [-half_width, half_width] at height z, normal +z."""
-    xs, ys = np.meshgrid(np.linspace(x_min, x_max, cells + 1), np.linspace(-half_width, half_width, cells + 1), indexing="ij")
+    xs, ys = np.meshgrid(
+        np.linspace(x_min, x_max, cells + 1), np.linspace(-half_width, half_width, cells + 1), indexing="ij"
+    )
     vertices = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, z)], axis=1)
     i, j = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
     corner = (i * (cells + 1) + j).ravel()
-    faces = np.concatenate([np.stack([corner, corner + cells + 1, corner + cells + 2], axis=1),
-                            np.stack([corner, corner + cells + 2, corner + 1], axis=1)])
+    faces = np.concatenate(
+        [
+            np.stack([corner, corner + cells + 1, corner + cells + 2], axis=1),
+            np.stack([corner, corner + cells + 2, corner + 1], axis=1),
+        ]
+    )
     return vertices, faces
 
 
@@ -158,7 +166,9 @@ def test_nearest_neighbours_of_surface_clouds_match_brute_force_also_far_from_th
     generator = torch.Generator().manual_seed(1)
     directions = torch.randn(6000, 3, generator=generator, dtype=torch.float64)
     references = (directions / directions.norm(dim=1, keepdim=True) * 0.4).float()
-    queries = torch.cat([references[:1500] * 1.02, references[1500:2000] * 0.5, torch.rand(500, 3, generator=generator) * 4 - 2])
+    queries = torch.cat(
+        [references[:1500] * 1.02, references[1500:2000] * 0.5, torch.rand(500, 3, generator=generator) * 4 - 2]
+    )
     exact = torch.cdist(queries.double(), references.double(), compute_mode="donot_use_mm_for_euclid_dist")
     expected_distances, expected_indices = exact.min(dim=1)
     distances, indices = nearest_neighbours(queries, references)

@@ -19,10 +19,10 @@ from diffnphr.eval_reconstruction import (
     METHODS,
     build_landmark_predictions,
     consistency_summary,
-    paired_differences,
     eval_renders,
     evaluate_reconstruction,
     format_reconstruction_summary,
+    paired_differences,
     reconstruction_distances,
 )
 from diffnphr.train.head_latents import HeadLatents
@@ -60,8 +60,12 @@ def latents_dir(tmp_path_factory):
     generator = torch.Generator().manual_seed(0)
     for name, rows in (("codebooks", split.train_identities), ("fitted_heldout", split.heldout_identities)):
         n = len(rows)
-        HeadLatents(rows, 0.01 * torch.randn(n, 2176, generator=generator), 0.01 * torch.randn(n, 4, 100, generator=generator),
-                    0.01 * torch.randn(n, 2176, generator=generator)).save(directory, name)
+        HeadLatents(
+            rows,
+            0.01 * torch.randn(n, 2176, generator=generator),
+            0.01 * torch.randn(n, 4, 100, generator=generator),
+            0.01 * torch.randn(n, 2176, generator=generator),
+        ).save(directory, name)
     return directory
 
 
@@ -86,8 +90,14 @@ def _constructed_landmarks(frames):
 @pytest.fixture(scope="module")
 def landmarks_file(tmp_path_factory, latents_dir):
     path = tmp_path_factory.mktemp("landmarks") / "landmarks.safetensors"
-    report = build_landmark_predictions(latents_dir, path, train_count=20, renderer=StandInRenderer(),
-                                        landmarks_fn=_constructed_landmarks, frame_size=32)
+    report = build_landmark_predictions(
+        latents_dir,
+        path,
+        train_count=20,
+        renderer=StandInRenderer(),
+        landmarks_fn=_constructed_landmarks,
+        frame_size=32,
+    )
     assert report["train_failures"] == 0 and report["eval_failures"] == 0
     return path
 
@@ -109,7 +119,7 @@ def test_the_table_names_the_shipped_default_setting():
 
     shipped = json.loads((Path(__file__).resolve().parents[1] / "weights" / "pipeline.json").read_text())
     for defaults in (PipelineDefaults(), PipelineDefaults(**shipped)):
-        assert AVERAGED_METHOD == f"diffusion_ddim{defaults.steps}_g{defaults.guidance_scale:g}_avg{defaults.samples}"
+        assert f"diffusion_ddim{defaults.steps}_g{defaults.guidance_scale:g}_avg{defaults.samples}" == AVERAGED_METHOD
 
 
 def test_evaluation_set_covers_every_heldout_identity_with_neutral_first(latents_dir):
@@ -125,9 +135,18 @@ def test_evaluation_set_covers_every_heldout_identity_with_neutral_first(latents
 
 @pytest.mark.slow
 def test_the_table_has_every_method(tmp_path, tiny_weights_dir, latents_dir, regression_dir, landmarks_file):
-    report = evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path, count=1, resolution=24, points=400,
-                                     renderer=StandInRenderer(), regression_dir=regression_dir,
-                                     landmarks_file=landmarks_file, device="cpu")
+    report = evaluate_reconstruction(
+        tiny_weights_dir,
+        latents_dir,
+        tmp_path,
+        count=1,
+        resolution=24,
+        points=400,
+        renderer=StandInRenderer(),
+        regression_dir=regression_dir,
+        landmarks_file=landmarks_file,
+        device="cpu",
+    )
     assert report["complete"] and not report["pending"]
     # the tiny pipeline's own default setting (3 steps, 2 samples averaged) is evaluated beside the shipped one's
     default = "diffusion_ddim3_g1_avg2"
@@ -157,8 +176,10 @@ def test_a_stopped_run_continues_and_a_rerun_reuses_the_cache(tmp_path, tiny_wei
     assert report["complete"] and not report["pending"] and report["compared_renders"] == 3
     assert list(report["methods"]) == methods
     assert report["consistency"]["pairs"] + report["consistency"]["failures"] == 3
-    assert all(report["transfer"][m]["count"] + report["transfer"][m]["failures"] == 1
-               for m in ("diffusion", "diffusion_without_transfer", "decoder_fit"))
+    assert all(
+        report["transfer"][m]["count"] + report["transfer"][m]["failures"] == 1
+        for m in ("diffusion", "diffusion_without_transfer", "decoder_fit")
+    )
 
     lines = (out / CACHE_FILE).read_text().splitlines()
     again = evaluate_reconstruction(tiny_weights_dir, latents_dir, out, **settings)
@@ -170,8 +191,14 @@ def test_a_stopped_run_continues_and_a_rerun_reuses_the_cache(tmp_path, tiny_wei
 
 def test_shards_share_the_work_and_a_plain_call_reports_it_all(tmp_path, tiny_weights_dir, latents_dir):
     out = tmp_path / "eval"
-    settings = dict(methods=["mean", "diffusion_ddim5_g1"], count=2, resolution=24, points=400,
-                    renderer=StandInRenderer(), device="cpu")
+    settings = dict(
+        methods=["mean", "diffusion_ddim5_g1"],
+        count=2,
+        resolution=24,
+        points=400,
+        renderer=StandInRenderer(),
+        device="cpu",
+    )
     first = evaluate_reconstruction(tiny_weights_dir, latents_dir, out, shard=(0, 2), **settings)
     assert first["pending"]  # the other half is still to do
     evaluate_reconstruction(tiny_weights_dir, latents_dir, out, shard=(1, 2), **settings)
@@ -188,11 +215,13 @@ def test_shards_share_the_work_and_a_plain_call_reports_it_all(tmp_path, tiny_we
 
 def test_unknown_or_unavailable_methods_are_refused(tmp_path, tiny_weights_dir, latents_dir):
     with pytest.raises(ValueError, match="unknown methods"):
-        evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path, methods=["oracle"], device="cpu",
-                                renderer=StandInRenderer())
+        evaluate_reconstruction(
+            tiny_weights_dir, latents_dir, tmp_path, methods=["oracle"], device="cpu", renderer=StandInRenderer()
+        )
     with pytest.raises(ValueError, match="needs --regression"):
-        evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path, methods=["regression"], device="cpu",
-                                renderer=StandInRenderer())
+        evaluate_reconstruction(
+            tiny_weights_dir, latents_dir, tmp_path, methods=["regression"], device="cpu", renderer=StandInRenderer()
+        )
 
 
 def _sphere(radius: float, centre=(0.0, 0.1, -0.3)) -> trimesh.Trimesh:
@@ -216,8 +245,10 @@ def test_consistency_ratio_on_constructed_reconstructions():
 
 def test_consistency_counts_empty_reconstructions_as_failures():
     empty = trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
-    items = [reconstruction_distances(empty, _sphere(0.3), _sphere(0.3), 1000, 0),
-             reconstruction_distances(_sphere(0.3), _sphere(0.3), _sphere(0.32), 1000, 0)]
+    items = [
+        reconstruction_distances(empty, _sphere(0.3), _sphere(0.3), 1000, 0),
+        reconstruction_distances(_sphere(0.3), _sphere(0.3), _sphere(0.32), 1000, 0),
+    ]
     assert "error" in items[0]
     assert consistency_summary(items)["failures"] == 1 and consistency_summary(items)["pairs"] == 1
 
@@ -271,10 +302,17 @@ def test_nearest_neighbour_returns_the_latent_of_the_closest_embedding():
 
 @pytest.mark.slow
 def test_figures_show_each_render_the_portrait_and_the_steps_chart(tmp_path, tiny_weights_dir, latents_dir):
-    settings = dict(methods=["mean", "diffusion_ddim5_g1", "diffusion_ddim10_g1"], count=1, resolution=24, points=400,
-                    renderer=StandInRenderer(), device="cpu")
-    report = evaluate_reconstruction(tiny_weights_dir, latents_dir, tmp_path / "eval", figures_dir=tmp_path / "figures",
-                                     figures=1, **settings)
+    settings = dict(
+        methods=["mean", "diffusion_ddim5_g1", "diffusion_ddim10_g1"],
+        count=1,
+        resolution=24,
+        points=400,
+        renderer=StandInRenderer(),
+        device="cpu",
+    )
+    report = evaluate_reconstruction(
+        tiny_weights_dir, latents_dir, tmp_path / "eval", figures_dir=tmp_path / "figures", figures=1, **settings
+    )
     written = [Path(path).name for path in report["figures"]["written"]]
     assert written[0].startswith("reconstruction_identity") and written[0].endswith("_slot0.png")
     assert written[1:] == ["reconstruction_astronaut.png", "steps_vs_chamfer.png"]

@@ -289,9 +289,7 @@ def test_crop_rule_is_shared_by_photos_and_projected_landmarks(face_photo, astro
     assert _mean_difference(crop, astronaut_crop.image) < 0.5
 
 
-@pytest.mark.parametrize(
-    "degrees, scale, offset", [(30.0, 2.0, (50.0, 20.0)), (-100.0, 0.5, (10.0, 300.0))]
-)
+@pytest.mark.parametrize("degrees, scale, offset", [(30.0, 2.0, (50.0, 20.0)), (-100.0, 0.5, (10.0, 300.0))])
 def test_key_points_land_at_the_same_crop_place_whatever_the_pose(degrees, scale, offset):
     points = np.array([[100.0, 100.0], [140.0, 100.0], [108.0, 140.0], [132.0, 140.0]])
     in_crop = head_square(*points).to_crop(points, SIZE)

@@ -226,9 +226,7 @@ def test_bad_input_is_refused_with_a_sentence(kwargs, message):
 
 @pytest.fixture(scope="module")
 def coloured_mesh() -> trimesh.Trimesh:
-    return extract_mesh(
-        ellipsoid(), resolution=48, color_fn=lambda points: (points - torch.tensor(BOX_MIN)) / 1.4
-    )
+    return extract_mesh(ellipsoid(), resolution=48, color_fn=lambda points: (points - torch.tensor(BOX_MIN)) / 1.4)
 
 
 @pytest.mark.parametrize("suffix", [".glb", ".obj", ".ply"])

@@ -93,7 +93,10 @@ def reshape(name):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (drop("aggr_app.layers.7.layers.2.bias"), r"1 missing tensor \(id_decoder\.aggr_app\.layers\.7\.layers\.2\.bias"),
+        (
+            drop("aggr_app.layers.7.layers.2.bias"),
+            r"1 missing tensor \(id_decoder\.aggr_app\.layers\.7\.layers\.2\.bias",
+        ),
         (add("defDeepSDF.lin7.weight"), r"1 unexpected tensor \(ex_decoder\.defDeepSDF\.lin7\.weight\)"),
         (reshape("defDeepSDF.lin3.weight"), r"ex_decoder\.defDeepSDF\.lin3\.weight \(5, 5\) instead of \(32, 151\)"),
     ],
@@ -131,7 +134,9 @@ def test_command_line_converts_and_refuses_with_exit_status_2(tmp_path):
     command = [sys.executable, "-m", "diffnphr", "convert-mononphm"]
     ok = subprocess.run(
         [*command, str(checkpoint), str(tmp_path / "out"), "--anchors", str(anchor_file), "--config", str(config)],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "anchors.npy").is_file()
@@ -140,7 +145,9 @@ def test_command_line_converts_and_refuses_with_exit_status_2(tmp_path):
     bad, _, _ = fake_official_files(tmp_path / "bad", TINY, drop("mlp_pos.4.bias"))
     refused = subprocess.run(
         [*command, str(bad), str(tmp_path / "out2"), "--anchors", str(anchor_file), "--config", str(config)],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: ") and "id_decoder.mlp_pos.4.bias" in refused.stderr

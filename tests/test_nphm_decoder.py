@@ -172,14 +172,19 @@ def test_the_two_edge_layouts_run_every_member_layer_alike():
     member = torch.randint(0, members - 2, (edges,), generator=g)  # the last two members own no edge
     x = torch.randn(edges, 5, generator=g, dtype=torch.float64)
     table, index = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randint(0, 40, (edges,), generator=g)
-    w1, w2 = torch.randn(members, 6, 5, generator=g, dtype=torch.float64), torch.randn(members, 3, 6, generator=g, dtype=torch.float64)
+    w1, w2 = (
+        torch.randn(members, 6, 5, generator=g, dtype=torch.float64),
+        torch.randn(members, 3, 6, generator=g, dtype=torch.float64),
+    )
     b2 = torch.randn(members, 3, generator=g, dtype=torch.float64)
 
     def run(layout):
         hidden = layout.linear_onto(layout.gather_rows(table, index), layout.scatter(x), w1)
         return layout.gather(layout.linear(torch.relu(hidden), w2, b2))
 
-    per_edge = torch.stack([w2[m] @ torch.relu(table[i] + w1[m] @ row) + b2[m] for m, i, row in zip(member.tolist(), index, x)])
+    per_edge = torch.stack(
+        [w2[m] @ torch.relu(table[i] + w1[m] @ row) + b2[m] for m, i, row in zip(member.tolist(), index, x)]
+    )
     torch.testing.assert_close(run(MemberBlocks(member, members)), per_edge)
     torch.testing.assert_close(run(MemberSlices(member, members)), per_edge)
     with torch.no_grad():
@@ -313,7 +318,7 @@ def test_training_gradients_reach_latents_weights_and_points():
 def test_bad_inputs_get_clear_errors():
     config = MonoNPHMConfig.small()
     model = make_model(config)
-    z_geo, z_exp, z_app = make_latents(config)
+    z_geo, z_exp, _z_app = make_latents(config)
     with pytest.raises(ValueError, match="z_exp must have shape"):
         model.bind(z_geo, z_exp[:, :50])
     with pytest.raises(ValueError, match="points must have shape"):

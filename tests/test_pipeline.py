@@ -102,8 +102,13 @@ def test_no_face_is_refused_unless_the_centre_is_allowed(pipeline, no_face_photo
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"steps": 0}, "diffusion steps"), ({"resolution": 4}, "mesh resolution"), ({"seed": -1}, "seed"),
-     ({"guidance_scale": -1.0}, "guidance scale"), ({"samples": 0}, "samples averaged")],
+    [
+        ({"steps": 0}, "diffusion steps"),
+        ({"resolution": 4}, "mesh resolution"),
+        ({"seed": -1}, "seed"),
+        ({"guidance_scale": -1.0}, "guidance scale"),
+        ({"samples": 0}, "samples averaged"),
+    ],
 )
 def test_impossible_settings_are_refused_with_a_sentence(pipeline, face_photo_file, settings, message):
     with pytest.raises(ValueError, match=message):
@@ -113,8 +118,9 @@ def test_impossible_settings_are_refused_with_a_sentence(pipeline, face_photo_fi
 def test_weights_come_from_the_environment_variable(tiny_weights_dir, monkeypatch):
     monkeypatch.setenv(WEIGHTS_ENV, str(tiny_weights_dir))
     loaded = HeadReconstructionPipeline.from_pretrained(device="cpu")
-    assert loaded.defaults == PipelineDefaults(steps=3, guidance_scale=1.0, samples=2, resolution=64,
-                                               cpu_resolution=48, scheduler="ddim")
+    assert loaded.defaults == PipelineDefaults(
+        steps=3, guidance_scale=1.0, samples=2, resolution=64, cpu_resolution=48, scheduler="ddim"
+    )
     assert loaded.default_resolution == 48  # a CPU pipeline meshes at the CPU default
 
 
@@ -123,8 +129,10 @@ def test_missing_weights_message_names_all_three_options(tmp_path, monkeypatch):
 
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(pipeline_module, "REPO_WEIGHTS_DIR", tmp_path / "weights")
-    for attempt in (lambda: HeadReconstructionPipeline.from_pretrained(),
-                    lambda: HeadReconstructionPipeline.from_pretrained(tmp_path / "nowhere")):
+    for attempt in (
+        lambda: HeadReconstructionPipeline.from_pretrained(),
+        lambda: HeadReconstructionPipeline.from_pretrained(tmp_path / "nowhere"),
+    ):
         with pytest.raises(WeightsNotFoundError) as caught:
             attempt()
         message = str(caught.value)
@@ -133,8 +141,23 @@ def test_missing_weights_message_names_all_three_options(tmp_path, monkeypatch):
 
 def test_cli_reconstruct_writes_a_glb_and_reports_seed_and_timings(tiny_weights_dir, face_photo_file, tmp_path):
     out = tmp_path / "head.glb"
-    command = [sys.executable, "-m", "diffnphr", "reconstruct", str(face_photo_file), "-o", str(out),
-               "--weights", str(tiny_weights_dir), "--seed", "7", "--resolution", "32", "--steps", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "diffnphr",
+        "reconstruct",
+        str(face_photo_file),
+        "-o",
+        str(out),
+        "--weights",
+        str(tiny_weights_dir),
+        "--seed",
+        "7",
+        "--resolution",
+        "32",
+        "--steps",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -147,14 +170,29 @@ def test_cli_reconstruct_writes_a_glb_and_reports_seed_and_timings(tiny_weights_
 
 def test_cli_transfer_writes_the_format_asked_for(tiny_weights_dir, face_photo_file, mirrored_photo, tmp_path, capsys):
     out = tmp_path / "moved.ply"
-    code = main(["transfer", str(face_photo_file), str(mirrored_photo), "-o", str(out),
-                 "--weights", str(tiny_weights_dir), "--seed", "1", "--resolution", str(COARSE)])
+    code = main(
+        [
+            "transfer",
+            str(face_photo_file),
+            str(mirrored_photo),
+            "-o",
+            str(out),
+            "--weights",
+            str(tiny_weights_dir),
+            "--seed",
+            "1",
+            "--resolution",
+            str(COARSE),
+        ]
+    )
     assert code == 0 and "seed: 1" in capsys.readouterr().out
     assert out.read_bytes().startswith(b"ply")
 
 
 def test_cli_user_errors_are_one_line_and_exit_2(tiny_weights_dir, not_an_image_file, tmp_path, capsys):
-    code = main(["reconstruct", str(not_an_image_file), "-o", str(tmp_path / "x.glb"), "--weights", str(tiny_weights_dir)])
+    code = main(
+        ["reconstruct", str(not_an_image_file), "-o", str(tmp_path / "x.glb"), "--weights", str(tiny_weights_dir)]
+    )
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and last_line.startswith("error: ") and "not an image" in last_line
 

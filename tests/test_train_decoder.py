@@ -19,7 +19,9 @@ from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, load_head_latent
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
 from diffnphr.train.split import HEADS_FILE, SPLIT_FILE, load_head_split, make_head_split
 
-TINY_MODEL = MonoNPHMConfig(hidden_dim_geo=16, n_layers_geo=2, hidden_dim_app=16, n_layers_app=2, hidden_dim_ex=16, n_layers_ex=2)
+TINY_MODEL = MonoNPHMConfig(
+    hidden_dim_geo=16, n_layers_geo=2, hidden_dim_app=16, n_layers_app=2, hidden_dim_ex=16, n_layers_ex=2
+)
 TINY_SAMPLING = SamplingConfig(surface_points=128, near_points=64, uniform_points=16, correspondences=32)
 TINY = DecoderTrainingConfig(
     train_identities=3,
@@ -100,7 +102,11 @@ def test_training_lowers_the_loss_of_training_heads(run, sampler):
     losses = []
     for checkpoint, model in ((initial, initial_model), (trained, trained_model)):
         t = checkpoint.tensors
-        codes = (t["codebooks.geo.weight"][rows], t["codebooks.exp.weight"][rows * 2 + slots], t["codebooks.app.weight"][rows])
+        codes = (
+            t["codebooks.geo.weight"][rows],
+            t["codebooks.exp.weight"][rows * 2 + slots],
+            t["codebooks.app.weight"][rows],
+        )
         losses.append(_fixed_loss(sampler, model, *codes, split, identities, slots))
     assert losses[1] < 0.8 * losses[0]
     log = [json.loads(line) for line in (root / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -134,8 +140,12 @@ def test_resume_continues_at_the_same_step_with_identical_state(run, tmp_path):
         assert expected.optimizers[key]["state"].keys() == got.optimizers[key]["state"].keys()
         for slot, state in expected.optimizers[key]["state"].items():
             for name, value in state.items():
-                torch.testing.assert_close(torch.as_tensor(got.optimizers[key]["state"][slot][name]), torch.as_tensor(value),
-                                           rtol=1e-5, atol=1e-8)
+                torch.testing.assert_close(
+                    torch.as_tensor(got.optimizers[key]["state"][slot][name]),
+                    torch.as_tensor(value),
+                    rtol=1e-5,
+                    atol=1e-8,
+                )
 
 
 def test_resume_without_optimizer_moments_warms_up_again(run, tmp_path):
@@ -171,8 +181,18 @@ def test_export_and_fitting_held_out_heads(run, sampler, tmp_path):
     assert statistics.mean.shape == (PADDED,) and torch.all(statistics.std > 0)
     assert all(f.stat().st_size <= 16 * 2**20 for f in tmp_path.rglob("*") if f.is_file())
 
-    config = FitConfig(steps=10, sampling=TINY_SAMPLING, lr_shape_codes=1e-2, lr_expression_codes=2e-2, precision="fp32")
-    summary = fit_heads(exported["decoder"], exported["latents"], tmp_path / "fitted", count=1, expressions=1, config=config, device="cpu")
+    config = FitConfig(
+        steps=10, sampling=TINY_SAMPLING, lr_shape_codes=1e-2, lr_expression_codes=2e-2, precision="fp32"
+    )
+    summary = fit_heads(
+        exported["decoder"],
+        exported["latents"],
+        tmp_path / "fitted",
+        count=1,
+        expressions=1,
+        config=config,
+        device="cpu",
+    )
     assert summary["fitted"] == 1 and summary["remaining"] == 0
     fitted = load_head_latents(tmp_path / "fitted", "fitted_heldout")
     identity = int(split.heldout_identities[0])
@@ -184,5 +204,13 @@ def test_export_and_fitting_held_out_heads(run, sampler, tmp_path):
     fit = _fixed_loss(sampler, decoder, fitted.z_geo, fitted.z_exp[:, 0], fitted.z_app, split, *heads)
     assert fit < zero
 
-    again = fit_heads(exported["decoder"], exported["latents"], tmp_path / "fitted", count=1, expressions=1, config=config, device="cpu")
+    again = fit_heads(
+        exported["decoder"],
+        exported["latents"],
+        tmp_path / "fitted",
+        count=1,
+        expressions=1,
+        config=config,
+        device="cpu",
+    )
     assert again["fitted"] == 1 and again["last_group_loss"] is None  # nothing left to fit

@@ -10,15 +10,14 @@ import pytest
 import torch
 
 from diffnphr.baselines.regression import LatentRegressor
-from diffnphr.diffusion import LatentDiffusion
-from diffnphr.encoders import FaceEncoder, farl_vision_config
-from diffnphr.train.checkpoints import list_checkpoints
-from diffnphr.train.head_latents import load_latent_statistics
 from diffnphr.data.appearance import REGIONS
 from diffnphr.data.ict import load_ict
 from diffnphr.data.renders import HeadRenderer, RenderConfig
+from diffnphr.diffusion import LatentDiffusion
+from diffnphr.encoders import FaceEncoder, farl_vision_config
 from diffnphr.nphm.latents import unpack
-from diffnphr.train.head_latents import load_head_latents
+from diffnphr.train.checkpoints import list_checkpoints
+from diffnphr.train.head_latents import load_head_latents, load_latent_statistics
 from diffnphr.train.reconstruction import (
     ExponentialAverage,
     ReconstructionTrainingConfig,
@@ -31,15 +30,41 @@ from diffnphr.train.reconstruction import (
 )
 
 LATENTS = Path(__file__).resolve().parents[1] / "weights" / "decoder_latents"
-TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
-                    patch_size=8, projection_dim=16)
-TINY_DIFFUSION = dict(base_channels=8, channel_mults=[1, 2], attention_levels=[], attention_heads=2, norm_groups=4,
-                      time_embed_dim=16, cond_tokens=1, mean_head_hidden=16)
+TINY_ENCODER = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    projection_dim=16,
+)
+TINY_DIFFUSION = dict(
+    base_channels=8,
+    channel_mults=[1, 2],
+    attention_levels=[],
+    attention_heads=2,
+    norm_groups=4,
+    time_embed_dim=16,
+    cond_tokens=1,
+    mean_head_hidden=16,
+)
 
 
 def tiny_config(**changes) -> ReconstructionTrainingConfig:
-    values = dict(encoder=TINY_ENCODER, diffusion=TINY_DIFFUSION, regression_hidden=32, batch_size=2, total_steps=50,
-                  warmup_steps=2, log_every=1, validate_every=2, validation_renders=2, checkpoint_every=100, bf16=False)
+    values = dict(
+        encoder=TINY_ENCODER,
+        diffusion=TINY_DIFFUSION,
+        regression_hidden=32,
+        batch_size=2,
+        total_steps=50,
+        warmup_steps=2,
+        log_every=1,
+        validate_every=2,
+        validation_renders=2,
+        checkpoint_every=100,
+        bf16=False,
+    )
     return ReconstructionTrainingConfig(**{**values, **changes})
 
 
@@ -79,10 +104,16 @@ def test_a_run_can_start_from_exported_weights_and_add_a_mean_head(tmp_path):
     heads = TrainingHeads.load(LATENTS)
     models = _Models(tiny_config(init_from=str(tmp_path / "weights")), heads, torch.device("cpu"))
     initialise_from(models, tmp_path / "weights")
-    exported = {"encoder": FaceEncoder.from_pretrained(paths["encoder"]),
-                "diffusion": LatentDiffusion.from_pretrained(paths["diffusion"]),
-                "regression": LatentRegressor.from_pretrained(paths["regression"])}
-    for name, module in (("encoder", models.encoder), ("diffusion", models.diffusion), ("regression", models.regressor)):
+    exported = {
+        "encoder": FaceEncoder.from_pretrained(paths["encoder"]),
+        "diffusion": LatentDiffusion.from_pretrained(paths["diffusion"]),
+        "regression": LatentRegressor.from_pretrained(paths["regression"]),
+    }
+    for name, module in (
+        ("encoder", models.encoder),
+        ("diffusion", models.diffusion),
+        ("regression", models.regressor),
+    ):
         reference = exported[name].state_dict()
         for key, value in module.state_dict().items():
             if not key.startswith("mean_head."):
@@ -100,8 +131,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     run = tmp_path / "run"
     train_reconstruction(run, LATENTS, 600, tiny_config(), device="cpu", stop_after_steps=1)
     with pytest.raises(ValueError, match="different settings"):
-        train_reconstruction(run, LATENTS, 600, tiny_config(learning_rate=1e-3), device="cpu",
-                             stop_after_steps=1)
+        train_reconstruction(run, LATENTS, 600, tiny_config(learning_rate=1e-3), device="cpu", stop_after_steps=1)
 
 
 def test_a_frozen_farl_encoder_is_switched_on_by_config_and_stays_unchanged(tmp_path):
@@ -116,8 +146,10 @@ def test_a_frozen_farl_encoder_is_switched_on_by_config_and_stays_unchanged(tmp_
     for key, value in farl.state_dict().items():
         assert torch.equal(exported.state_dict()[key], value.half().float()), key
     regressor = LatentRegressor.from_pretrained(paths["regression"])
-    assert torch.equal(regressor.encoder.model.vision_model.embeddings.patch_embedding.weight,
-                       exported.model.vision_model.embeddings.patch_embedding.weight)
+    assert torch.equal(
+        regressor.encoder.model.vision_model.embeddings.patch_embedding.weight,
+        exported.model.vision_model.embeddings.patch_embedding.weight,
+    )
     initial = LatentDiffusion(diffusion_config := LatentDiffusion.load_config(Path(paths["diffusion"])))
     trained = LatentDiffusion.from_pretrained(paths["diffusion"])
     assert diffusion_config.cond_dim == 16
@@ -140,10 +172,12 @@ def test_training_targets_describe_the_rendered_head_and_its_colours(mix_appeara
         shape_row = int((codebooks.z_geo.float() == z_geo[k]).all(1).nonzero())
         colour_row = int((codebooks.z_app.float() == z_app[k]).all(1).nonzero())
         assert any(torch.equal(z_exp[k], codebooks.z_exp[shape_row, slot].float()) for slot in range(8))
-        colours_of = batches.factors(split.train_identities[[shape_row]], torch.tensor([0]),
-                                     split.train_identities[[colour_row]])[0]
-        shape_of = batches.factors(split.train_identities[[shape_row]], torch.tensor([0]),
-                                   split.train_identities[[shape_row]])[0]
+        colours_of = batches.factors(
+            split.train_identities[[shape_row]], torch.tensor([0]), split.train_identities[[colour_row]]
+        )[0]
+        shape_of = batches.factors(
+            split.train_identities[[shape_row]], torch.tensor([0]), split.train_identities[[shape_row]]
+        )[0]
         identity_columns = slice(0, split.identity_coefficients.shape[1])
         assert torch.allclose(batch.factors[k, identity_columns], shape_of[identity_columns])
         colour_columns = slice(-3 * len(REGIONS), None)

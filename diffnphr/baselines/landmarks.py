@@ -84,8 +84,9 @@ class RidgeModel:
         return ((features - self.feature_mean) / self.feature_std) @ self.weights + self.bias
 
 
-def fit_ridge(features: np.ndarray, targets: np.ndarray, alphas: Sequence[float] = DEFAULT_ALPHAS,
-              folds: int = 5, seed: int = 0) -> RidgeModel:
+def fit_ridge(
+    features: np.ndarray, targets: np.ndarray, alphas: Sequence[float] = DEFAULT_ALPHAS, folds: int = 5, seed: int = 0
+) -> RidgeModel:
     """Ridge regression with the penalty picked by `folds`-fold CV (mean squared error over all targets).
 
     Features are standardised with the training statistics; the bias is the targets' mean. One
@@ -93,9 +94,13 @@ def fit_ridge(features: np.ndarray, targets: np.ndarray, alphas: Sequence[float]
     """
     features, targets = np.asarray(features, np.float64), np.asarray(targets, np.float64)
     if features.ndim != 2 or targets.ndim != 2 or len(features) != len(targets):
-        raise ValueError(f"features (N, F) and targets (N, T) must have the same N; got {features.shape}, {targets.shape}")
+        raise ValueError(
+            f"features (N, F) and targets (N, T) must have the same N; got {features.shape}, {targets.shape}"
+        )
     if len(features) < 2 * folds or folds < 2:
-        raise ValueError(f"ridge CV needs at least 2 folds and 2 examples per fold; got {len(features)} examples, {folds} folds")
+        raise ValueError(
+            f"ridge CV needs at least 2 folds and 2 examples per fold; got {len(features)} examples, {folds} folds"
+        )
     if not alphas or min(alphas) <= 0:
         raise ValueError(f"ridge penalties must be positive; got {tuple(alphas)}")
     order = np.random.default_rng(seed).permutation(len(features))
@@ -152,14 +157,20 @@ def face_mesh_landmarks(frames: Tensor) -> np.ndarray:
     return found
 
 
-def save_landmark_predictions(path: str | os.PathLike, latents: Tensor, detected: Tensor, fingerprint: str,
-                              details: dict) -> Path:
+def save_landmark_predictions(
+    path: str | os.PathLike, latents: Tensor, detected: Tensor, fingerprint: str, details: dict
+) -> Path:
     """Write the evaluation renders' predicted latents (fp16), which were detected, the eval-set fingerprint and `details`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": latents.detach().to(torch.float16).contiguous().cpu(),
-               "detected": detected.to(torch.uint8).contiguous().cpu()},
-              str(path), metadata={"fingerprint": fingerprint, "details": json.dumps(details)})
+    save_file(
+        {
+            "latents": latents.detach().to(torch.float16).contiguous().cpu(),
+            "detected": detected.to(torch.uint8).contiguous().cpu(),
+        },
+        str(path),
+        metadata={"fingerprint": fingerprint, "details": json.dumps(details)},
+    )
     return path
 
 
@@ -170,11 +181,15 @@ def load_landmark_predictions(path: str | os.PathLike, fingerprint: str) -> tupl
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"There is no landmark prediction file at {path}; make it with `python -m diffnphr eval landmarks`.")
+        raise FileNotFoundError(
+            f"There is no landmark prediction file at {path}; make it with `python -m diffnphr eval landmarks`."
+        )
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         if metadata.get("fingerprint") != fingerprint:
-            raise ValueError(f"{path} holds landmark predictions for another evaluation set "
-                             f"(fingerprint {metadata.get('fingerprint')}, expected {fingerprint}); remake it.")
+            raise ValueError(
+                f"{path} holds landmark predictions for another evaluation set "
+                f"(fingerprint {metadata.get('fingerprint')}, expected {fingerprint}); remake it."
+            )
         latents, detected = handle.get_tensor("latents").float(), handle.get_tensor("detected").bool()
     return latents, detected, json.loads(metadata.get("details", "{}"))

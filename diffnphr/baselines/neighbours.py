@@ -17,8 +17,10 @@ class NearestNeighbourLatents:
 
     def __init__(self, embeddings: Tensor, latents: Tensor) -> None:
         if embeddings.ndim != 2 or latents.ndim != 2 or len(embeddings) != len(latents) or len(embeddings) == 0:
-            raise ValueError(f"need as many embeddings (M, C) as latents (M, D), M ≥ 1; "
-                             f"got {tuple(embeddings.shape)} and {tuple(latents.shape)}")
+            raise ValueError(
+                f"need as many embeddings (M, C) as latents (M, D), M ≥ 1; "
+                f"got {tuple(embeddings.shape)} and {tuple(latents.shape)}"
+            )
         self.embeddings = torch.nn.functional.normalize(embeddings.float(), dim=1)
         self.latents = latents
 

@@ -123,8 +123,10 @@ def appearance_basis(model: ICTFaceModel) -> AppearanceBasis:
     face = np.arange(model.num_vertices)[model.part_vertices("face")]
     landmarks = positions[model.landmarks_68]
     lips = _smoothstep(-0.004, 0.004, _signed_distance_inside(positions[face, :2], landmarks[48:60, :2]))
-    brow_distance = np.minimum(_polyline_distance(positions[face, :2], landmarks[17:22, :2]),
-                               _polyline_distance(positions[face, :2], landmarks[22:27, :2]))
+    brow_distance = np.minimum(
+        _polyline_distance(positions[face, :2], landmarks[17:22, :2]),
+        _polyline_distance(positions[face, :2], landmarks[22:27, :2]),
+    )
     brows = _smoothstep(0.022, 0.012, brow_distance) * (1.0 - lips)
     weights[face, column["lips"]] = lips
     weights[face, column["brows"]] = brows
@@ -172,12 +174,25 @@ def _draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     skin = swatches[low] + (position - low) * (swatches[low + 1] - swatches[low])
     skin = skin * np.exp(rng.normal(0.0, 0.05) * np.array([1.0, 0.0, -1.0]))
     lips = skin * np.array([rng.uniform(0.7, 0.9), rng.uniform(0.42, 0.55), rng.uniform(0.45, 0.6)])
-    hair_odds = np.clip([0.15 + 0.5 * tone, 0.3, 0.25 - 0.1 * tone, 0.12 - 0.1 * tone, 0.1 - 0.1 * tone,
-                         0.04 - 0.04 * tone, 0.04], 0.0, None)
+    hair_odds = np.clip(
+        [0.15 + 0.5 * tone, 0.3, 0.25 - 0.1 * tone, 0.12 - 0.1 * tone, 0.1 - 0.1 * tone, 0.04 - 0.04 * tone, 0.04],
+        0.0,
+        None,
+    )
     hair = srgb_to_linear(np.array(HAIR_SRGB[rng.choice(len(HAIR_SRGB), p=hair_odds / hair_odds.sum())]) / 255.0)
     density = rng.uniform(0.4, 0.85)
-    iris_odds = np.clip([0.25 + 0.5 * tone, 0.25 + 0.2 * tone, 0.15 - 0.1 * tone, 0.1 - 0.1 * tone,
-                         0.17 - 0.17 * tone, 0.08 - 0.07 * tone], 0.0, None)
+    iris_odds = np.clip(
+        [
+            0.25 + 0.5 * tone,
+            0.25 + 0.2 * tone,
+            0.15 - 0.1 * tone,
+            0.1 - 0.1 * tone,
+            0.17 - 0.17 * tone,
+            0.08 - 0.07 * tone,
+        ],
+        0.0,
+        None,
+    )
     iris = srgb_to_linear(np.array(IRIS_SRGB[rng.choice(len(IRIS_SRGB), p=iris_odds / iris_odds.sum())]) / 255.0)
     iris = iris * np.exp(rng.normal(0.0, 0.1))
     sclera = srgb_to_linear(np.array([235, 228, 220]) / 255.0) * rng.uniform(0.9, 1.0)
@@ -187,8 +202,18 @@ def _draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     socket = skin * np.array([0.9, 0.6, 0.6])
     pupil = srgb_to_linear(np.array([12, 10, 10]) / 255.0)
     brows = skin * (1.0 - density) + hair * density
-    region_colours = {"skin": skin, "lips": lips, "brows": brows, "mouth": mouth, "eye_socket": socket,
-                      "teeth": teeth, "sclera": sclera, "iris": iris, "pupil": pupil, "hair": hair}
+    region_colours = {
+        "skin": skin,
+        "lips": lips,
+        "brows": brows,
+        "mouth": mouth,
+        "eye_socket": socket,
+        "teeth": teeth,
+        "sclera": sclera,
+        "iris": iris,
+        "pupil": pupil,
+        "hair": hair,
+    }
     variation = np.empty((VARIATION_FEATURES + 1, 3))
     brightness = rng.normal(0.0, 0.02, VARIATION_FEATURES)
     hue = rng.normal(0.0, 0.012, VARIATION_FEATURES)
@@ -197,8 +222,9 @@ def _draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.stack([region_colours[name] for name in REGIONS]), 0.0, 1.0), variation
 
 
-def _paint_eye(model: ICTFaceModel, positions: np.ndarray, weights: np.ndarray, column: dict[str, int],
-               side: str) -> None:
+def _paint_eye(
+    model: ICTFaceModel, positions: np.ndarray, weights: np.ndarray, column: dict[str, int], side: str
+) -> None:
     """Sclera, iris (darkening to a limbal ring) and pupil on both shells of one eyeball."""
     shell = positions[model.part_vertices(f"sclera_{side}")]
     iris_shell = positions[model.part_vertices(f"iris_{side}")]
@@ -255,6 +281,7 @@ def _signed_distance_inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarr
     start, end = closed[:-1], closed[1:]
     crosses = (start[None, :, 1] > points[:, None, 1]) != (end[None, :, 1] > points[:, None, 1])
     x_at = start[None, :, 0] + (points[:, None, 1] - start[None, :, 1]) * (end[None, :, 0] - start[None, :, 0]) / (
-        end[None, :, 1] - start[None, :, 1] + 1e-300)
+        end[None, :, 1] - start[None, :, 1] + 1e-300
+    )
     inside = np.sum(crosses & (points[:, None, 0] < x_at), axis=1) % 2 == 1
     return np.where(inside, distance, -distance)

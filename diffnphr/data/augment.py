@@ -29,16 +29,24 @@ from torch import Tensor
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 # libjpeg's base quantisation tables (ITU T.81 Annex K), quality 50.
 _JPEG_LUMA_TABLE = (
-    (16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55),
-    (14, 13, 16, 24, 40, 57, 69, 56), (14, 17, 22, 29, 51, 87, 80, 62),
-    (18, 22, 37, 56, 68, 109, 103, 77), (24, 35, 55, 64, 81, 104, 113, 92),
-    (49, 64, 78, 87, 103, 121, 120, 101), (72, 92, 95, 98, 112, 100, 103, 99),
+    (16, 11, 10, 16, 24, 40, 51, 61),
+    (12, 12, 14, 19, 26, 58, 60, 55),
+    (14, 13, 16, 24, 40, 57, 69, 56),
+    (14, 17, 22, 29, 51, 87, 80, 62),
+    (18, 22, 37, 56, 68, 109, 103, 77),
+    (24, 35, 55, 64, 81, 104, 113, 92),
+    (49, 64, 78, 87, 103, 121, 120, 101),
+    (72, 92, 95, 98, 112, 100, 103, 99),
 )
 _JPEG_CHROMA_TABLE = (
-    (17, 18, 24, 47, 99, 99, 99, 99), (18, 21, 26, 66, 99, 99, 99, 99),
-    (24, 26, 56, 99, 99, 99, 99, 99), (47, 66, 99, 99, 99, 99, 99, 99),
-    (99, 99, 99, 99, 99, 99, 99, 99), (99, 99, 99, 99, 99, 99, 99, 99),
-    (99, 99, 99, 99, 99, 99, 99, 99), (99, 99, 99, 99, 99, 99, 99, 99),
+    (17, 18, 24, 47, 99, 99, 99, 99),
+    (18, 21, 26, 66, 99, 99, 99, 99),
+    (24, 26, 56, 99, 99, 99, 99, 99),
+    (47, 66, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99),
 )
 
 
@@ -69,16 +77,32 @@ class AugmentConfig:
     jpeg_quality: tuple[float, float] = (25.0, 95.0)
 
     def __post_init__(self) -> None:
-        for name in ("blur_probability", "motion_blur_probability", "colour_probability", "noise_probability",
-                     "jpeg_probability"):
+        for name in (
+            "blur_probability",
+            "motion_blur_probability",
+            "colour_probability",
+            "noise_probability",
+            "jpeg_probability",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("blur_sigma_px", "motion_length_px", "brightness", "contrast", "saturation", "gamma",
-                     "read_noise_std", "shot_noise_std", "chroma_noise_share", "jpeg_quality"):
+        for name in (
+            "blur_sigma_px",
+            "motion_length_px",
+            "brightness",
+            "contrast",
+            "saturation",
+            "gamma",
+            "read_noise_std",
+            "shot_noise_std",
+            "chroma_noise_share",
+            "jpeg_quality",
+        ):
             low, high = getattr(self, name)
             if not 0.0 <= low <= high:
-                raise ValueError(f"AugmentConfig.{name} must be a range (low, high) with 0 <= low <= high, "
-                                 f"got {(low, high)}")
+                raise ValueError(
+                    f"AugmentConfig.{name} must be a range (low, high) with 0 <= low <= high, got {(low, high)}"
+                )
         if not 1.0 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100.0:
             raise ValueError(f"AugmentConfig.jpeg_quality must lie within [1, 100], got {self.jpeg_quality}")
 
@@ -90,7 +114,9 @@ def augment_images(images: Tensor, generator: torch.Generator, config: AugmentCo
     strength drawn from `config`; the input is left unchanged. Runs on the images' device.
     """
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor of shape (B, 3, H, W), got {tuple(images.shape)} {images.dtype}")
+        raise ValueError(
+            f"images must be a float tensor of shape (B, 3, H, W), got {tuple(images.shape)} {images.dtype}"
+        )
     count = images.shape[0]
     out = images.float().clamp(0.0, 1.0)
     if count == 0:
@@ -143,8 +169,12 @@ def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
     kernel = kernel.repeat_interleave(channels, dim=0)  # (B*C, K)
     flat = images.reshape(1, batch * channels, height, width)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=batch * channels)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=batch * channels)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=batch * channels
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=batch * channels
+    )
     return flat.view(batch, channels, height, width)
 
 
@@ -154,7 +184,7 @@ def jpeg_compress(images: Tensor, quality: Tensor) -> Tensor:
     Baseline JPEG's lossy steps (YCbCr, 4:2:0 chroma, 8x8 DCT, libjpeg-scaled quantisation
     tables), without entropy coding, which is lossless; sizes need not be multiples of 16.
     """
-    batch, _, height, width = images.shape
+    _batch, _, height, width = images.shape
     pad_h, pad_w = (-height) % 16, (-width) % 16
     rgb = F.pad(images * 255.0, (0, pad_w, 0, pad_h), mode="replicate")
     luma_w = torch.tensor(LUMA_WEIGHTS, device=images.device, dtype=images.dtype)
@@ -229,8 +259,9 @@ def _colour_jitter(images: Tensor, config: AugmentConfig, generator: torch.Gener
     """White balance / tint, brightness, contrast, saturation and gamma, each drawn per image."""
     count, device = images.shape[0], images.device
     log_gains = torch.randn(count, 3, generator=generator, device=generator.device)
-    log_gains = log_gains * torch.tensor([config.white_balance_std, config.tint_std, config.white_balance_std],
-                                         device=generator.device)
+    log_gains = log_gains * torch.tensor(
+        [config.white_balance_std, config.tint_std, config.white_balance_std], device=generator.device
+    )
     brightness = _uniform(count, config.brightness, generator)
     contrast = _uniform(count, config.contrast, generator)
     saturation = _uniform(count, config.saturation, generator)
@@ -246,8 +277,7 @@ def _colour_jitter(images: Tensor, config: AugmentConfig, generator: torch.Gener
     return images ** gamma.to(device)[:, None, None, None]
 
 
-def _sensor_noise(images: Tensor, config: AugmentConfig, generator: torch.Generator,
-                  pixels: torch.Generator) -> Tensor:
+def _sensor_noise(images: Tensor, config: AugmentConfig, generator: torch.Generator, pixels: torch.Generator) -> Tensor:
     """Images plus read and shot noise of per-image strength, part luminance-only, part per channel."""
     count = images.shape[0]
     read = _log_uniform(count, config.read_noise_std, generator)

@@ -28,8 +28,22 @@ from torch import Tensor
 from diffnphr.data.augment import gaussian_blur
 
 BANK_SOURCES = (
-    "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel",
-    "brick", "grass", "gravel", "clock", "coins", "moon", "page", "text", "cell",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "brick",
+    "grass",
+    "gravel",
+    "clock",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "cell",
 )
 """scikit-image `data` images without people, the ones that need no download."""
 KINDS = ("uniform", "linear", "radial", "noise", "photo")
@@ -55,8 +69,10 @@ class BackgroundBank:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"background bank {path} not found; build it with "
-                                    "`python -m diffnphr build-backgrounds OUT` (needs scikit-image)")
+            raise FileNotFoundError(
+                f"background bank {path} not found; build it with "
+                "`python -m diffnphr build-backgrounds OUT` (needs scikit-image)"
+            )
         try:
             with safe_open(str(path), framework="pt") as file:
                 patches = file.get_tensor("patches")
@@ -64,15 +80,18 @@ class BackgroundBank:
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"{path} is not a background bank safetensors file ({error})") from error
         if patches.dtype != torch.uint8 or patches.ndim != 4 or patches.shape[1] != 3 or len(patches) == 0:
-            raise ValueError(f"{path} holds patches {tuple(patches.shape)} {patches.dtype}; expected (N, 3, P, P) uint8")
+            raise ValueError(
+                f"{path} holds patches {tuple(patches.shape)} {patches.dtype}; expected (N, 3, P, P) uint8"
+            )
         return cls(patches.to(device), sources)
 
     def __len__(self) -> int:
         return int(self.patches.shape[0])
 
 
-def build_background_bank(path: str | os.PathLike, size: int = 256, count: int = len(BANK_SOURCES),
-                          seed: int = 0) -> Path:
+def build_background_bank(
+    path: str | os.PathLike, size: int = 256, count: int = len(BANK_SOURCES), seed: int = 0
+) -> Path:
     """Write `count` random square crops (side `size`) of the `BANK_SOURCES` photos to `path`.
 
     Crops go round the sources in turn, each a random window (half to all of the shorter side)
@@ -96,7 +115,7 @@ def build_background_bank(path: str | os.PathLike, size: int = 256, count: int =
         height, width = image.shape[:2]
         side = int(min(height, width) * rng.uniform(0.5, 1.0))
         top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-        crop = Image.fromarray(np.ascontiguousarray(image[top:top + side, left:left + side]))
+        crop = Image.fromarray(np.ascontiguousarray(image[top : top + side, left : left + side]))
         crop = np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS))
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
@@ -108,8 +127,13 @@ def build_background_bank(path: str | os.PathLike, size: int = 256, count: int =
     return path
 
 
-def random_backgrounds(count: int, size: int, generator: torch.Generator, device: torch.device | str = "cpu",
-                       bank: BackgroundBank | None = None) -> Tensor:
+def random_backgrounds(
+    count: int,
+    size: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    bank: BackgroundBank | None = None,
+) -> Tensor:
     """(count, 3, size, size) float32 sRGB backgrounds in [0, 1] on `device` (module docstring).
 
     Without a bank the photo kind is left out. The same generator state gives the same
@@ -121,11 +145,16 @@ def random_backgrounds(count: int, size: int, generator: torch.Generator, device
     weights = torch.tensor(KIND_WEIGHTS)
     if bank is None:
         weights[KINDS.index("photo")] = 0.0
-    kinds = torch.multinomial(weights, count, replacement=True, generator=generator) if count else torch.zeros(0, dtype=torch.long)
+    kinds = (
+        torch.multinomial(weights, count, replacement=True, generator=generator)
+        if count
+        else torch.zeros(0, dtype=torch.long)
+    )
     colours = _random_colours(count, 2, generator)  # (count, 2, 3): two colours per image
     out = torch.empty(count, 3, size, size, device=device)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size, device=device), torch.linspace(-1, 1, size, device=device),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.linspace(-1, 1, size, device=device), torch.linspace(-1, 1, size, device=device), indexing="ij"
+    )
     for kind_index, kind in enumerate(KINDS):
         rows = torch.nonzero(kinds == kind_index).squeeze(1)
         if rows.numel() == 0:
@@ -160,7 +189,7 @@ def _random_colours(count: int, per_image: int, generator: torch.Generator) -> T
     saturation = torch.rand(count, per_image, 1, generator=generator) ** 1.5
     value = 0.1 + 0.9 * torch.rand(count, per_image, 1, generator=generator) ** 0.8
     offsets = torch.tensor([0.0, 2.0 / 3.0, 1.0 / 3.0])
-    pure = (torch.cos(2 * math.pi * (hue + offsets)) * 0.5 + 0.5)  # a smooth hue wheel
+    pure = torch.cos(2 * math.pi * (hue + offsets)) * 0.5 + 0.5  # a smooth hue wheel
     return value * (1 - saturation + saturation * pure)
 
 
@@ -179,8 +208,9 @@ def _value_noise(count: int, size: int, generator: torch.Generator, device: torc
     return ((total - low) / (high - low).clamp_min(1e-6))[:, 0]
 
 
-def _photo_crops(bank: BackgroundBank, count: int, size: int, generator: torch.Generator,
-                 device: torch.device) -> Tensor:
+def _photo_crops(
+    bank: BackgroundBank, count: int, size: int, generator: torch.Generator, device: torch.device
+) -> Tensor:
     """(count, 3, size, size) random windows of bank patches: scale, position, mirror, colour shift."""
     which = torch.randint(0, len(bank), (count,), generator=generator)
     scale = 0.3 + 0.7 * torch.rand(count, generator=generator)  # window side / patch side
@@ -208,7 +238,8 @@ def _add_blobs(images: Tensor, generator: torch.Generator, xs: Tensor, ys: Tenso
     alpha = present * (0.5 + 0.5 * torch.rand(count, generator=generator))
     colour = _random_colours(count, 1, generator)[:, 0]
     centre, radii, angle, rectangle, softness, alpha, colour = (
-        value.to(device) for value in (centre, radii, angle, rectangle, softness, alpha, colour))
+        value.to(device) for value in (centre, radii, angle, rectangle, softness, alpha, colour)
+    )
     cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
     dx, dy = xs - centre[:, 0, None, None], ys - centre[:, 1, None, None]
     u = (dx * cos + dy * sin) / radii[:, 0, None, None]

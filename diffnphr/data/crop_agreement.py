@@ -12,6 +12,7 @@ The means are what `RenderConfig.crop_calibration` should hold, the standard dev
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -30,9 +31,17 @@ TURN_BUCKETS_DEG = (0.0, 15.0, 30.0, 90.0)
 """Head-turn ranges (angle of the nose direction from the camera axis) reported separately."""
 
 
-def crop_agreement(count: int = 300, seed: int = 0, *, size: int = 512, batch: int = 6,
-                   config: RenderConfig | None = None, ict_path: str | os.PathLike | None = None,
-                   backgrounds: str | os.PathLike | None = None, progress=None) -> dict:
+def crop_agreement(
+    count: int = 300,
+    seed: int = 0,
+    *,
+    size: int = 512,
+    batch: int = 6,
+    config: RenderConfig | None = None,
+    ict_path: str | os.PathLike | None = None,
+    backgrounds: str | os.PathLike | None = None,
+    progress=None,
+) -> dict:
     """Compare the detector's crop square with the projected-landmark square on `count` renders.
 
     Returns a JSON-ready report: per measure (shift_x, shift_y in square sides, log_scale,
@@ -61,8 +70,10 @@ def crop_agreement(count: int = 300, seed: int = 0, *, size: int = 512, batch: i
         scenes = renderer.sample_scenes(identity[index], expression[index], appearance.select(index), seed=seed + start)
         begin = time.perf_counter()
         frames = renderer.render_frames(scenes, size)
-        centre, x_axis, half_side = (value.double().numpy() * scale for value, scale in
-                                     zip(renderer.head_squares(scenes, jitter=False), (size, 1.0, size)))
+        centre, x_axis, half_side = (
+            value.double().numpy() * scale
+            for value, scale in zip(renderer.head_squares(scenes, jitter=False), (size, 1.0, size))
+        )
         render_seconds += time.perf_counter() - begin
         begin = time.perf_counter()
         for image, frame in enumerate((frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)):
@@ -83,28 +94,38 @@ def crop_agreement(count: int = 300, seed: int = 0, *, size: int = 512, batch: i
     measured = np.array(rows).reshape(-1, 4)
     turns = np.array(turns)
     buckets = {}
-    for low, high in zip(TURN_BUCKETS_DEG[:-1], TURN_BUCKETS_DEG[1:]):
+    for low, high in itertools.pairwise(TURN_BUCKETS_DEG):
         chosen = (turns >= low) & (turns < high)
         buckets[f"turn {low:.0f}-{high:.0f} deg"] = _statistics(measured[chosen])
     return {
-        "renders": count, "seed": seed, "frame_size": size, "traced": len(measured),
-        "no_face_found": no_face, "no_face_mesh": no_mesh,
-        "all": _statistics(measured), "by_turn": buckets,
-        "crop_calibration": list(config.crop_calibration), "crop_jitter_std": list(config.crop_jitter_std),
+        "renders": count,
+        "seed": seed,
+        "frame_size": size,
+        "traced": len(measured),
+        "no_face_found": no_face,
+        "no_face_mesh": no_mesh,
+        "all": _statistics(measured),
+        "by_turn": buckets,
+        "crop_calibration": list(config.crop_calibration),
+        "crop_jitter_std": list(config.crop_jitter_std),
         "seconds": {"render": round(render_seconds, 1), "detect": round(detect_seconds, 1)},
     }
 
 
 def format_crop_agreement(report: dict) -> str:
     """A short table of `crop_agreement`'s report."""
-    lines = [f"crop agreement on {report['renders']} renders ({report['frame_size']} px frames, seed {report['seed']}): "
-             f"{report['traced']} traced, {report['no_face_found']} without a face found, "
-             f"{report['no_face_mesh']} without Face Mesh",
-             f"calibration {report['crop_calibration']}, jitter std {report['crop_jitter_std']}",
-             f"{'':22s} {'n':>4s} " + " ".join(f"{name:>20s}" for name in _MEASURES)]
+    lines = [
+        f"crop agreement on {report['renders']} renders ({report['frame_size']} px frames, seed {report['seed']}): "
+        f"{report['traced']} traced, {report['no_face_found']} without a face found, "
+        f"{report['no_face_mesh']} without Face Mesh",
+        f"calibration {report['crop_calibration']}, jitter std {report['crop_jitter_std']}",
+        f"{'':22s} {'n':>4s} " + " ".join(f"{name:>20s}" for name in _MEASURES),
+    ]
     for label, stats in [("all", report["all"])] + list(report["by_turn"].items()):
-        cells = " ".join(f"{stats[name]['mean']:+9.4f} ± {stats[name]['std']:8.4f}" if stats["n"] else f"{'-':>20s}"
-                         for name in _MEASURES)
+        cells = " ".join(
+            f"{stats[name]['mean']:+9.4f} ± {stats[name]['std']:8.4f}" if stats["n"] else f"{'-':>20s}"
+            for name in _MEASURES
+        )
         lines.append(f"{label:22s} {stats['n']:4d} {cells}")
     lines.append(f"seconds: render {report['seconds']['render']}, detect {report['seconds']['detect']}")
     return "\n".join(lines)
@@ -124,9 +145,11 @@ def _square_difference(centre: np.ndarray, x_axis: np.ndarray, half_side: float,
 
 def _statistics(measured: np.ndarray) -> dict:
     """Mean and standard deviation of each measure (rows of `_MEASURES`)."""
-    stats = {"n": int(len(measured))}
+    stats = {"n": len(measured)}
     for column, name in enumerate(_MEASURES):
         values = measured[:, column]
-        stats[name] = {"mean": round(float(values.mean()), 5) if len(values) else None,
-                       "std": round(float(values.std()), 5) if len(values) else None}
+        stats[name] = {
+            "mean": round(float(values.mean()), 5) if len(values) else None,
+            "std": round(float(values.std()), 5) if len(values) else None,
+        }
     return stats

@@ -64,8 +64,20 @@ _CURTAIN_TOP = 0.42  # y where long hair leaves the skull shell (well above the 
 _CURTAIN_FULL = 0.12  # y from where it hangs outside the widest part of the shell
 _DYED_SRGB = ((150, 40, 110), (40, 70, 150), (120, 60, 160), (230, 225, 215), (180, 40, 40))
 _CLOTHES_SRGB = (
-    (25, 25, 28), (240, 240, 238), (120, 120, 125), (30, 40, 70), (60, 80, 120), (110, 30, 35), (40, 70, 50),
-    (180, 160, 130), (90, 60, 40), (200, 80, 60), (230, 200, 80), (120, 160, 200), (200, 150, 170), (70, 45, 80),
+    (25, 25, 28),
+    (240, 240, 238),
+    (120, 120, 125),
+    (30, 40, 70),
+    (60, 80, 120),
+    (110, 30, 35),
+    (40, 70, 50),
+    (180, 160, 130),
+    (90, 60, 40),
+    (200, 80, 60),
+    (230, 200, 80),
+    (120, 160, 200),
+    (200, 150, 170),
+    (70, 45, 80),
 )
 _NECKLINES = ("crew", "v", "scoop", "turtleneck", "bare")
 _NECKLINE_ODDS = (0.4, 0.2, 0.2, 0.12, 0.08)
@@ -153,12 +165,14 @@ class HairModel:
         shell = positions[rows]
         self._shell_azimuth = torch.as_tensor(np.abs(azimuth_all[rows]), dtype=torch.float32, device=self.device)
         self._shell_y = torch.as_tensor(shell[:, 1], dtype=torch.float32, device=self.device)
-        self._lump_features = torch.as_tensor(_cosine_features(shell, _LUMP_FEATURES, 0.25, 0.6, seed=11),
-                                              dtype=torch.float32, device=self.device)
+        self._lump_features = torch.as_tensor(
+            _cosine_features(shell, _LUMP_FEATURES, 0.25, 0.6, seed=11), dtype=torch.float32, device=self.device
+        )
 
         # Curtain columns round the back, and which shell vertices measure the skull at each.
-        self._column_azimuth = torch.linspace(_CURTAIN_START_AZIMUTH, 2 * math.pi - _CURTAIN_START_AZIMUTH,
-                                              _CURTAIN_COLUMNS, device=self.device)
+        self._column_azimuth = torch.linspace(
+            _CURTAIN_START_AZIMUTH, 2 * math.pi - _CURTAIN_START_AZIMUTH, _CURTAIN_COLUMNS, device=self.device
+        )
         spacing = float(self._column_azimuth[1] - self._column_azimuth[0])
         signed = np.mod(azimuth_all[rows], 2 * math.pi)
         column = np.rint((signed - _CURTAIN_START_AZIMUTH) / spacing).astype(np.int64)
@@ -178,8 +192,9 @@ class HairModel:
         self._curtain_t = torch.as_tensor(curtain_t, dtype=torch.float32, device=self.device)
         azimuth = np.concatenate([azimuth_all[rows], curtain_azimuth])
         height = np.concatenate([shell[:, 1], _CURTAIN_TOP - curtain_t])
-        self._streak_features = torch.as_tensor(_streak_features(azimuth, height), dtype=torch.float32,
-                                                device=self.device)
+        self._streak_features = torch.as_tensor(
+            _streak_features(azimuth, height), dtype=torch.float32, device=self.device
+        )
         self._num_head_vertices = model.num_vertices
 
     def sample_styles(self, count: int, generator: torch.Generator, colours: Tensor | None = None) -> HairStyles:
@@ -195,9 +210,12 @@ class HairModel:
         def uniform(low: float, high: float, *shape: int) -> Tensor:
             return low + (high - low) * torch.rand((count, *shape), generator=g)
 
-        kind = torch.multinomial(torch.tensor([0.06, 0.1, 0.5, 0.34]), count, replacement=True, generator=g) \
-            if count else torch.zeros(0, dtype=torch.long)
-        bald, balding, short, long_ = (kind == k for k in range(4))
+        kind = (
+            torch.multinomial(torch.tensor([0.06, 0.1, 0.5, 0.34]), count, replacement=True, generator=g)
+            if count
+            else torch.zeros(0, dtype=torch.long)
+        )
+        bald, balding, _short, long_ = (kind == k for k in range(4))
         fringe = torch.rand(count, generator=g) < 0.2
         front = torch.where(fringe, uniform(0.345, 0.38), uniform(0.5, 0.6))
         front = torch.where(balding, uniform(0.58, 0.66), front)
@@ -217,7 +235,7 @@ class HairModel:
         length = torch.where(long_, uniform(-1.1, -0.15), torch.full((count,), _CURTAIN_TOP))
         wave = torch.stack([uniform(0.0, 0.03), uniform(0.0, 2 * math.pi)], dim=1)
         jitter = torch.rand(count, _CURTAIN_COLUMNS + 4, generator=g)
-        jitter = sum(jitter[:, k:k + _CURTAIN_COLUMNS] for k in range(5)) / 5 * 0.7 + 0.3 * jitter[:, 2:-2]
+        jitter = sum(jitter[:, k : k + _CURTAIN_COLUMNS] for k in range(5)) / 5 * 0.7 + 0.3 * jitter[:, 2:-2]
         sides = (1 + torch.cos(self._column_azimuth.cpu())) / 2  # 1 beside the face, 0 at the back
         ragged = jitter * uniform(0.0, 0.12)[:, None] + sides * uniform(-0.2, 0.1)[:, None]
 
@@ -266,7 +284,9 @@ class HairModel:
         knots = torch.tensor(_HAIRLINE_AZIMUTHS, device=styles.hairline.device).deg2rad()
         segment = (torch.searchsorted(knots, self._shell_azimuth.contiguous()) - 1).clamp(0, len(knots) - 2)
         fraction = ((self._shell_azimuth - knots[segment]) / (knots[segment + 1] - knots[segment])).clamp(0, 1)
-        height = styles.hairline[:, segment] + (styles.hairline[:, segment + 1] - styles.hairline[:, segment]) * fraction
+        height = (
+            styles.hairline[:, segment] + (styles.hairline[:, segment + 1] - styles.hairline[:, segment]) * fraction
+        )
         rise = self._shell_y - height  # (B, Vs)
         presence = _smoothstep(-0.035, 0.035, rise) * _smoothstep(0.03, -0.03, self._shell_y - styles.bald_top[:, None])
         presence = presence * (~self._rim).float()
@@ -274,7 +294,7 @@ class HairModel:
 
     def _curtain(self, shell: Tensor, styles: HairStyles) -> Tensor:
         """(B, rows * columns, 3) long-hair strip hanging from the skull shell, or folded inside the head."""
-        count, device = shell.shape[0], shell.device
+        count, _device = shell.shape[0], shell.device
         band = shell[:, self._band_rows]  # (B, N, 3)
         centre = band.mean(dim=1)  # (B, 3): the skull's axis, horizontally
         radius = torch.linalg.vector_norm((band - centre[:, None])[..., [0, 2]], dim=-1)
@@ -311,8 +331,13 @@ class HairModel:
     def _colours(self, styles: HairStyles) -> Tensor:
         """(B, Vh, 3) sRGB: the style's colour with streaks, tips of long hair a little lighter."""
         log_brightness = styles.streaks @ self._streak_features.T  # (B, Vh)
-        tips = torch.cat([torch.zeros(len(styles), len(self.shell_rows), device=log_brightness.device),
-                          0.25 * self._curtain_t.expand(len(styles), -1) ** 2], dim=1)
+        tips = torch.cat(
+            [
+                torch.zeros(len(styles), len(self.shell_rows), device=log_brightness.device),
+                0.25 * self._curtain_t.expand(len(styles), -1) ** 2,
+            ],
+            dim=1,
+        )
         linear = styles.colour[:, None, :] * torch.exp(log_brightness + tips)[..., None]
         return linear_to_srgb(linear)
 
@@ -355,7 +380,9 @@ class TorsoModel:
         self._neck_centre = torch.as_tensor(neck_centre, dtype=torch.float32, device=self.device)
         self._shell_azimuth = torch.as_tensor(
             np.arctan2(positions[rows, 0] - neck_centre[0], positions[rows, 2] - neck_centre[2]),
-            dtype=torch.float32, device=self.device)
+            dtype=torch.float32,
+            device=self.device,
+        )
 
         grid = np.arange(self.num_torso_vertices).reshape(_TORSO_ROWS + 1, columns)
         self._torso_faces = torch.as_tensor(_grid_faces(grid, closed=True), device=self.device)
@@ -374,15 +401,41 @@ class TorsoModel:
             return low + (high - low) * torch.rand((count, *shape), generator=g)
 
         turn = (torch.randn(count, generator=g) * math.radians(4)).clamp(-math.radians(8), math.radians(8))
-        shape = torch.stack([uniform(0.62, 0.85), uniform(0.36, 0.5), uniform(0.25, 0.55), uniform(2.5, 4.0),
-                             uniform(-0.06, 0.06), turn], dim=1)
-        kind = torch.multinomial(torch.tensor(_NECKLINE_ODDS), count, replacement=True, generator=g) \
-            if count else torch.zeros(0, dtype=torch.long)
+        shape = torch.stack(
+            [
+                uniform(0.62, 0.85),
+                uniform(0.36, 0.5),
+                uniform(0.25, 0.55),
+                uniform(2.5, 4.0),
+                uniform(-0.06, 0.06),
+                turn,
+            ],
+            dim=1,
+        )
+        kind = (
+            torch.multinomial(torch.tensor(_NECKLINE_ODDS), count, replacement=True, generator=g)
+            if count
+            else torch.zeros(0, dtype=torch.long)
+        )
         # Per neckline kind: front, side and back heights, front sharpness.
-        low = torch.tensor([[-0.62, -0.5, -0.45, 1.5], [-0.9, -0.5, -0.45, 3.0], [-0.95, -0.75, -0.6, 1.0],
-                            [-0.47, -0.42, -0.4, 1.0], [-0.95, -0.85, -0.8, 1.0]])
-        high = torch.tensor([[-0.55, -0.45, -0.4, 1.5], [-0.75, -0.45, -0.4, 4.0], [-0.75, -0.55, -0.45, 1.0],
-                             [-0.42, -0.4, -0.39, 1.0], [-0.85, -0.78, -0.7, 1.0]])
+        low = torch.tensor(
+            [
+                [-0.62, -0.5, -0.45, 1.5],
+                [-0.9, -0.5, -0.45, 3.0],
+                [-0.95, -0.75, -0.6, 1.0],
+                [-0.47, -0.42, -0.4, 1.0],
+                [-0.95, -0.85, -0.8, 1.0],
+            ]
+        )
+        high = torch.tensor(
+            [
+                [-0.55, -0.45, -0.4, 1.5],
+                [-0.75, -0.45, -0.4, 4.0],
+                [-0.75, -0.55, -0.45, 1.0],
+                [-0.42, -0.4, -0.39, 1.0],
+                [-0.85, -0.78, -0.7, 1.0],
+            ]
+        )
         heights = low[kind] + (high[kind] - low[kind]) * torch.rand(count, 4, generator=g)
         lift = torch.where(kind == _NECKLINES.index("turtleneck"), uniform(0.02, 0.04), uniform(0.003, 0.012))
         neckline = torch.cat([heights, lift[:, None]], dim=1)
@@ -433,11 +486,14 @@ class TorsoModel:
         reach = ((sin.abs() / half_width) ** exponent + (cos.abs() / half_depth) ** exponent) ** (-1.0 / exponent)
         neck_reach = torch.linalg.vector_norm(offset[..., [0, 2]], dim=-1)
         edge_y = ring[..., 1] - 0.08 - drop * (reach - neck_reach).clamp_min(0.0)
-        corner = torch.stack([centre[:, None, 0] + reach * sin, edge_y, centre[:, None, 2] + reach * cos + lean], dim=-1)
+        corner = torch.stack(
+            [centre[:, None, 0] + reach * sin, edge_y, centre[:, None, 2] + reach * cos + lean], dim=-1
+        )
         # Leaving the cut in the direction the skin arrives at it, out over the shoulder, then down.
         head_loop = head_vertices[:, self._shell_rows[self._loop_in_shell]]
         arriving = torch.nn.functional.normalize(
-            head_loop[:, self._arriving_slot] - head_vertices[:, self._arriving_from], dim=-1)
+            head_loop[:, self._arriving_slot] - head_vertices[:, self._arriving_from], dim=-1
+        )
         heading = torch.zeros_like(loop).index_add_(1, self._arriving_slot, arriving)
         along = torch.nn.functional.normalize(following - torch.roll(loop, 1, dims=1), dim=-1)
         heading = heading - along * (heading * along).sum(dim=-1, keepdim=True)  # across the cut only
@@ -445,16 +501,25 @@ class TorsoModel:
         span = torch.linalg.vector_norm(corner - ring, dim=-1, keepdim=True)
         leaving = ring + heading * 0.4 * span
         arriving_above = corner + torch.tensor([0.0, 1.0, 0.0], device=device) * 0.4 * span  # arrive going down
-        bottom = torch.stack([corner[..., 0] * 0.97 + centre[:, None, 0] * 0.03,
-                              torch.full_like(corner[..., 1], _TORSO_BOTTOM_Y), corner[..., 2]], dim=-1)
+        bottom = torch.stack(
+            [
+                corner[..., 0] * 0.97 + centre[:, None, 0] * 0.03,
+                torch.full_like(corner[..., 1], _TORSO_BOTTOM_Y),
+                corner[..., 2],
+            ],
+            dim=-1,
+        )
         t = self._t[None, :, None, None]  # (1, R+1, 1, 1)
-        upper = _bezier(ring[:, None], leaving[:, None], arriving_above[:, None], corner[:, None],
-                        (t / 0.5).clamp(max=1.0))
+        upper = _bezier(
+            ring[:, None], leaving[:, None], arriving_above[:, None], corner[:, None], (t / 0.5).clamp(max=1.0)
+        )
         lower = corner[:, None] + (bottom - corner)[:, None] * ((t - 0.5) / 0.5).clamp(min=0.0) ** 2
         surface = torch.where(t <= 0.5, upper, lower)  # (B, R+1, C, 3)
 
         # Clothes below the neckline, lifted off the body (not at ring 0, which is the shell's).
-        torso_clothed = self._clothed(surface[..., 1], (azimuth - turn)[:, None].expand(-1, surface.shape[1], -1), styles)
+        torso_clothed = self._clothed(
+            surface[..., 1], (azimuth - turn)[:, None].expand(-1, surface.shape[1], -1), styles
+        )
         normals = vertex_normals(surface.reshape(count, -1, 3), self._torso_faces).view_as(surface)
         outward = torch.cat([offset[..., :1], torch.zeros_like(offset[..., 1:2]), offset[..., 2:]], dim=-1)
         normals = normals * torch.sign((normals * outward[:, None]).sum(dim=-1, keepdim=True) + 1e-9)
@@ -477,6 +542,7 @@ class TorsoModel:
     def _clothed(self, y: Tensor, azimuth: Tensor, styles: TorsoStyles) -> Tensor:
         """How clothed (0..1) points at heights `y` (B, ...) and azimuths round the neck (B, ...) are:
         1 below the style's neckline, 0 above it."""
+
         def per_style(k: int) -> Tensor:
             return styles.neckline[:, k].view(-1, *([1] * (y.ndim - 1)))
 
@@ -572,7 +638,8 @@ def _streak_features(azimuth: np.ndarray, height: np.ndarray) -> np.ndarray:
     down = rng.uniform(0.5, 2.5, _STREAK_FEATURES)  # cycles per unit of height
     phases = rng.uniform(0, 2 * math.pi, _STREAK_FEATURES)
     return np.cos(2 * math.pi * (azimuth[:, None] * around + height[:, None] * down) + phases) / math.sqrt(
-        _STREAK_FEATURES / 2)
+        _STREAK_FEATURES / 2
+    )
 
 
 def _grid_faces(grid: np.ndarray, closed: bool = False) -> np.ndarray:
@@ -596,6 +663,8 @@ def _smoothstep(edge0: float, edge1: float, x: Tensor) -> Tensor:
 def _check_heads(head_vertices: Tensor, vertex_count: int) -> Tensor:
     head_vertices = torch.as_tensor(head_vertices)
     if head_vertices.ndim != 3 or head_vertices.shape[1:] != (vertex_count, 3) or not head_vertices.is_floating_point():
-        raise ValueError(f"head_vertices must be a float tensor of shape (B, {vertex_count}, 3), "
-                         f"got {tuple(head_vertices.shape)} {head_vertices.dtype}")
+        raise ValueError(
+            f"head_vertices must be a float tensor of shape (B, {vertex_count}, 3), "
+            f"got {tuple(head_vertices.shape)} {head_vertices.dtype}"
+        )
     return head_vertices.float()

@@ -47,14 +47,16 @@ def head_vertices(model: ICTFaceModel, identity: np.ndarray, expression: np.ndar
     """(V, 3) vertices of one head from identity coefficients (I,) and expression weights (E,)."""
     identity = np.asarray(identity, dtype=np.float32)
     if identity.shape != (model.identity_modes.shape[0],):
-        raise ValueError(f"identity coefficients must have shape ({model.identity_modes.shape[0]},), "
-                         f"got {identity.shape}")
+        raise ValueError(
+            f"identity coefficients must have shape ({model.identity_modes.shape[0]},), got {identity.shape}"
+        )
     vertices = model.neutral + np.tensordot(identity, model.identity_modes, axes=1)
     if expression is not None:
         expression = np.asarray(expression, dtype=np.float32)
         if expression.shape != (len(model.expression_names),):
-            raise ValueError(f"expression weights must have shape ({len(model.expression_names)},), "
-                             f"got {expression.shape}")
+            raise ValueError(
+                f"expression weights must have shape ({len(model.expression_names)},), got {expression.shape}"
+            )
         vertices = vertices + np.tensordot(expression, model.expression_modes, axes=1)
     return vertices.astype(np.float32)
 
@@ -134,8 +136,9 @@ def head_surface(model: ICTFaceModel, motion_margin: float = 0.04) -> HeadSurfac
         low = triangles[eyeball_faces].reshape(-1, 3).min(axis=0) - motion_margin
         high = triangles[eyeball_faces].reshape(-1, 3).max(axis=0) + motion_margin
         skin_triangles = triangles[skin_faces]
-        in_column = np.all((skin_triangles[..., :2].max(axis=1) >= low[:2])
-                           & (skin_triangles[..., :2].min(axis=1) <= high[:2]), axis=1)
+        in_column = np.all(
+            (skin_triangles[..., :2].max(axis=1) >= low[:2]) & (skin_triangles[..., :2].min(axis=1) <= high[:2]), axis=1
+        )
         in_column &= skin_triangles[..., 2].max(axis=1) >= low[2]
         near = np.all((positions[skin_rows] >= low) & (positions[skin_rows] <= high), axis=1)
         tests.append((_in_tile_order(np.unique(faces[eyeball_faces]), positions), skin_faces[in_column]))
@@ -143,8 +146,9 @@ def head_surface(model: ICTFaceModel, motion_margin: float = 0.04) -> HeadSurfac
     return HeadSurface(vertex_ids, loop_rows, faces, component, face_region, exposure_tests=tuple(tests))
 
 
-def exposed_faces(vertices: torch.Tensor, faces: torch.Tensor,
-                  exposure_tests: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def exposed_faces(
+    vertices: torch.Tensor, faces: torch.Tensor, exposure_tests: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """(B, F) bool: triangles on the boundary of the union of the head's solids.
 
     `vertices` (B, N+1, 3) are surface vertices of B heads, `faces` and `exposure_tests` the
@@ -184,14 +188,22 @@ def _winding_by_ray_crossings(points: torch.Tensor, triangles: torch.Tensor) -> 
     corners = triangles[..., :2] - triangles[..., 2:] * shear  # (B, T, 3, 2)
     ahead, behind = corners.roll(-1, dims=2), corners.roll(1, dims=2)
     # Edge function of the edge opposite corner k, as coefficients of (x, y, 1).
-    coefficients = torch.stack([behind[..., 1] - ahead[..., 1], ahead[..., 0] - behind[..., 0],
-                                behind[..., 0] * ahead[..., 1] - ahead[..., 0] * behind[..., 1]], dim=-1)
+    coefficients = torch.stack(
+        [
+            behind[..., 1] - ahead[..., 1],
+            ahead[..., 0] - behind[..., 0],
+            behind[..., 0] * ahead[..., 1] - ahead[..., 0] * behind[..., 1],
+        ],
+        dim=-1,
+    )
     orientation = torch.sign((coefficients[..., 0, :2] * corners[..., 0, :]).sum(-1) + coefficients[..., 0, 2])
     coefficients = coefficients * orientation[..., None, None]  # (B, T, 3, 3): inside when all >= 0
     # Per triangle, five linear functions of (x, y, 1): the three edge functions (barycentric
     # weights times the doubled area), their z-weighted sum and their sum (the doubled area).
-    linear = torch.cat([coefficients, (coefficients * triangles[..., 2:]).sum(2, keepdim=True),
-                        coefficients.sum(2, keepdim=True)], dim=2)  # (B, T, 5, 3)
+    linear = torch.cat(
+        [coefficients, (coefficients * triangles[..., 2:]).sum(2, keepdim=True), coefficients.sum(2, keepdim=True)],
+        dim=2,
+    )  # (B, T, 5, 3)
     leaving = -orientation  # (B, T): +1 where the ray leaves the solid
     low, high, top = corners.amin(dim=2), corners.amax(dim=2), triangles[..., 2].amax(dim=2)
     homogeneous = torch.cat([flat_points, torch.ones_like(flat_points[..., :1])], dim=-1)
@@ -204,8 +216,10 @@ def _winding_by_ray_crossings(points: torch.Tensor, triangles: torch.Tensor) -> 
         tile = slice(start, start + size)
         keep = slice(None)
         if cull:
-            reachable = ((high >= flat_points[:, tile].amin(dim=1, keepdim=True))
-                         & (low <= flat_points[:, tile].amax(dim=1, keepdim=True))).all(dim=-1)
+            reachable = (
+                (high >= flat_points[:, tile].amin(dim=1, keepdim=True))
+                & (low <= flat_points[:, tile].amax(dim=1, keepdim=True))
+            ).all(dim=-1)
             reachable &= top >= points[:, tile, 2].amin(dim=1, keepdim=True)
             keep = reachable.any(dim=0).nonzero().squeeze(1)
             if len(keep) == 0:

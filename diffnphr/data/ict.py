@@ -47,11 +47,30 @@ SKIN_PARTS = ("face", "head_and_neck", "mouth_socket", "eye_socket_left", "eye_s
 """Parts whose faces form one connected surface with one boundary loop, the neck cut."""
 
 _REQUIRED_FIELDS = (
-    "format_version", "source_repo", "source_commit", "neutral_vertices", "faces", "face_material",
-    "material_names", "uv_coords", "faces_uv", "uv_vertex", "identity_deltas", "expression_deltas",
-    "expression_names", "part_names", "part_vertex_range", "part_face_range", "subpart_names",
-    "subpart_vertex_range", "subpart_face_range", "landmarks_68", "jawline_right", "jawline_left",
-    "rigid_vertices", "neck_boundary_loop",
+    "format_version",
+    "source_repo",
+    "source_commit",
+    "neutral_vertices",
+    "faces",
+    "face_material",
+    "material_names",
+    "uv_coords",
+    "faces_uv",
+    "uv_vertex",
+    "identity_deltas",
+    "expression_deltas",
+    "expression_names",
+    "part_names",
+    "part_vertex_range",
+    "part_face_range",
+    "subpart_names",
+    "subpart_vertex_range",
+    "subpart_face_range",
+    "landmarks_68",
+    "jawline_right",
+    "jawline_left",
+    "rigid_vertices",
+    "neck_boundary_loop",
 )
 
 
@@ -155,8 +174,9 @@ def load_ict(path: str | os.PathLike | None = None) -> ICTFaceModel:
             raise ValueError(f"{archive} is not an ICT-FaceKit archive: it lacks {', '.join(missing)}")
         version = int(data["format_version"])
         if version != ARCHIVE_FORMAT_VERSION:
-            raise ValueError(f"{archive} has format_version {version}; "
-                             f"this code reads version {ARCHIVE_FORMAT_VERSION}")
+            raise ValueError(
+                f"{archive} has format_version {version}; this code reads version {ARCHIVE_FORMAT_VERSION}"
+            )
         model = ICTFaceModel(
             neutral=data["neutral_vertices"].astype(np.float32) / CM_PER_UNIT + ICT_TO_CANONICAL_OFFSET,
             identity_modes=data["identity_deltas"].astype(np.float32) / CM_PER_UNIT,
@@ -197,8 +217,9 @@ def _check_consistent(model: ICTFaceModel, archive: Path) -> None:
         problems.append("expression_names and expression_deltas differ in length")
     if model.faces.size and (model.faces.min() < 0 or model.faces.max() >= vertex_count):
         problems.append("faces index outside the vertex array")
-    if (len(model.part_names) != len(model.part_vertex_range)
-            or len(model.subpart_names) != len(model.subpart_vertex_range)):
+    if len(model.part_names) != len(model.part_vertex_range) or len(model.subpart_names) != len(
+        model.subpart_vertex_range
+    ):
         problems.append("part names and ranges differ in length")
     if not set(SKIN_PARTS) <= set(model.part_names):
         problems.append(f"parts {', '.join(SKIN_PARTS)} are required")

@@ -12,6 +12,7 @@ The fields, dtypes and units are those `diffnphr.data.ict.load_ict` reads (forma
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,33 +56,144 @@ def _teeth() -> tuple[tuple[str, ...], tuple[tuple[int, int], ...], tuple[tuple[
     for jaw in ("upper", "lower"):
         names += [f"tooth_{kind}_{jaw}_left" for kind in kinds]
         names += [f"tooth_{kind}_{jaw}_right" for kind in reversed(kinds)]
-    vertex_starts = (17039, 17230, 17416, 17607, 17730, 17895, 17991, 18067, 18143, 18219, 18295, 18391, 18556, 18679,
-                     18870, 19056, 19247, 19426, 19602, 19814, 19952, 20079, 20169, 20263, 20349, 20435, 20529, 20619,
-                     20746, 20884, 21096, 21272, 21451)
-    polygon_starts = (17006, 17204, 17398, 17593, 17718, 17886, 17980, 18054, 18128, 18202, 18276, 18370, 18538, 18663,
-                      18858, 19052, 19250, 19434, 19616, 19832, 19973, 20104, 20194, 20289, 20373, 20457, 20552, 20642,
-                      20773, 20914, 21130, 21312, 21496)
+    vertex_starts = (
+        17039,
+        17230,
+        17416,
+        17607,
+        17730,
+        17895,
+        17991,
+        18067,
+        18143,
+        18219,
+        18295,
+        18391,
+        18556,
+        18679,
+        18870,
+        19056,
+        19247,
+        19426,
+        19602,
+        19814,
+        19952,
+        20079,
+        20169,
+        20263,
+        20349,
+        20435,
+        20529,
+        20619,
+        20746,
+        20884,
+        21096,
+        21272,
+        21451,
+    )
+    polygon_starts = (
+        17006,
+        17204,
+        17398,
+        17593,
+        17718,
+        17886,
+        17980,
+        18054,
+        18128,
+        18202,
+        18276,
+        18370,
+        18538,
+        18663,
+        18858,
+        19052,
+        19250,
+        19434,
+        19616,
+        19832,
+        19973,
+        20104,
+        20194,
+        20289,
+        20373,
+        20457,
+        20552,
+        20642,
+        20773,
+        20914,
+        21130,
+        21312,
+        21496,
+    )
     return tuple(names), _consecutive_ranges(vertex_starts), _consecutive_ranges(polygon_starts)
 
 
 def _consecutive_ranges(starts: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """[starts[k], starts[k+1]) for each k: the table's rows, which follow each other."""
-    return tuple(zip(starts[:-1], starts[1:]))
+    return tuple(itertools.pairwise(starts))
 
 
 _TOOTH_NAMES, _TOOTH_VERTICES, _TOOTH_POLYGONS = _teeth()
 
 ICT_LIGHT_LAYOUT = ICTLayout(
-    part_names=("face", "head_and_neck", "mouth_socket", "eye_socket_left", "eye_socket_right", "gums_and_tongue",
-                "teeth", "eyeball_left", "eyeball_right", "lacrimal_fluid_left", "lacrimal_fluid_right",
-                "eye_blend_left", "eye_blend_right", "eye_occlusion_left", "eye_occlusion_right", "eyelashes_left",
-                "eyelashes_right"),
-    part_vertex_range=((0, 9409), (9409, 11248), (11248, 13294), (13294, 13678), (13678, 14062), (14062, 17039),
-                       (17039, 21451), (21451, 23021), (23021, 24591), (24591, 24795), (24795, 24999), (24999, 25023),
-                       (25023, 25047), (25047, 25199), (25199, 25351), (25351, 26035), (26035, 26719)),
-    part_polygon_range=((0, 9230), (9230, 11144), (11144, 13226), (13226, 13630), (13630, 14034), (14034, 17006),
-                        (17006, 21496), (21496, 23094), (23094, 24692), (24692, 24855), (24855, 25018), (25018, 25033),
-                        (25033, 25048), (25048, 25176), (25176, 25304), (25304, 25844), (25844, 26384)),
+    part_names=(
+        "face",
+        "head_and_neck",
+        "mouth_socket",
+        "eye_socket_left",
+        "eye_socket_right",
+        "gums_and_tongue",
+        "teeth",
+        "eyeball_left",
+        "eyeball_right",
+        "lacrimal_fluid_left",
+        "lacrimal_fluid_right",
+        "eye_blend_left",
+        "eye_blend_right",
+        "eye_occlusion_left",
+        "eye_occlusion_right",
+        "eyelashes_left",
+        "eyelashes_right",
+    ),
+    part_vertex_range=(
+        (0, 9409),
+        (9409, 11248),
+        (11248, 13294),
+        (13294, 13678),
+        (13678, 14062),
+        (14062, 17039),
+        (17039, 21451),
+        (21451, 23021),
+        (23021, 24591),
+        (24591, 24795),
+        (24795, 24999),
+        (24999, 25023),
+        (25023, 25047),
+        (25047, 25199),
+        (25199, 25351),
+        (25351, 26035),
+        (26035, 26719),
+    ),
+    part_polygon_range=(
+        (0, 9230),
+        (9230, 11144),
+        (11144, 13226),
+        (13226, 13630),
+        (13630, 14034),
+        (14034, 17006),
+        (17006, 21496),
+        (21496, 23094),
+        (23094, 24692),
+        (24692, 24855),
+        (24855, 25018),
+        (25018, 25033),
+        (25033, 25048),
+        (25048, 25176),
+        (25176, 25304),
+        (25304, 25844),
+        (25844, 26384),
+    ),
     subpart_names=("face_narrow_area", "sclera_left", "iris_left", "sclera_right", "iris_right") + _TOOTH_NAMES,
     subpart_vertex_range=((0, 6706), (21451, 22221), (22221, 23021), (23021, 23791), (23791, 24591)) + _TOOTH_VERTICES,
     subpart_polygon_range=((0, 6560), (21496, 22296), (22296, 23094), (23094, 23894), (23894, 24692)) + _TOOTH_POLYGONS,
@@ -119,8 +231,9 @@ def convert_ict_repo(ict_repo_dir: Path, out_npz: Path, layout: ICTLayout = ICT_
 
     first_triangle = np.concatenate([[0], np.cumsum(mesh.polygon_sides.astype(np.int64) - 2)])
     skin_faces = _faces_of_parts(mesh.faces, first_triangle, layout, SKIN_PARTS)
-    skin_vertices = np.concatenate([np.arange(*layout.part_vertex_range[layout.part_names.index(name)])
-                                    for name in ("face", "head_and_neck")])
+    skin_vertices = np.concatenate(
+        [np.arange(*layout.part_vertex_range[layout.part_names.index(name)]) for name in ("face", "head_and_neck")]
+    )
     extent = np.ptp(mesh.vertices[skin_vertices], axis=0) if len(skin_vertices) else np.zeros(3)
 
     archive = dict(
@@ -245,14 +358,15 @@ def _triangle_ranges(first_triangle: np.ndarray, polygon_ranges: tuple[tuple[int
     return first_triangle[np.array(polygon_ranges, dtype=np.int64).reshape(-1, 2)].astype(np.int32)
 
 
-def _faces_of_parts(faces: np.ndarray, first_triangle: np.ndarray, layout: ICTLayout,
-                    names: tuple[str, ...]) -> np.ndarray:
+def _faces_of_parts(
+    faces: np.ndarray, first_triangle: np.ndarray, layout: ICTLayout, names: tuple[str, ...]
+) -> np.ndarray:
     rows = []
     for name in names:
         if name not in layout.part_names:
             raise ValueError(f"the layout has no part {name!r}; the skin parts are {', '.join(names)}")
         start, stop = layout.part_polygon_range[layout.part_names.index(name)]
-        rows.append(faces[first_triangle[start]:first_triangle[stop]])
+        rows.append(faces[first_triangle[start] : first_triangle[stop]])
     return np.concatenate(rows)
 
 
@@ -268,16 +382,19 @@ def _outward_boundary_loop(faces: np.ndarray) -> np.ndarray:
     boundary = directed[counts[inverse.ravel()] == 1]
     successor = dict(zip(boundary[:, 0].tolist(), boundary[:, 1].tolist()))
     if len(boundary) == 0 or len(successor) != len(boundary):
-        raise ValueError("the skin parts should have exactly one simple boundary loop (the neck cut); "
-                         "found none or a branching one")
+        raise ValueError(
+            "the skin parts should have exactly one simple boundary loop (the neck cut); found none or a branching one"
+        )
     loop = [int(boundary[0, 0])]
     while successor[loop[-1]] != loop[0]:
         loop.append(successor[loop[-1]])
         if len(loop) > len(boundary):
             raise ValueError("the boundary of the skin parts is not one closed loop")
     if len(loop) != len(boundary):
-        raise ValueError(f"the skin parts have several boundary loops ({len(boundary)} boundary edges, "
-                         f"first loop {len(loop)}); expected only the neck cut")
+        raise ValueError(
+            f"the skin parts have several boundary loops ({len(boundary)} boundary edges, "
+            f"first loop {len(loop)}); expected only the neck cut"
+        )
     return np.array(loop[::-1], dtype=np.int64)
 
 

@@ -51,14 +51,33 @@ from diffnphr.data.ict import ICTFaceModel
 from diffnphr.face import head_squares
 from diffnphr.render import rasterise, vertex_normals
 
-RENDERED_PARTS = ("face", "head_and_neck", "mouth_socket", "eye_socket_left", "eye_socket_right",
-                  "gums_and_tongue", "teeth", "eyeball_left", "eyeball_right")
+RENDERED_PARTS = (
+    "face",
+    "head_and_neck",
+    "mouth_socket",
+    "eye_socket_left",
+    "eye_socket_right",
+    "gums_and_tongue",
+    "teeth",
+    "eyeball_left",
+    "eyeball_right",
+)
 PIVOT = (0.0, 0.0, -0.3)
 """Canonical point the head turns about: between the ears, at the top of the neck."""
 KEY_LANDMARKS = ((36, 39), (42, 45), 48, 54)
 """iBUG landmarks of the crop rule's key points: eye (image left), eye (image right), mouth corners."""
-SPECULAR_BY_REGION = {"skin": 1.0, "lips": 1.5, "brows": 0.4, "mouth": 1.0, "eye_socket": 1.5, "teeth": 1.0,
-                      "sclera": 3.0, "iris": 3.0, "pupil": 3.0, "hair": 0.3}
+SPECULAR_BY_REGION = {
+    "skin": 1.0,
+    "lips": 1.5,
+    "brows": 0.4,
+    "mouth": 1.0,
+    "eye_socket": 1.5,
+    "teeth": 1.0,
+    "sclera": 3.0,
+    "iris": 3.0,
+    "pupil": 3.0,
+    "hair": 0.3,
+}
 """Sheen strength per appearance region, relative to the scene's specular strength."""
 SHININESS_BY_REGION = {"sclera": 6.0, "iris": 6.0, "pupil": 6.0, "eye_socket": 2.0}
 """Blinn-Phong exponent factor per region (1 elsewhere): corneas and wet tissue give tight highlights."""
@@ -108,16 +127,27 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 8 or self.supersample < 1:
-            raise ValueError(f"RenderConfig needs image_size >= 8 and supersample >= 1, got {self.image_size} and "
-                             f"{self.supersample}")
-        for name in ("fov_deg", "head_fraction", "key_intensity", "ambient", "fill_intensity", "colour_temperature",
-                     "specular", "shininess", "pore_amplitude", "mottle_amplitude"):
+            raise ValueError(
+                f"RenderConfig needs image_size >= 8 and supersample >= 1, got {self.image_size} and {self.supersample}"
+            )
+        for name in (
+            "fov_deg",
+            "head_fraction",
+            "key_intensity",
+            "ambient",
+            "fill_intensity",
+            "colour_temperature",
+            "specular",
+            "shininess",
+            "pore_amplitude",
+            "mottle_amplitude",
+        ):
             low, high = getattr(self, name)
             if not low <= high:
                 raise ValueError(f"RenderConfig.{name} must be a range (low, high) with low <= high, got {(low, high)}")
-        if not (0.0 < self.fov_deg[0] and self.fov_deg[1] < 180.0):
+        if not (self.fov_deg[0] > 0.0 and self.fov_deg[1] < 180.0):
             raise ValueError(f"RenderConfig.fov_deg must lie within (0, 180), got {self.fov_deg}")
-        if not (0.0 < self.head_fraction[0] and self.head_fraction[1] <= 1.0):
+        if not (self.head_fraction[0] > 0.0 and self.head_fraction[1] <= 1.0):
             raise ValueError(f"RenderConfig.head_fraction must lie within (0, 1], got {self.head_fraction}")
         for name in ("fill_probability", "freckle_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -127,8 +157,10 @@ class RenderConfig:
                 raise ValueError(f"RenderConfig.{name} must be non-negative, got {getattr(self, name)}")
         for name in ("crop_calibration", "crop_jitter_std"):
             if len(getattr(self, name)) != 4:
-                raise ValueError(f"RenderConfig.{name} needs 4 numbers (shift x, shift y, log scale, angle), "
-                                 f"got {getattr(self, name)}")
+                raise ValueError(
+                    f"RenderConfig.{name} needs 4 numbers (shift x, shift y, log scale, angle), "
+                    f"got {getattr(self, name)}"
+                )
         if min(self.crop_jitter_std) < 0:
             raise ValueError(f"RenderConfig.crop_jitter_std must be non-negative, got {self.crop_jitter_std}")
 
@@ -169,8 +201,13 @@ class RenderScenes:
 class HeadRenderer:
     """Batched renders of ICT heads on one device (module docstring); build once, call every step."""
 
-    def __init__(self, model: ICTFaceModel, device: torch.device | str, config: RenderConfig = RenderConfig(),
-                 backgrounds: BackgroundBank | None = None) -> None:
+    def __init__(
+        self,
+        model: ICTFaceModel,
+        device: torch.device | str,
+        config: RenderConfig = RenderConfig(),
+        backgrounds: BackgroundBank | None = None,
+    ) -> None:
         self.model, self.device, self.config, self.backgrounds = model, torch.device(device), config, backgrounds
         vertex_count = model.num_vertices
         self._neutral = torch.tensor(model.neutral, device=self.device)
@@ -197,21 +234,27 @@ class HeadRenderer:
         self._hair_model, self._torso_model = HairModel(model, self.device), TorsoModel(model, self.device)
 
     # ----------------------------------------------------------------------------------------
-    def sample_scenes(self, identity_coefficients: Tensor, expression_weights: Tensor, appearance: AppearanceParams,
-                      seed: int) -> RenderScenes:
+    def sample_scenes(
+        self, identity_coefficients: Tensor, expression_weights: Tensor, appearance: AppearanceParams, seed: int
+    ) -> RenderScenes:
         """Random scenes of B heads (their identity, expression and appearance as given), from `seed` alone."""
         identity = torch.as_tensor(identity_coefficients, dtype=torch.float32).cpu()
         expression = torch.as_tensor(expression_weights, dtype=torch.float32).cpu()
         count = identity.shape[0] if identity.ndim == 2 else -1
         if identity.shape != (count, self.model.identity_modes.shape[0]):
-            raise ValueError(f"identity_coefficients must have shape (B, {self.model.identity_modes.shape[0]}), "
-                             f"got {tuple(identity.shape)}")
+            raise ValueError(
+                f"identity_coefficients must have shape (B, {self.model.identity_modes.shape[0]}), "
+                f"got {tuple(identity.shape)}"
+            )
         if expression.shape != (count, len(self.model.expression_names)):
-            raise ValueError(f"expression_weights must have shape ({count}, {len(self.model.expression_names)}) "
-                             f"to match the {count} identities, got {tuple(expression.shape)}")
+            raise ValueError(
+                f"expression_weights must have shape ({count}, {len(self.model.expression_names)}) "
+                f"to match the {count} identities, got {tuple(expression.shape)}"
+            )
         if appearance.region_colours.shape[0] != count or appearance.variation.shape[0] != count:
-            raise ValueError(f"appearance holds {appearance.region_colours.shape[0]} heads, "
-                             f"but {count} identities were given")
+            raise ValueError(
+                f"appearance holds {appearance.region_colours.shape[0]} heads, but {count} identities were given"
+            )
         config = self.config
         generator = torch.Generator().manual_seed(int(seed))
 
@@ -219,14 +262,16 @@ class HeadRenderer:
             return bounds[0] + (bounds[1] - bounds[0]) * torch.rand((count, *shape), generator=generator)
 
         angles = (2 * torch.rand(count, 3, generator=generator) - 1) * torch.tensor(
-            [config.yaw_deg, config.pitch_deg, config.roll_deg])
+            [config.yaw_deg, config.pitch_deg, config.roll_deg]
+        )
         rotation = _rotation(*torch.deg2rad(angles).unbind(dim=1))
         focal = 0.5 / torch.tan(torch.deg2rad(uniform(config.fov_deg)) / 2)
         fraction = uniform(config.head_fraction)
         place = fraction[:, None] / 2 + (1 - fraction[:, None]) * torch.rand(count, 2, generator=generator)
         distance = focal * self._square_units / fraction
-        target = torch.stack([(place[:, 0] - 0.5) * distance / focal, (0.5 - place[:, 1]) * distance / focal,
-                              -distance], dim=1)
+        target = torch.stack(
+            [(place[:, 0] - 0.5) * distance / focal, (0.5 - place[:, 1]) * distance / focal, -distance], dim=1
+        )
         translation = target - rotation @ (self._anchor.cpu() - self._pivot.cpu())
 
         jitter = torch.randn(count, 4, generator=generator) * _in_radians(config.crop_jitter_std)
@@ -234,9 +279,13 @@ class HeadRenderer:
         directions = torch.randn(count, 2, 3, generator=generator)
         directions[..., 2] = directions[..., 2].abs() + 0.1  # the front hemisphere, not grazing
         directions = F.normalize(directions, dim=-1)
-        intensity = torch.stack([uniform(config.key_intensity),
-                                 uniform(config.fill_intensity) * (torch.rand(count, generator=generator)
-                                                                   < config.fill_probability)], dim=1)
+        intensity = torch.stack(
+            [
+                uniform(config.key_intensity),
+                uniform(config.fill_intensity) * (torch.rand(count, generator=generator) < config.fill_probability),
+            ],
+            dim=1,
+        )
         light_colours = intensity[..., None] * _temperature_rgb(uniform(config.colour_temperature, 2))
         ambient = uniform(config.ambient)[:, None] * _temperature_rgb(uniform(config.colour_temperature))
         specular = torch.stack([uniform(config.specular), uniform(config.shininess)], dim=1)
@@ -247,14 +296,28 @@ class HeadRenderer:
         freckled = torch.rand(count, generator=generator) < config.freckle_probability
         freckles = torch.stack([uniform((1.0, 2.5)), uniform((0.2, 0.6)) * freckled], dim=1)
 
-        hair = self._hair_model.sample_styles(count, generator, appearance.region_colours[:, REGIONS.index("hair")].cpu())
+        hair = self._hair_model.sample_styles(
+            count, generator, appearance.region_colours[:, REGIONS.index("hair")].cpu()
+        )
         torso = self._torso_model.sample_styles(count, generator)
         pixel_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         return RenderScenes(
-            identity=identity, expression=expression, appearance=appearance.to("cpu"), rotation=rotation,
-            translation=translation, focal=focal, crop_jitter=jitter, light_directions=directions,
-            light_colours=light_colours, ambient=ambient, specular=specular, skin_texture=texture, freckles=freckles,
-            hair=hair, torso=torso, seed=pixel_seed,
+            identity=identity,
+            expression=expression,
+            appearance=appearance.to("cpu"),
+            rotation=rotation,
+            translation=translation,
+            focal=focal,
+            crop_jitter=jitter,
+            light_directions=directions,
+            light_colours=light_colours,
+            ambient=ambient,
+            specular=specular,
+            skin_texture=texture,
+            freckles=freckles,
+            hair=hair,
+            torso=torso,
+            seed=pixel_seed,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -320,7 +383,9 @@ class HeadRenderer:
     def _head_vertices(self, scenes: RenderScenes, rows: Tensor | None = None) -> Tensor:
         """(B, V, 3) canonical head vertices of the scenes, or only the vertex `rows` (B, R, 3)."""
         columns = slice(None) if rows is None else (rows[:, None] * 3 + torch.arange(3, device=self.device)).reshape(-1)
-        offsets = scenes.identity @ self._identity_modes[:, columns] + scenes.expression @ self._expression_modes[:, columns]
+        offsets = (
+            scenes.identity @ self._identity_modes[:, columns] + scenes.expression @ self._expression_modes[:, columns]
+        )
         return offsets.view(len(scenes), -1, 3) + self._neutral[slice(None) if rows is None else rows]
 
     def _to_camera(self, vertices: Tensor, scenes: RenderScenes) -> Tensor:
@@ -338,8 +403,11 @@ class HeadRenderer:
         albedo = vertex_colours(self._basis, scenes.appearance)
         albedo = albedo * self._skin_texture(scenes)
         skin = linear_to_srgb(scenes.appearance.region_colours[:, REGIONS.index("skin")])
-        meshes = [(vertices, self._faces, albedo), self._hair_model.mesh(vertices, scenes.hair),
-                  self._torso_model.mesh(vertices, scenes.torso, skin)]
+        meshes = [
+            (vertices, self._faces, albedo),
+            self._hair_model.mesh(vertices, scenes.hair),
+            self._torso_model.mesh(vertices, scenes.torso, skin),
+        ]
         offsets = np.cumsum([0] + [mesh[0].shape[1] for mesh in meshes[:-1]])
         faces = torch.cat([mesh[1] + offset for mesh, offset in zip(meshes, offsets)])
         vertices, albedo = (torch.cat([mesh[index] for mesh in meshes], dim=1) for index in (0, 2))
@@ -352,7 +420,9 @@ class HeadRenderer:
     def _skin_texture(self, scenes: RenderScenes) -> Tensor:
         """(B, V, 3) multiplicative skin texture: pores and mottling, freckles (brown, on skin only)."""
         log_brightness = scenes.skin_texture @ self._texture.T  # (B, V)
-        freckle = (self._freckle_field[None] - scenes.freckles[:, :1]).clamp_min(0).clamp_max(1) * scenes.freckles[:, 1:]
+        freckle = (self._freckle_field[None] - scenes.freckles[:, :1]).clamp_min(0).clamp_max(1) * scenes.freckles[
+            :, 1:
+        ]
         tint = torch.tensor([0.6, 0.85, 1.0], device=self.device)
         log_colour = log_brightness[..., None] - freckle[..., None] * tint
         return torch.exp(log_colour * self._basis.modulated[:, None])
@@ -364,8 +434,9 @@ class HeadRenderer:
         points = torch.stack([0.5 + camera[..., 0] * scale, 0.5 - camera[..., 1] * scale], dim=-1)
         return points, inverse_depth
 
-    def _shade(self, camera: Tensor, faces: Tensor, albedo: Tensor, sheen: Tensor, shininess: Tensor,
-               scenes: RenderScenes) -> Tensor:
+    def _shade(
+        self, camera: Tensor, faces: Tensor, albedo: Tensor, sheen: Tensor, shininess: Tensor, scenes: RenderScenes
+    ) -> Tensor:
         """(B, N, 3) sRGB vertex colours lit by the scene's lights (module docstring)."""
         normals = vertex_normals(camera, faces)
         to_eye = F.normalize(-camera, dim=-1)
@@ -380,7 +451,7 @@ class HeadRenderer:
             light = light + colour * (normals * direction).sum(-1, keepdim=True).clamp_min(0)
             half = F.normalize(direction + to_eye, dim=-1)
             facing = (normals * half).sum(-1).clamp_min(0)
-            highlight = highlight + colour * (facing ** exponent * sheen * scenes.specular[:, :1])[..., None]
+            highlight = highlight + colour * (facing**exponent * sheen * scenes.specular[:, :1])[..., None]
         return linear_to_srgb(linear * light + highlight)
 
     def _render(self, scenes: RenderScenes, transform: Tensor, size: int, salt: int) -> Tensor:
@@ -390,7 +461,9 @@ class HeadRenderer:
         colours = self._shade(camera, faces, albedo, sheen, shininess, scenes)
         points, inverse_depth = self._project(camera, scenes)
         triangle, weights = rasterise(_apply_affine(transform, points), inverse_depth, faces, size)
-        corners = faces[triangle.clamp_min(0)] + (torch.arange(count, device=self.device) * camera.shape[1])[:, None, None]
+        corners = (
+            faces[triangle.clamp_min(0)] + (torch.arange(count, device=self.device) * camera.shape[1])[:, None, None]
+        )
         pixels = (colours.reshape(-1, 3)[corners] * weights[..., None]).sum(dim=2)  # (B, size², 3)
         generator = torch.Generator().manual_seed(scenes.seed + salt)
         background = random_backgrounds(count, size, generator, self.device, self.backgrounds)

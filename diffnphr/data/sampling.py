@@ -126,8 +126,9 @@ class HeadSampler:
             vertices = vertices + (expression @ self._expression_modes).view(expression.shape[0], -1, 3)
         return torch.cat([vertices, vertices[:, self._cap_loop].mean(dim=1, keepdim=True)], dim=1)
 
-    def sample(self, identity: torch.Tensor, expression: torch.Tensor, appearance: AppearanceParams,
-               seed: int) -> HeadBatch:
+    def sample(
+        self, identity: torch.Tensor, expression: torch.Tensor, appearance: AppearanceParams, seed: int
+    ) -> HeadBatch:
         """Training samples of B heads: identity (B, I), expression (B, E), appearance of B heads."""
         config = self.config
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
@@ -140,10 +141,13 @@ class HeadSampler:
         posed_normals = _vertex_normals(posed, self._faces)
         areas = _face_areas(posed, self._faces) * exposed_faces(posed, self._faces, self._exposure_tests)
         face_count = round(config.surface_points * config.face_fraction)
-        faces = torch.cat([
-            _draw_faces(areas * self._face_region, face_count, generator),
-            _draw_faces(areas, config.surface_points - face_count, generator),
-        ], dim=1)
+        faces = torch.cat(
+            [
+                _draw_faces(areas * self._face_region, face_count, generator),
+                _draw_faces(areas, config.surface_points - face_count, generator),
+            ],
+            dim=1,
+        )
         barycentric = _uniform_barycentric(faces.shape, generator)
         points = _interpolate(posed, self._faces, faces, barycentric)
         colours = vertex_colours(self._appearance, appearance.to(self.device))
@@ -160,8 +164,12 @@ class HeadSampler:
         corr_faces = _draw_faces(areas, config.correspondences, generator)
         corr_barycentric = _uniform_barycentric(corr_faces.shape, generator)
         shares = _shares(config.correspondences, len(config.correspondence_sigmas))
-        sigmas = torch.cat([torch.full((share,), sigma, device=self.device)
-                            for share, sigma in zip(shares, config.correspondence_sigmas)])
+        sigmas = torch.cat(
+            [
+                torch.full((share,), sigma, device=self.device)
+                for share, sigma in zip(shares, config.correspondence_sigmas)
+            ]
+        )
         offsets = sigmas * torch.randn(corr_faces.shape, generator=generator, device=self.device)
         neutral_normals = _vertex_normals(neutral, self._faces)
 
@@ -232,8 +240,9 @@ def _uniform_barycentric(shape: torch.Size, generator: torch.Generator) -> torch
     return torch.stack([1 - u - v, u, v], dim=-1)
 
 
-def _interpolate(values: torch.Tensor, faces: torch.Tensor, face_rows: torch.Tensor,
-                 barycentric: torch.Tensor) -> torch.Tensor:
+def _interpolate(
+    values: torch.Tensor, faces: torch.Tensor, face_rows: torch.Tensor, barycentric: torch.Tensor
+) -> torch.Tensor:
     """(B, S, C) per-vertex values (B, N, C) interpolated at triangles `face_rows` (B, S)."""
     batch, count = face_rows.shape
     corners = faces[face_rows].reshape(batch, count * 3, 1).expand(-1, -1, values.shape[-1])

@@ -71,8 +71,18 @@ class DiffusionConfig:
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be positive (or None to disable), not {self.snr_gamma}.")
         if self.mean_head_hidden is not None and self.mean_head_hidden < 1:
-            raise ValueError(f"mean_head_hidden must be positive (or None for no conditional mean), not {self.mean_head_hidden}.")
-        if min(self.in_channels, self.res_blocks_per_level, self.cond_dim, self.cond_tokens,
-               self.time_embed_dim, self.num_train_timesteps) < 1:
+            raise ValueError(
+                f"mean_head_hidden must be positive (or None for no conditional mean), not {self.mean_head_hidden}."
+            )
+        if (
+            min(
+                self.in_channels,
+                self.res_blocks_per_level,
+                self.cond_dim,
+                self.cond_tokens,
+                self.time_embed_dim,
+                self.num_train_timesteps,
+            )
+            < 1
+        ):
             raise ValueError("Sizes and counts in DiffusionConfig must be positive.")
-

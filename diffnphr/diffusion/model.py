@@ -45,7 +45,8 @@ class LatentDiffusion(PretrainedModule):
         self.unet = UNet1D(config)
         self.mean_head = (
             latent_mlp(config.cond_dim, config.mean_head_hidden, config.sample_length)
-            if config.mean_head_hidden is not None else None
+            if config.mean_head_hidden is not None
+            else None
         )
         self.register_buffer("data_mean", torch.zeros(config.sample_length))
         self.register_buffer("data_std", torch.ones(config.sample_length))
@@ -103,7 +104,9 @@ class LatentDiffusion(PretrainedModule):
             return z_cond.new_zeros(z_cond.shape[0], self.config.sample_length)
         return self.mean_head(z_cond)
 
-    def training_losses(self, x0: Tensor, z_cond: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def training_losses(
+        self, x0: Tensor, z_cond: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """Losses (scalars) for a batch of raw latents `x0` [B, L] and conditions `z_cond` [B, C].
 
         `"denoising"`: uniform timesteps, the configured target (noise or velocity), condition
@@ -126,9 +129,7 @@ class LatentDiffusion(PretrainedModule):
             losses["conditional_mean"] = (centre.float() - clean).pow(2).mean()
             clean = clean - centre.detach().to(clean.dtype)
         clean = clean.unsqueeze(1)
-        timesteps = torch.randint(
-            0, self.config.num_train_timesteps, (batch,), device=device, generator=generator
-        )
+        timesteps = torch.randint(0, self.config.num_train_timesteps, (batch,), device=device, generator=generator)
         noise = torch.randn(clean.shape, device=device, dtype=clean.dtype, generator=generator)
         noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
         if self.config.prediction_type == "epsilon":

@@ -116,12 +116,16 @@ class UNetLevel(nn.Module):
         self.blocks = nn.ModuleList(
             ResBlock1D(c, out_channels, config.time_embed_dim, config.norm_groups, config.dropout) for c in in_channels
         )
-        self.attentions = nn.ModuleList(
-            ConditionedAttention1D(
-                out_channels, config.attention_heads, config.time_embed_dim, config.norm_groups, linear=True
+        self.attentions = (
+            nn.ModuleList(
+                ConditionedAttention1D(
+                    out_channels, config.attention_heads, config.time_embed_dim, config.norm_groups, linear=True
+                )
+                for _ in in_channels
             )
-            for _ in in_channels
-        ) if attention else None
+            if attention
+            else None
+        )
 
     def forward(self, x: Tensor, emb: Tensor, tokens: Tensor, skips: list[Tensor], push: bool) -> Tensor:
         """Run the blocks; on the way down push each output to `skips`, on the way up pop one per block."""

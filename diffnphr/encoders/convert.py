@@ -67,7 +67,9 @@ def _load_visual_state(path: Path) -> dict[str, torch.Tensor]:
         and not key[len(VISUAL_PREFIX) :].startswith(MIM_LEFTOVERS)
     }
     if not visual:
-        raise CheckpointMismatchError(f"{path} holds no 'visual.' tensors, so it is not a FaRL or OpenAI-CLIP checkpoint.")
+        raise CheckpointMismatchError(
+            f"{path} holds no 'visual.' tensors, so it is not a FaRL or OpenAI-CLIP checkpoint."
+        )
     return visual
 
 
@@ -92,7 +94,9 @@ def _infer_config(visual: dict[str, torch.Tensor], path: Path) -> CLIPVisionConf
         )
     layers = 1 + max((int(m.group(1)) for key in visual if (m := _BLOCK.match(key))), default=-1)
     if layers == 0:
-        raise CheckpointMismatchError(f"{path} has no visual.transformer.resblocks.* tensors, so its image tower is empty.")
+        raise CheckpointMismatchError(
+            f"{path} has no visual.transformer.resblocks.* tensors, so its image tower is empty."
+        )
     fc = visual.get("transformer.resblocks.0.mlp.c_fc.weight")
     return farl_vision_config(
         hidden_size=width,

@@ -55,9 +55,7 @@ class FaceEncoder(nn.Module):
         super().__init__()
         self.model = model
         side = model.config.image_size
-        self.processor = CLIPImageProcessorPil(
-            size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-        )
+        self.processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
 
     @classmethod
     def from_config(cls, config: CLIPVisionConfig) -> FaceEncoder:
@@ -79,9 +77,7 @@ class FaceEncoder(nn.Module):
         directory = resolve_weights_dir(path_or_hub_id, subfolder)
         if not (directory / CONFIG_NAME).is_file():
             raise WeightsNotFoundError(f"{directory} has no {CONFIG_NAME}; it is not an encoder weights folder.")
-        model, info = CLIPVisionModelWithProjection.from_pretrained(
-            directory, dtype=dtype, output_loading_info=True
-        )
+        model, info = CLIPVisionModelWithProjection.from_pretrained(directory, dtype=dtype, output_loading_info=True)
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
             raise ValueError(

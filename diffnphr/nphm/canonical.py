@@ -168,7 +168,9 @@ class CanonicalField:
         batch_offset = torch.arange(batch, device=nodes.device).view(batch, 1, 1) * config.n_nodes
         flat_nodes = nodes + batch_offset
         # index_select, not fancy indexing: its backward is far faster on the GPU
-        node_positions = self.node_positions.index_select(0, flat_nodes.reshape(-1)).view(*flat_nodes.shape, self.node_positions.shape[-1])
+        node_positions = self.node_positions.index_select(0, flat_nodes.reshape(-1)).view(
+            *flat_nodes.shape, self.node_positions.shape[-1]
+        )
         delta = canonical_points.unsqueeze(2) - node_positions
         weights = gaussian_blend_weights(
             delta[..., : config.n_neighbours, :3].norm(dim=-1),
@@ -202,7 +204,9 @@ class CanonicalField:
         global_node = torch.full_like(knn[..., :1], config.n_anchors)
         return torch.cat([knn, global_node], dim=-1)
 
-    def _colour(self, layout: MemberBlocks | MemberSlices, flat_nodes: Tensor, geo_feature: Tensor, weights: Tensor) -> Tensor:
+    def _colour(
+        self, layout: MemberBlocks | MemberSlices, flat_nodes: Tensor, geo_feature: Tensor, weights: Tensor
+    ) -> Tensor:
         """Blended colour [B, N, 3]; the geometry MLPs pass on the pre-activation of their last hidden layer."""
         decoder = self.decoder
         comm = decoder.communcation_bottleneck2(F.relu(decoder.communcation_bottleneck1(geo_feature)))

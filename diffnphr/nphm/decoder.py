@@ -40,9 +40,7 @@ _CPU_POINTS_PER_PASS = 2048
 def _anchor_template(anchors: Tensor | np.ndarray, config: MonoNPHMConfig) -> Tensor:
     template = anchors if isinstance(anchors, Tensor) else torch.from_numpy(np.asarray(anchors))
     if template.shape != (config.n_anchors, 3):
-        raise ValueError(
-            f"The anchor template must have shape ({config.n_anchors}, 3), got {tuple(template.shape)}."
-        )
+        raise ValueError(f"The anchor template must have shape ({config.n_anchors}, 3), got {tuple(template.shape)}.")
     if not template.is_floating_point() or not torch.isfinite(template).all():
         raise ValueError("The anchor template must hold finite floating-point coordinates.")
     return template.detach().to(torch.float32).clone()
@@ -151,7 +149,9 @@ class HeadField:
 
     def _check_single_head(self) -> None:
         if self.batch_size != 1:
-            raise ValueError(f"point_sdf / point_colour need a field bound to one head; this one holds {self.batch_size}.")
+            raise ValueError(
+                f"point_sdf / point_colour need a field bound to one head; this one holds {self.batch_size}."
+            )
 
     def query(self, points: Tensor, with_rgb: bool = False) -> dict[str, Tensor]:
         """Every per-point output: sdf, rgb (if with_rgb), offsets [B,N,3], hyper_coords [B,N,n_hyper],

@@ -15,6 +15,7 @@ interface (`edge_layout` picks one):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -34,7 +35,7 @@ class EnsembleMember(nn.Module):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * n_hidden
         modules: list[nn.Module] = []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in itertools.pairwise(dims):
             modules += [nn.Linear(d_in, d_out), activation()]
         modules.append(nn.Linear(dims[-1], out_dim))
         self.layers = nn.ModuleList(modules)

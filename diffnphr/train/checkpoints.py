@@ -112,8 +112,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return Checkpoint(path, tensors, optimizers, json.loads((path / STATE_FILE).read_text()))
 
 
-def resume_config(config_class: type, given: Any, stored: dict[str, Any] | None, total_steps: int | None,
-                  resumable: Sequence[str]) -> Any:
+def resume_config(
+    config_class: type, given: Any, stored: dict[str, Any] | None, total_steps: int | None, resumable: Sequence[str]
+) -> Any:
     """The config of a run: the stored one when resuming (a `given` one must agree with it except
     in the `resumable` settings, which it then overrides), else `given` or the class's defaults;
     `total_steps`, when given, replaces the planned length. `config_class` is a dataclass with

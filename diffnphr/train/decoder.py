@@ -109,7 +109,9 @@ class DecoderTrainingConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
-        counts = {name: getattr(self, name) for name in ("heads_per_step", "total_steps", "checkpoint_every", "log_every")}
+        counts = {
+            name: getattr(self, name) for name in ("heads_per_step", "total_steps", "checkpoint_every", "log_every")
+        }
         bad = [f"{name}={value}" for name, value in counts.items() if value < 1]
         if bad:
             raise ValueError(f"DecoderTrainingConfig counts must be positive; got {', '.join(bad)}.")
@@ -305,7 +307,9 @@ class _DecoderRun:
             torch.manual_seed(config.seed)
             self.model = MonoNPHM(config.model, mean_anchor_template(ict, split)).to(device).train()
         self.slots = split.expressions_per_identity
-        self.codebooks = Codebooks(len(split.train_identities), self.slots, config.model, config.code_max_norm).to(device)
+        self.codebooks = Codebooks(len(split.train_identities), self.slots, config.model, config.code_max_norm).to(
+            device
+        )
         self.network_optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr_network, weight_decay=config.weight_decay
         )
@@ -326,8 +330,10 @@ class _DecoderRun:
     def restore(self, checkpoint: Checkpoint) -> bool:
         """Load a checkpoint's state; returns whether the optimiser moments were restored too."""
         tensors = checkpoint.tensors
-        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.codebooks.load_state_dict({k[len("codebooks."):]: v for k, v in tensors.items() if k.startswith("codebooks.")})
+        self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.codebooks.load_state_dict(
+            {k[len("codebooks.") :]: v for k, v in tensors.items() if k.startswith("codebooks.")}
+        )
         self.generator.set_state(tensors["rng.batches"].cpu())
         if checkpoint.optimizers is None:
             return False
@@ -357,8 +363,15 @@ class _DecoderRun:
         unit = torch.rand((config.heads_per_step, config.far_points, 3), generator=far_generator, device=device)
         z_geo, z_exp, z_app = self.codebooks(rows, slot)
         terms = head_loss_terms(
-            self.model, z_geo, z_exp, z_app, batch, (weights == 0).all(dim=-1), config.sampling.uniform_points,
-            config.far_extent * (2 * unit - 1), self.autocast_dtype,
+            self.model,
+            z_geo,
+            z_exp,
+            z_app,
+            batch,
+            (weights == 0).all(dim=-1),
+            config.sampling.uniform_points,
+            config.far_extent * (2 * unit - 1),
+            self.autocast_dtype,
         )
         loss = total_loss(terms, _loss_weights(config, step))
         self.network_optimizer.zero_grad(set_to_none=True)
@@ -390,8 +403,15 @@ def _train(
         restored = run.restore(checkpoint)
         restart_step = checkpoint.state.get("restart_step") if restored else step
     log = TrainingLog(run_dir / LOG_FILE)
-    log.write({"event": "start", "step": step, "device": str(device), "precision": config.precision,
-               "optimizer_restored": restored})
+    log.write(
+        {
+            "event": "start",
+            "step": step,
+            "device": str(device),
+            "precision": config.precision,
+            "optimizer_restored": restored,
+        }
+    )
 
     loop_started = time.monotonic()
 
@@ -407,8 +427,16 @@ def _train(
         step += 1
         log.add(terms, loss)
         if step % config.log_every == 0 or step == config.total_steps:
-            records.append(log.flush(step, {"lr_factor": factor, "heads_per_step": config.heads_per_step,
-                                            "elapsed_s": time.monotonic() - budget.started}))
+            records.append(
+                log.flush(
+                    step,
+                    {
+                        "lr_factor": factor,
+                        "heads_per_step": config.heads_per_step,
+                        "elapsed_s": time.monotonic() - budget.started,
+                    },
+                )
+            )
         budget.stepped(time.monotonic() - tick)
         if step % config.checkpoint_every == 0:
             tick = time.monotonic()
@@ -443,15 +471,19 @@ def export_decoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> di
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     found = list_checkpoints(run_dir)
     if not found:
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint to export; train first (python -m diffnphr train-decoder).")
+        raise FileNotFoundError(
+            f"{run_dir} holds no checkpoint to export; train first (python -m diffnphr train-decoder)."
+        )
     checkpoint = load_checkpoint(found[-1])
     config = DecoderTrainingConfig.from_dict(checkpoint.state["config"])
     split = load_head_split(run_dir)
     tensors = checkpoint.tensors
     model = MonoNPHM(config.model, tensors["anchor_template"])
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    codebooks = Codebooks(len(split.train_identities), split.expressions_per_identity, config.model, config.code_max_norm)
-    codebooks.load_state_dict({k[len("codebooks."):]: v for k, v in tensors.items() if k.startswith("codebooks.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    codebooks = Codebooks(
+        len(split.train_identities), split.expressions_per_identity, config.model, config.code_max_norm
+    )
+    codebooks.load_state_dict({k[len("codebooks.") :]: v for k, v in tensors.items() if k.startswith("codebooks.")})
     decoder_dir = model.save_pretrained(out_dir / DECODER_DIR, dtype=torch.float16)
     latents_dir = out_dir / LATENTS_DIR
     split.save(latents_dir)

@@ -54,7 +54,9 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.identities_per_group < 1:
-            raise ValueError(f"steps and identities_per_group must be positive; got {self.steps}, {self.identities_per_group}.")
+            raise ValueError(
+                f"steps and identities_per_group must be positive; got {self.steps}, {self.identities_per_group}."
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
 
@@ -98,7 +100,9 @@ def fit_latents(
     autocast_dtype = PRECISIONS[config.precision] if device.type == "cuda" else None
     generator = torch.Generator().manual_seed(seed)
     for step in range(config.steps):
-        batch = sampler.sample(coefficients, weights, head_appearance, int(torch.randint(2**62, (), generator=generator)))
+        batch = sampler.sample(
+            coefficients, weights, head_appearance, int(torch.randint(2**62, (), generator=generator))
+        )
         codes = [z_geo[heads], z_exp.reshape(n * slots, -1), z_app[heads]]
         terms = head_loss_terms(model, *codes, batch, is_neutral, config.sampling.uniform_points, None, autocast_dtype)
         loss = total_loss(terms, config.losses)
@@ -174,8 +178,13 @@ def fit_heads(
             tick = time.monotonic()
             group = todo[start : start + config.identities_per_group]
             z_geo, z_exp, z_app = fit_latents(
-                model, sampler, split.identity_coefficients[group], split.expression_weights[group, :slots],
-                split.appearance(group), config, seed=seed + int(group[0]),
+                model,
+                sampler,
+                split.identity_coefficients[group],
+                split.expression_weights[group, :slots],
+                split.appearance(group),
+                config,
+                seed=seed + int(group[0]),
             )
             fitted = HeadLatents(group, z_geo.cpu(), z_exp.cpu(), z_app.cpu())
             done = fitted if done is None else _merge(done, fitted)
@@ -226,7 +235,13 @@ def _group_loss(model, sampler, split, group, slots, fitted, config, seed) -> fl
         split.appearance(group).to(device).select(heads),
         seed + 1_000_003,
     )
-    codes = [fitted.z_geo.to(device)[heads], fitted.z_exp.to(device).reshape(n * slots, -1), fitted.z_app.to(device)[heads]]
+    codes = [
+        fitted.z_geo.to(device)[heads],
+        fitted.z_exp.to(device).reshape(n * slots, -1),
+        fitted.z_app.to(device)[heads],
+    ]
     dtype = PRECISIONS[config.precision] if device.type == "cuda" else None
-    terms = head_loss_terms(model, *codes, batch, (weights == 0).all(dim=-1), config.sampling.uniform_points, None, dtype)
+    terms = head_loss_terms(
+        model, *codes, batch, (weights == 0).all(dim=-1), config.sampling.uniform_points, None, dtype
+    )
     return float(total_loss(terms, config.losses).detach())

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
-import torch
 from torch import Tensor
 
 from diffnphr.nphm import LatentStatistics, pack
@@ -68,7 +68,9 @@ class HeadLatents:
             "z_exp": self.z_exp.detach().to(dtype).contiguous(),
             "z_app": self.z_app.detach().to(dtype).contiguous(),
         }
-        split = split_torch_state_dict_into_shards(tensors, filename_pattern=name + "{suffix}.safetensors", max_shard_size=_MAX_SHARD_SIZE)
+        split = split_torch_state_dict_into_shards(
+            tensors, filename_pattern=name + "{suffix}.safetensors", max_shard_size=_MAX_SHARD_SIZE
+        )
         for filename, names in split.filename_to_tensors.items():
             save_file({key: tensors[key] for key in names}, str(directory / filename))
         return [directory / filename for filename in split.filename_to_tensors]
@@ -82,8 +84,12 @@ def load_head_latents(directory: str | os.PathLike, name: str) -> HeadLatents:
         tensors.update(load_file(str(shard)))
     missing = {"identities", "z_geo", "z_exp", "z_app"} - set(tensors)
     if missing:
-        raise FileNotFoundError(f"{directory} holds no complete '{name}' latents (missing {', '.join(sorted(missing))}).")
-    return HeadLatents(tensors["identities"], tensors["z_geo"].float(), tensors["z_exp"].float(), tensors["z_app"].float())
+        raise FileNotFoundError(
+            f"{directory} holds no complete '{name}' latents (missing {', '.join(sorted(missing))})."
+        )
+    return HeadLatents(
+        tensors["identities"], tensors["z_geo"].float(), tensors["z_exp"].float(), tensors["z_app"].float()
+    )
 
 
 def save_latent_statistics(statistics: LatentStatistics, path: str | os.PathLike) -> Path:

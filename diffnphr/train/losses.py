@@ -106,14 +106,19 @@ def head_loss_terms(
         field = model.bind(z_geo, z_exp, z_app)
         on_surface = field.query(surface, with_rgb=True)
         off_surface = field.query(space)
-        deformation_points = batch.posed_points if far_points is None else torch.cat([batch.posed_points, far_points], 1)
+        deformation_points = (
+            batch.posed_points if far_points is None else torch.cat([batch.posed_points, far_points], 1)
+        )
         deformation = model.ex_decoder.bind(z_geo, field.anchors, z_exp)(deformation_points).float()
     sdf_surface, sdf_space = on_surface["sdf"].float(), off_surface["sdf"].float()
     grad_surface, grad_space = torch.autograd.grad(
         sdf_surface.sum() + sdf_space.sum(), [surface, space], create_graph=True
     )
     n_corr = batch.posed_points.shape[1]
-    hyper = [on_surface["hyper_coords"].float(), off_surface["hyper_coords"].float()[:, space.shape[1] - uniform_points :]]
+    hyper = [
+        on_surface["hyper_coords"].float(),
+        off_surface["hyper_coords"].float()[:, space.shape[1] - uniform_points :],
+    ]
     zero = sdf_surface.new_zeros(())
     terms = {
         "surface": sdf_surface.abs().mean(),

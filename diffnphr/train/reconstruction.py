@@ -166,7 +166,9 @@ class TrainingHeads:
         except FileNotFoundError:
             fitted = None
         if fitted is not None and not torch.equal(fitted.identities, split.heldout_identities):
-            raise ValueError(f"The fitted held-out latents in {directory} do not match its split's held-out identities.")
+            raise ValueError(
+                f"The fitted held-out latents in {directory} do not match its split's held-out identities."
+            )
         return cls(
             split=split,
             latents=codebooks.flat(),
@@ -241,7 +243,9 @@ class _Models:
             else:  # its own weights, initialised independently
                 torch.manual_seed(config.seed + 1)
                 regression_encoder = FaceEncoder.from_config(farl_vision_config(**config.encoder)).to(device).train()
-            head = RegressionHead(RegressionHeadConfig(cond_dim=cond_dim, hidden_dim=config.regression_hidden)).to(device)
+            head = RegressionHead(RegressionHeadConfig(cond_dim=cond_dim, hidden_dim=config.regression_hidden)).to(
+                device
+            )
             head.data_mean.copy_(heads.mean)
             head.data_std.copy_(heads.std)
             self.regressor = LatentRegressor(regression_encoder, head).train()
@@ -283,8 +287,10 @@ def initialise_from(models: _Models, weights_dir: str | os.PathLike) -> None:
     diffusion = LatentDiffusion.from_pretrained(weights_dir / DIFFUSION_DIR)
     missing, unexpected = models.diffusion.load_state_dict(diffusion.state_dict(), strict=False)
     if unexpected or any(not key.startswith("mean_head.") for key in missing):
-        raise ValueError(f"{weights_dir / DIFFUSION_DIR} does not fit this run's diffusion model "
-                         f"(missing {missing}, unexpected {unexpected}).")
+        raise ValueError(
+            f"{weights_dir / DIFFUSION_DIR} does not fit this run's diffusion model "
+            f"(missing {missing}, unexpected {unexpected})."
+        )
     if models.regressor is not None:
         regressor = LatentRegressor.from_pretrained(weights_dir / REGRESSION_DIR)
         if "encoder" in models.trained:
@@ -305,8 +311,9 @@ def _cosine_factor(config: ReconstructionTrainingConfig, step: int, restart_step
 class _Batches:
     """Renders of training heads (or held-out ones) with their targets, one call per step."""
 
-    def __init__(self, config: ReconstructionTrainingConfig, heads: TrainingHeads, renderer: HeadRenderer,
-                 device: torch.device) -> None:
+    def __init__(
+        self, config: ReconstructionTrainingConfig, heads: TrainingHeads, renderer: HeadRenderer, device: torch.device
+    ) -> None:
         self.config, self.heads, self.renderer, self.device = config, heads, renderer, device
         split = heads.split
         appearance = split.appearance(torch.arange(len(split.appearance_seeds)))
@@ -329,12 +336,18 @@ class _Batches:
     def factors(self, identities: Tensor, slots: Tensor, appearance_identities: Tensor) -> Tensor:
         """(B, factor_dim) standardised generating factors of B rendered heads (on the device)."""
         split = self.heads.split
-        raw = [split.identity_coefficients[identities], split.expression_weights[identities, slots],
-               self._colours[appearance_identities]]
-        return torch.cat([(value - mean) / std for value, (mean, std) in zip(raw, self._factor_scale)], 1).to(self.device)
+        raw = [
+            split.identity_coefficients[identities],
+            split.expression_weights[identities, slots],
+            self._colours[appearance_identities],
+        ]
+        return torch.cat([(value - mean) / std for value, (mean, std) in zip(raw, self._factor_scale)], 1).to(
+            self.device
+        )
 
-    def _render(self, identities: Tensor, slots: Tensor, appearance_identities: Tensor, seed: int
-                ) -> tuple[Tensor, Tensor]:
+    def _render(
+        self, identities: Tensor, slots: Tensor, appearance_identities: Tensor, seed: int
+    ) -> tuple[Tensor, Tensor]:
         """Crops of the heads (identity, slot) in the colours of `appearance_identities`, and their factors."""
         split = self.heads.split
         scenes = self.renderer.sample_scenes(
@@ -379,8 +392,9 @@ def _standardiser(values: Tensor) -> tuple[Tensor, Tensor]:
     return values.mean(0), values.std(0).clamp_min(1e-3)
 
 
-def _losses(models: _Models, batch: Batch, autocast: bool, readout_weight: float,
-            generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def _losses(
+    models: _Models, batch: Batch, autocast: bool, readout_weight: float, generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
     """The diffusion loss, the regression baseline's MSE (if trained) and each encoder's weighted read-out loss."""
     with torch.autocast(device_type=batch.crops.device.type, dtype=torch.bfloat16, enabled=autocast):
         pixels = models.encoder.preprocess(batch.crops)
@@ -456,8 +470,9 @@ def train_reconstruction(
     models = _Models(config, heads, device)
     image_size = models.encoder.model.config.image_size
     bank = BackgroundBank.load(backgrounds, device) if backgrounds else None
-    renderer = HeadRenderer(load_ict(ict_path), device, RenderConfig(**{**config.render, "image_size": image_size}),
-                            backgrounds=bank)
+    renderer = HeadRenderer(
+        load_ict(ict_path), device, RenderConfig(**{**config.render, "image_size": image_size}), backgrounds=bank
+    )
     batches = _Batches(config, heads, renderer, device)
     models.add_readouts(config, batches.factor_dim)
     if checkpoint is None and config.init_from:
@@ -475,14 +490,25 @@ def train_reconstruction(
         else:
             restart_step = step
     log = TrainingLog(run_dir / LOG_FILE)
-    log.write({"event": "start", "step": step, "device": str(device), "backgrounds": bool(bank),
-               "optimizer_restored": checkpoint is None or checkpoint.optimizers is not None})
+    log.write(
+        {
+            "event": "start",
+            "step": step,
+            "device": str(device),
+            "backgrounds": bool(bank),
+            "optimizer_restored": checkpoint is None or checkpoint.optimizers is not None,
+        }
+    )
 
     def save() -> Path:
-        state = {"config": config.to_dict(), "restart_step": restart_step,
-                 "split_fingerprint": heads.split.fingerprint()}
-        return save_checkpoint(run_dir, step, _trained_tensors(models, ema), {"adamw": optimizer.state_dict()}, state,
-                               keep=2)
+        state = {
+            "config": config.to_dict(),
+            "restart_step": restart_step,
+            "split_fingerprint": heads.split.fingerprint(),
+        }
+        return save_checkpoint(
+            run_dir, step, _trained_tensors(models, ema), {"adamw": optimizer.state_dict()}, state, keep=2
+        )
 
     autocast = device.type == "cuda" and config.bf16
     saved_at = step if checkpoint is not None else None
@@ -528,8 +554,11 @@ def train_reconstruction(
     }
 
 
-def _run_config(given: ReconstructionTrainingConfig | str | os.PathLike | None, stored: dict[str, Any] | None,
-                total_steps: int | None) -> ReconstructionTrainingConfig:
+def _run_config(
+    given: ReconstructionTrainingConfig | str | os.PathLike | None,
+    stored: dict[str, Any] | None,
+    total_steps: int | None,
+) -> ReconstructionTrainingConfig:
     """The run's config: the stored one when resuming (a given one must agree with it), else the given or default."""
     if given is not None and not isinstance(given, ReconstructionTrainingConfig):
         given = ReconstructionTrainingConfig.from_json(given)
@@ -549,7 +578,7 @@ def _load_trained(models: _Models, ema: ExponentialAverage, tensors: dict[str, T
     """Restore the trained modules and their averages from checkpoint tensors (strict)."""
     for name, module in models.trained.items():
         for target, prefix in ((module, f"{name}."), (ema.shadow[name], f"ema.{name}.")):
-            target.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            target.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 def export_reconstruction(
@@ -564,7 +593,9 @@ def export_reconstruction(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     found = list_checkpoints(run_dir)
     if not found:
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint to export; train first (python -m diffnphr train-reconstruction).")
+        raise FileNotFoundError(
+            f"{run_dir} holds no checkpoint to export; train first (python -m diffnphr train-reconstruction)."
+        )
     checkpoint = load_checkpoint(found[-1])
     config = ReconstructionTrainingConfig.from_dict(checkpoint.state["config"])
     if config.frozen_encoder:
@@ -575,8 +606,10 @@ def export_reconstruction(
     cond_dim = encoder.model.config.projection_dim
     diffusion = LatentDiffusion(DiffusionConfig(**{**config.diffusion, "cond_dim": cond_dim}))
     diffusion.load_state_dict(_prefixed(checkpoint.tensors, "ema.diffusion."))
-    paths = {"encoder": encoder.save_pretrained(out_dir / ENCODER_DIR, dtype=dtype),
-             "diffusion": diffusion.save_pretrained(out_dir / DIFFUSION_DIR, dtype=dtype)}
+    paths = {
+        "encoder": encoder.save_pretrained(out_dir / ENCODER_DIR, dtype=dtype),
+        "diffusion": diffusion.save_pretrained(out_dir / DIFFUSION_DIR, dtype=dtype),
+    }
     if config.regression:
         head = RegressionHead(RegressionHeadConfig(cond_dim=cond_dim, hidden_dim=config.regression_hidden))
         if config.frozen_encoder:
@@ -590,4 +623,4 @@ def export_reconstruction(
 
 
 def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -64,8 +64,13 @@ class HeadSplit:
     def fingerprint(self) -> str:
         """A short hash of the arrays and the split, to tell whether a checkpoint belongs to this split."""
         digest = hashlib.sha256()
-        for tensor in (self.identity_coefficients, self.expression_weights, self.appearance_seeds,
-                       self.train_identities, self.heldout_identities):
+        for tensor in (
+            self.identity_coefficients,
+            self.expression_weights,
+            self.appearance_seeds,
+            self.train_identities,
+            self.heldout_identities,
+        ):
             digest.update(tensor.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
@@ -152,5 +157,7 @@ def load_head_split(directory: str | os.PathLike) -> HeadSplit:
         expression_names=tuple(description["expression_names"]),
     )
     if split.fingerprint() != description["fingerprint"]:
-        raise ValueError(f"{directory / HEADS_FILE} does not match {path} (fingerprint differs); the split files are mixed up.")
+        raise ValueError(
+            f"{directory / HEADS_FILE} does not match {path} (fingerprint differs); the split files are mixed up."
+        )
     return split
