@@ -27,7 +27,14 @@ import gradio as gr
 
 from diffnphr.face import ImageInputError, NoFaceError
 from diffnphr.mesh import export_mesh
-from diffnphr.pipeline import MAX_SAMPLES, MAX_SEED, HeadReconstructionPipeline, PipelineDefaults, Reconstruction
+from diffnphr.pipeline import (
+    MAX_SAMPLES,
+    MAX_SEED,
+    HeadReconstructionPipeline,
+    PipelineDefaults,
+    Reconstruction,
+    SamplingSettings,
+)
 from diffnphr.weights import WeightsNotFoundError
 
 TITLE = "diffnphr: one photo to a 3D head"
@@ -96,8 +103,14 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         Returns the face crop, the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and
         the run details (seconds per stage, mesh size, warnings).
         """
-        options = _options(seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face, progress)
-        result = _run(lambda: pipeline(_uploaded_path(image), **options))
+        result = _run(
+            lambda: pipeline(
+                _uploaded_path(image),
+                _sampling(pipeline, seed, randomize_seed, steps, guidance_scale, resolution, samples),
+                allow_no_face=bool(allow_no_face),
+                progress=_progress_bar(progress),
+            )
+        )
         files = _export(result, outputs.new_run(request), "head")
         return result.crop.image, files[0], files, result.seed, _details(result)
 
@@ -118,10 +131,13 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
 
         Returns the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and the run details.
         """
-        options = _options(seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face, progress)
         result = _run(
             lambda: pipeline.transfer_expression(
-                _uploaded_path(identity_image), _uploaded_path(expression_image), **options
+                _uploaded_path(identity_image),
+                _uploaded_path(expression_image),
+                _sampling(pipeline, seed, randomize_seed, steps, guidance_scale, resolution, samples),
+                allow_no_face=bool(allow_no_face),
+                progress=_progress_bar(progress),
             )
         )
         files = _export(result, outputs.new_run(request), "transfer")
@@ -270,26 +286,28 @@ def _run(work: Callable[[], Reconstruction]) -> Reconstruction:
     return result
 
 
-def _options(
+def _sampling(
+    pipeline: HeadReconstructionPipeline,
     seed: float,
     randomize_seed: bool,
     steps: float,
     guidance_scale: float,
     resolution: float,
     samples: float,
-    allow_no_face: bool,
-    progress: gr.Progress,
-) -> dict[str, Any]:
-    """The pipeline's keyword arguments for the values of the settings widgets."""
-    return {
-        "seed": None if randomize_seed or seed is None else int(seed),
-        "steps": int(steps),
-        "guidance_scale": float(guidance_scale),
-        "resolution": int(resolution),
-        "samples": int(samples),
-        "allow_no_face": bool(allow_no_face),
-        "progress": lambda stage, fraction: progress(fraction, desc=stage),
-    }
+) -> SamplingSettings:
+    """The pipeline's validated settings for the values of the settings widgets."""
+    return pipeline.settings(
+        seed=None if randomize_seed or seed is None else int(seed),
+        steps=int(steps),
+        guidance_scale=float(guidance_scale),
+        resolution=int(resolution),
+        samples=int(samples),
+    )
+
+
+def _progress_bar(progress: gr.Progress) -> Callable[[str, float], None]:
+    """The pipeline's progress callback, shown on Gradio's progress bar."""
+    return lambda stage, fraction: progress(fraction, desc=stage)
 
 
 def _export(result: Reconstruction, folder: Path, stem: str) -> list[str]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from diffnphr.pipeline import Reconstruction
+    from diffnphr.pipeline import HeadReconstructionPipeline, Reconstruction, SamplingSettings
 
 
 def _convert_mononphm(args: argparse.Namespace) -> None:
@@ -100,12 +101,12 @@ def _fit(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from diffnphr.bench import run_benchmarks
 
-    report = run_benchmarks(device=args.device, quick=args.quick, progress=sys.stderr, only=args.only)
+    report = run_benchmarks(device=args.device, quick=args.quick, only=args.only)
     print(json.dumps(report, indent=2) if args.json else _format_table(report))
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from diffnphr.eval_decoder import evaluate_decoder, format_summary
+    from diffnphr.eval.decoder import evaluate_decoder, format_summary
 
     report = evaluate_decoder(
         args.decoder,
@@ -125,7 +126,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _eval_reconstruction(args: argparse.Namespace) -> None:
-    from diffnphr.eval_reconstruction import evaluate_reconstruction, format_reconstruction_summary
+    from diffnphr.eval.reconstruction.report import format_reconstruction_summary
+    from diffnphr.eval.reconstruction.run import evaluate_reconstruction
 
     report = evaluate_reconstruction(
         args.weights,
@@ -144,7 +146,6 @@ def _eval_reconstruction(args: argparse.Namespace) -> None:
         backgrounds=args.backgrounds,
         figures_dir=args.figures,
         shard=args.shard,
-        log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(json.dumps(report, indent=2) if args.json else format_reconstruction_summary(report))
 
@@ -161,7 +162,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _eval_landmarks(args: argparse.Namespace) -> None:
-    from diffnphr.eval_reconstruction import build_landmark_predictions
+    from diffnphr.eval.reconstruction.landmarks import build_landmark_predictions
 
     report = build_landmark_predictions(
         args.latents,
@@ -172,13 +173,12 @@ def _eval_landmarks(args: argparse.Namespace) -> None:
         seed=args.seed,
         ict_path=args.ict,
         backgrounds=args.backgrounds,
-        log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(json.dumps(report, indent=2))
 
 
 def _eval_crops(args: argparse.Namespace) -> None:
-    from diffnphr.data.crop_agreement import crop_agreement, format_crop_agreement
+    from diffnphr.eval.crops import crop_agreement, format_crop_agreement
 
     report = crop_agreement(
         args.count,
@@ -196,7 +196,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
     pipeline = HeadReconstructionPipeline.from_pretrained(args.weights, device=args.device)
     result = pipeline(
-        args.photo, allow_no_face=args.allow_no_face, progress=_ProgressPrinter(), **_sampling_options(args)
+        args.photo, _sampling_settings(pipeline, args), allow_no_face=args.allow_no_face, progress=_ProgressPrinter()
     )
     _write_result(result, args.output or Path(f"{args.photo.stem}.{args.format or 'glb'}"), args.format)
 
@@ -208,22 +208,19 @@ def _transfer(args: argparse.Namespace) -> None:
     result = pipeline.transfer_expression(
         args.identity_photo,
         args.expression_photo,
+        _sampling_settings(pipeline, args),
         allow_no_face=args.allow_no_face,
         progress=_ProgressPrinter(),
-        **_sampling_options(args),
     )
     default = Path(f"{args.identity_photo.stem}_as_{args.expression_photo.stem}.{args.format or 'glb'}")
     _write_result(result, args.output or default, args.format)
 
 
-def _sampling_options(args: argparse.Namespace) -> dict:
-    return {
-        "seed": args.seed,
-        "steps": args.steps,
-        "resolution": args.resolution,
-        "guidance_scale": args.guidance,
-        "samples": args.samples,
-    }
+def _sampling_settings(pipeline: HeadReconstructionPipeline, args: argparse.Namespace) -> SamplingSettings:
+    """The pipeline's validated settings for the command's options (left out: the weights' pipeline.json)."""
+    return pipeline.settings(
+        seed=args.seed, steps=args.steps, resolution=args.resolution, guidance_scale=args.guidance, samples=args.samples
+    )
 
 
 class _ProgressPrinter:
@@ -505,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors print one line and exit with status 2."""
     args = build_parser().parse_args(argv)
+    # The library reports progress through `logging`; the command line shows it on stderr.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as error:

@@ -24,6 +24,7 @@ The `app` row starts `app.py` as people run it and reconstructs the example port
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import platform
@@ -34,13 +35,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from diffnphr.mesh import BOX_MAX, BOX_MIN
+from diffnphr.devices import resolve_device
+from diffnphr.frame import BOX_CENTRE
+
+logger = logging.getLogger(__name__)
 
 # The image encoder the project trains when `weights/encoder/` does not exist yet (issue 5).
 _SMALL_ENCODER = dict(
@@ -49,7 +54,6 @@ _SMALL_ENCODER = dict(
 
 # Ellipsoid semi-axes (canonical units, 1 = 0.25 m): about a head with neck, centred in the box.
 _HEAD_RADII = (0.38, 0.52, 0.46)
-_HEAD_CENTRE = tuple((lo + hi) / 2 for lo, hi in zip(BOX_MIN, BOX_MAX))
 
 
 def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
@@ -74,7 +78,8 @@ def _random_latents(config: Any, batch: int, device: torch.device) -> tuple[torc
 
 
 def _decoder(size: str, device: torch.device):
-    from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
+    from diffnphr.nphm.config import MonoNPHMConfig
+    from diffnphr.nphm.decoder import MonoNPHM
 
     config = MonoNPHMConfig() if size == "official" else MonoNPHMConfig.small()
     template = torch.randn(config.n_anchors, 3, generator=torch.Generator().manual_seed(0)) * 0.3
@@ -98,7 +103,7 @@ def _bench_extraction(device: torch.device, quick: bool, method: str, resolution
     decoder = _decoder("small", device)
     z_geo, z_exp, z_app = _random_latents(decoder.config, 1, device)
     head = decoder.bind(z_geo, z_exp, z_app)
-    centre = torch.tensor(_HEAD_CENTRE, device=device)
+    centre = torch.tensor(BOX_CENTRE, device=device)
     radii = torch.tensor(_HEAD_RADII, device=device)
 
     def sdf(points: torch.Tensor) -> torch.Tensor:
@@ -121,7 +126,8 @@ def _bench_extraction(device: torch.device, quick: bool, method: str, resolution
 
 
 def _diffusion(device: torch.device):
-    from diffnphr.diffusion import DiffusionConfig, LatentDiffusion
+    from diffnphr.diffusion.config import DiffusionConfig
+    from diffnphr.diffusion.model import LatentDiffusion
 
     return LatentDiffusion(DiffusionConfig()).to(device).eval()
 
@@ -147,7 +153,7 @@ def _bench_ddim(device: torch.device, quick: bool, guidance_scale: float) -> dic
 
 
 def _bench_farl(device: torch.device, quick: bool) -> dict[str, Any]:
-    from diffnphr.encoders import FaceEncoder, farl_vision_config
+    from diffnphr.encoders.farl import FaceEncoder, farl_vision_config
 
     encoder = FaceEncoder.from_config(farl_vision_config()).to(device).eval()
     pixels = torch.randn(1, 3, 224, 224, device=device)
@@ -160,9 +166,10 @@ def _pipeline(device: torch.device) -> tuple[Any, str]:
     """The pipeline of the repo's weights, with random stand-ins for missing blocks, and which it is."""
     from transformers import CLIPVisionConfig
 
-    from diffnphr.diffusion import DiffusionConfig, LatentDiffusion
-    from diffnphr.encoders import FaceEncoder, farl_vision_config
-    from diffnphr.nphm import MonoNPHM
+    from diffnphr.diffusion.config import DiffusionConfig
+    from diffnphr.diffusion.model import LatentDiffusion
+    from diffnphr.encoders.farl import FaceEncoder, farl_vision_config
+    from diffnphr.nphm.decoder import MonoNPHM
     from diffnphr.pipeline import REPO_WEIGHTS_DIR, HeadReconstructionPipeline
 
     folders = [REPO_WEIGHTS_DIR / name for name in ("encoder", "diffusion", "decoder")]
@@ -181,53 +188,40 @@ def _pipeline(device: torch.device) -> tuple[Any, str]:
 
 
 def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -> dict[str, Any]:
-    """Seconds per stage of a reconstruction as the pipeline runs it: after a warm-up call, the
-    timed call with the median total of 3 (1 when quick): a shared machine's speed drifts from
-    call to call and over minutes, so one call is not a figure to quote."""
-    from diffnphr.mesh import extract_mesh_with_stats
-    from diffnphr.nphm.latents import unpack
+    """Seconds per stage of a reconstruction, through the pipeline's own public stages (crop, encode,
+    sample_latents, decode + mesh): after a warm-up call, the timed call with the median total of 3 (1 when
+    quick): a shared machine's speed drifts from call to call and over minutes, so one call is not a figure
+    to quote."""
+    from diffnphr.heads.latents import CODEBOOKS_NAME, load_head_latents
+    from diffnphr.nphm.latents import HeadLatents, unpack
     from diffnphr.pipeline import REPO_WEIGHTS_DIR
-    from diffnphr.train.head_latents import load_head_latents
 
     pipeline, weights = _pipeline(device)
-    encoder, diffusion, decoder, defaults = pipeline.encoder, pipeline.diffusion, pipeline.decoder, pipeline.defaults
-    resolution = defaults.resolution if resolution is None else resolution
+    settings = pipeline.settings(seed=0, resolution=resolution or pipeline.defaults.resolution)
     photo, crop_note = _face_photo()
-    stand_in_latent = None
+    stand_in = None
     if weights != "trained":  # a random diffusion model samples no head: mesh a training head instead
-        stand_in_latent = load_head_latents(REPO_WEIGHTS_DIR / "decoder_latents", "codebooks").flat()[:1]
+        flat = load_head_latents(REPO_WEIGHTS_DIR / "decoder_latents", CODEBOOKS_NAME).flat()[0]
+        stand_in = HeadLatents(*unpack(flat))
 
     def reconstruct() -> dict[str, Any]:
         seconds: dict[str, float] = {}
-        image = photo
+
+        def timed(stage: str, work: Callable[[], Any]) -> Any:
+            start = time.perf_counter()
+            value = work()
+            _synchronize(device)
+            seconds[stage] = time.perf_counter() - start
+            return value
+
         if crop_note is None:
-            start = time.perf_counter()
-            image = _crop(photo)
-            seconds["crop"] = time.perf_counter() - start
-        with torch.inference_mode():
-            start = time.perf_counter()
-            z_cond = encoder.encode([image])
-            _synchronize(device)
-            seconds["encode"] = time.perf_counter() - start
-            start = time.perf_counter()
-            flat = diffusion.sample(
-                z_cond,
-                num_steps=defaults.steps,
-                seed=0,
-                guidance_scale=defaults.guidance_scale,
-                average_of=defaults.samples,
-                scheduler=defaults.scheduler,
-            )
-            _synchronize(device)
-            seconds["diffusion"] = time.perf_counter() - start
-            if stand_in_latent is not None:
-                flat = stand_in_latent
-            start = time.perf_counter()
-            head = decoder.bind(*(part.float().to(device) for part in unpack(flat)))
-            extraction = extract_mesh_with_stats(
-                head.point_sdf, resolution=resolution, color_fn=head.point_colour, device=device
-            )
-        seconds["extraction"] = time.perf_counter() - start - extraction.seconds_color
+            crop = timed("crop", lambda: pipeline.crop(photo))
+        else:
+            crop = _UncroppedPhoto(photo)
+        z_cond = timed("encode", lambda: pipeline.encode(crop))
+        latents = timed("diffusion", lambda: pipeline.sample_latents(z_cond, settings))
+        extraction = pipeline.mesh(pipeline.decode(stand_in or latents), settings.resolution)
+        seconds["extraction"] = extraction.seconds_sdf + extraction.seconds_mcubes
         seconds["colour"] = extraction.seconds_color
         seconds = {name: round(value, 3) for name, value in seconds.items()}
         seconds["total"] = round(sum(seconds.values()), 3)
@@ -244,15 +238,22 @@ def _bench_pipeline(device: torch.device, quick: bool, resolution: int | None) -
     row = calls[len(calls) // 2]
     return {
         "weights": weights,
-        "resolution": resolution,
-        "steps": defaults.steps,
-        "guidance_scale": defaults.guidance_scale,
-        "samples": defaults.samples,
+        "resolution": settings.resolution,
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "samples": settings.samples,
         **row,
         "timed_totals": [call["seconds"]["total"] for call in calls],
         "first_call_total": first["seconds"]["total"],
         **({"crop": crop_note} if crop_note else {}),
     }
+
+
+@dataclass
+class _UncroppedPhoto:
+    """A photo handed to the encoder as it is, where MediaPipe is missing (the crop is then not timed)."""
+
+    image: Any
 
 
 def _bench_app(device: torch.device, quick: bool) -> dict[str, Any]:
@@ -339,13 +340,6 @@ def _face_photo() -> tuple[Any, str | None]:
     return Image.fromarray(data.astronaut()), None
 
 
-def _crop(photo: Any) -> Any:
-    """The face crop the encoder sees."""
-    from diffnphr.face import crop_face
-
-    return crop_face(photo).image
-
-
 def _synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that wall-clock seconds cover it."""
     if device.type == "cuda":
@@ -415,9 +409,7 @@ def _result_of(process, queue) -> dict[str, Any]:
     return row
 
 
-def run_benchmarks(
-    device: str | None = None, quick: bool = False, progress: IO[str] | None = None, only: Sequence[str] | None = None
-) -> dict[str, Any]:
+def run_benchmarks(device: str | None = None, quick: bool = False, only: Sequence[str] | None = None) -> dict[str, Any]:
     """Time every block (decoder, extraction, U-Net, DDIM, FaRL) and whole reconstructions, with peak memory.
 
     `only` names the cases to run (default all), e.g. just the whole pipeline on a machine with
@@ -425,9 +417,7 @@ def run_benchmarks(
 
     Returns {"device": ..., "torch": ..., "threads": ..., "results": [{"name": ..., ...}, ...]}.
     """
-    device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for, but torch sees no GPU on this machine; use --device cpu.")
+    device_name = str(resolve_device(device))
     cases = _cases(quick)
     unknown = sorted(set(only or ()) - {name for name, _, _ in cases})
     if unknown:
@@ -437,8 +427,7 @@ def run_benchmarks(
     for name, fn, kwargs in cases:
         if only and name not in only:
             continue
-        if progress is not None:
-            print(f"bench: {name} ...", file=progress, flush=True)
+        logger.info("bench: %s ...", name)
         queue = context.Queue()
         process = context.Process(target=_run_case, args=(fn, device_name, quick, kwargs, queue))
         process.start()

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# The canonical extraction box (diffnphr.mesh.BOX_MIN..BOX_MAX) fits a 1.4-unit square around its centre.
-HEAD_CENTER = (0.0, 0.125, -0.275)
+from diffnphr.frame import BOX_CENTRE
+
+# The canonical extraction box fits a 1.4-unit square around its centre (`frame.BOX_CENTRE`).
 HEAD_HALF_EXTENT = 0.7
 LIGHT_DIRECTION = (-0.4, 0.5, 1.0)  # in view space: from the upper left, in front
 AMBIENT = 0.25
@@ -35,7 +36,7 @@ def render_mesh(
     *,
     yaw_deg: float = 0.0,
     size: int = 512,
-    center: Sequence[float] = HEAD_CENTER,
+    center: Sequence[float] = BOX_CENTRE,
     half_extent: float = HEAD_HALF_EXTENT,
     background: Sequence[int] = (255, 255, 255),
 ) -> np.ndarray:

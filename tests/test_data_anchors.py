@@ -7,7 +7,8 @@ import pytest
 
 from diffnphr.data.anchors import ANCHOR_COUNT, anchor_vertices
 from diffnphr.data.heads import head_vertices, sample_identities
-from diffnphr.data.ict import CANONICAL_BOX_MAX, CANONICAL_BOX_MIN, load_ict
+from diffnphr.data.ict import load_ict
+from diffnphr.frame import BOX_MAX, BOX_MIN
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_anchors_are_spread_over_the_head_in_the_box(model, anchors):
     points = model.neutral[anchors]
     distances = np.linalg.norm(points[:, None] - points[None], axis=-1) + np.eye(ANCHOR_COUNT)
     assert distances.min() > 0.04  # 1 cm
-    assert np.all(points >= CANONICAL_BOX_MIN) and np.all(points <= CANONICAL_BOX_MAX)
+    assert np.all(points >= BOX_MIN) and np.all(points <= BOX_MAX)
     extent = points.max(axis=0) - points.min(axis=0)
     assert np.all(extent > [0.8, 1.0, 0.8])  # face, scalp, back of the head and neck all covered
 

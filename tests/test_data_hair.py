@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffnphr.data.hair import HairModel, TorsoModel
+from diffnphr.data.hair import HairModel
 from diffnphr.data.heads import head_vertices
 from diffnphr.data.ict import load_ict
+from diffnphr.data.torso import TorsoModel
 from diffnphr.render import vertex_normals
 
 

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from diffnphr.data.ict import (
-    CANONICAL_BOX_MAX,
-    CANONICAL_BOX_MIN,
-    CM_PER_UNIT,
-    ICT_TO_CANONICAL_OFFSET,
-    SKIN_PARTS,
-    load_ict,
-)
+from diffnphr.data.ict import SKIN_PARTS, load_ict
 from diffnphr.data.ict_convert import ICTLayout, convert_ict_repo
+from diffnphr.frame import BOX_MAX, BOX_MIN, CM_PER_UNIT, ICT_TO_CANONICAL_OFFSET
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +41,9 @@ def test_frame_is_monononphm_canonical(model):
     assert model.neutral[model.part_vertices("eye_socket_right"), 0].max() < 0
     assert landmarks[45, 0] > 0 > landmarks[36, 0]  # Multi-PIE 45 is the subject's left eye corner
     # The head (everything above the box floor) sits inside the extraction box with margins.
-    head = skin[skin[:, 1] >= CANONICAL_BOX_MIN[1]]
-    assert np.all(head.min(axis=0) - CANONICAL_BOX_MIN >= [0.05, 0.0, 0.2])
-    assert np.all(CANONICAL_BOX_MAX - head.max(axis=0) >= [0.05, 0.05, 0.2])
+    head = skin[skin[:, 1] >= np.array(BOX_MIN)[1]]
+    assert np.all(head.min(axis=0) - np.array(BOX_MIN) >= [0.05, 0.0, 0.2])
+    assert np.all(np.array(BOX_MAX) - head.max(axis=0) >= [0.05, 0.05, 0.2])
     assert skin[:, 0].min() == pytest.approx(-skin[:, 0].max(), abs=1e-6)
 
 

@@ -12,8 +12,9 @@ from diffnphr.data.anchors import anchor_vertices
 from diffnphr.data.appearance import appearance_basis, appearance_params, vertex_colours
 from diffnphr.data.expressions import sample_expressions
 from diffnphr.data.heads import exposed_faces, head_vertices, sample_identities
-from diffnphr.data.ict import CANONICAL_BOX_MAX, CANONICAL_BOX_MIN, load_ict
+from diffnphr.data.ict import load_ict
 from diffnphr.data.sampling import HeadSampler, SamplingConfig
+from diffnphr.frame import BOX_MAX, BOX_MIN
 
 CONFIG = SamplingConfig(surface_points=1500, near_points=600, uniform_points=200, correspondences=400)
 
@@ -156,8 +157,8 @@ def test_space_points_are_near_the_surface_then_uniform(batch, meshes):
         fine, coarse = np.median(distance[:300]), np.median(distance[300:600])
         assert fine < 0.012 and coarse > 2 * fine
     uniform = batch.space_points[:, 600:]
-    assert torch.all(uniform >= torch.as_tensor(CANONICAL_BOX_MIN))
-    assert torch.all(uniform <= torch.as_tensor(CANONICAL_BOX_MAX))
+    assert torch.all(uniform >= torch.as_tensor(BOX_MIN))
+    assert torch.all(uniform <= torch.as_tensor(BOX_MAX))
 
 
 def test_colours_are_the_heads_vertex_colours(model, batch, sampler, heads):

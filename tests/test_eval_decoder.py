@@ -9,11 +9,12 @@ import trimesh
 from PIL import Image
 
 from diffnphr.data.ict import load_ict
-from diffnphr.eval_decoder import GroundTruthHeads, compare_head, decode_mesh, evaluate_decoder
+from diffnphr.eval.decoder import evaluate_decoder
+from diffnphr.eval.heads import GroundTruthHeads, compare_head, decode_mesh
+from diffnphr.heads.latents import load_head_latents
+from diffnphr.heads.split import load_head_split
 from diffnphr.nphm import MonoNPHM
 from diffnphr.render import render_mesh
-from diffnphr.train.head_latents import load_head_latents
-from diffnphr.train.split import load_head_split
 
 DECODER = "weights/decoder"
 LATENTS = "weights/decoder_latents"

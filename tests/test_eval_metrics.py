@@ -9,7 +9,7 @@ import pytest
 import torch
 import trimesh
 
-from diffnphr.eval import (
+from diffnphr.eval.metrics import (
     SurfaceSamples,
     head_and_face_metrics,
     nearest_neighbours,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,20 +14,15 @@ import trimesh
 
 from diffnphr.baselines.landmarks import fit_ridge, landmark_features, load_landmark_predictions, mean_shape
 from diffnphr.baselines.neighbours import NearestNeighbourLatents
-from diffnphr.eval_reconstruction import (
-    AVERAGED_METHOD,
-    CACHE_FILE,
-    METHODS,
-    build_landmark_predictions,
-    consistency_summary,
-    eval_renders,
-    evaluate_reconstruction,
-    format_reconstruction_summary,
-    paired_differences,
-    reconstruction_distances,
-)
-from diffnphr.train.head_latents import HeadLatents
-from diffnphr.train.split import load_head_split, make_head_split
+from diffnphr.eval.reconstruction.cache import CACHE_FILE
+from diffnphr.eval.reconstruction.landmarks import build_landmark_predictions
+from diffnphr.eval.reconstruction.methods import AVERAGED_METHOD, METHODS, default_method
+from diffnphr.eval.reconstruction.renders import eval_renders
+from diffnphr.eval.reconstruction.report import consistency_summary, format_reconstruction_summary, paired_differences
+from diffnphr.eval.reconstruction.run import evaluate_reconstruction
+from diffnphr.eval.reconstruction.work import reconstruction_distances
+from diffnphr.heads.latents import SplitLatents
+from diffnphr.heads.split import load_head_split, make_head_split
 
 
 class StandInRenderer:
@@ -60,7 +56,7 @@ def latents_dir(tmp_path_factory):
     generator = torch.Generator().manual_seed(0)
     for name, rows in (("codebooks", split.train_identities), ("fitted_heldout", split.heldout_identities)):
         n = len(rows)
-        HeadLatents(
+        SplitLatents(
             rows,
             0.01 * torch.randn(n, 2176, generator=generator),
             0.01 * torch.randn(n, 4, 100, generator=generator),
@@ -119,7 +115,10 @@ def test_the_table_names_the_shipped_default_setting():
 
     shipped = json.loads((Path(__file__).resolve().parents[1] / "weights" / "pipeline.json").read_text())
     for defaults in (PipelineDefaults(), PipelineDefaults(**shipped)):
-        assert f"diffusion_ddim{defaults.steps}_g{defaults.guidance_scale:g}_avg{defaults.samples}" == AVERAGED_METHOD
+        assert default_method(SimpleNamespace(defaults=defaults)) == AVERAGED_METHOD
+        assert (
+            AVERAGED_METHOD.name == f"diffusion_ddim{defaults.steps}_g{defaults.guidance_scale:g}_avg{defaults.samples}"
+        )
 
 
 def test_evaluation_set_covers_every_heldout_identity_with_neutral_first(latents_dir):
@@ -150,7 +149,7 @@ def test_the_table_has_every_method(tmp_path, tiny_weights_dir, latents_dir, reg
     assert report["complete"] and not report["pending"]
     # the tiny pipeline's own default setting (3 steps, 2 samples averaged) is evaluated beside the shipped one's
     default = "diffusion_ddim3_g1_avg2"
-    assert list(report["methods"]) == [*METHODS[:-2], default, *METHODS[-2:]]
+    assert list(report["methods"]) == [*(m.name for m in METHODS[:-2]), default, *(m.name for m in METHODS[-2:])]
     assert report["goal"]["method"] == report["consistency"]["method"] == default
     assert report["compared_renders"] == 3
     for method, summary in report["methods"].items():

@@ -10,10 +10,11 @@ import pytest
 import torch
 import trimesh
 
-from diffnphr.mesh import BOX_MAX, BOX_MIN, export_mesh, extract_mesh, extract_mesh_with_stats
+from diffnphr.frame import BOX_MAX, BOX_MIN
+from diffnphr.heads.latents import load_head_latents
+from diffnphr.mesh import export_mesh, extract_mesh, extract_mesh_with_stats
 from diffnphr.nphm import MonoNPHM
 from diffnphr.nphm.latents import unpack
-from diffnphr.train.head_latents import load_head_latents
 
 CENTRE = torch.tensor([0.07, 0.11, -0.23])  # off the box centre and off the grid nodes
 RADII = torch.tensor([0.25, 0.4, 0.33])

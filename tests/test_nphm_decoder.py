@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from diffnphr import frame
 from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
 from diffnphr.nphm.canonical import gaussian_blend_weights
 from diffnphr.nphm.ensemble import MemberBlocks, MemberSlices, edge_layout
 
 STATE_DICT_LISTING = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mononphm_state_dict.txt"
-BOX_MIN = torch.tensor([-0.55, -0.5, -0.95])
-BOX_MAX = torch.tensor([0.55, 0.75, 0.4])
+BOX_MIN = torch.tensor(frame.BOX_MIN)
+BOX_MAX = torch.tensor(frame.BOX_MAX)
 
 
 def official_listing() -> dict[str, list[tuple[str, tuple[int, ...]]]]:

@@ -125,7 +125,7 @@ def test_weights_come_from_the_environment_variable(tiny_weights_dir, monkeypatc
 
 
 def test_missing_weights_message_names_all_three_options(tmp_path, monkeypatch):
-    import diffnphr.pipeline as pipeline_module
+    import diffnphr.pipeline.pipeline as pipeline_module
 
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(pipeline_module, "REPO_WEIGHTS_DIR", tmp_path / "weights")

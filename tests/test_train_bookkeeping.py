@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from diffnphr.train.checkpoints import TimeBox
 from diffnphr.train.log import TrainingLog
+from diffnphr.train.loop import TimeBox
 
 
 def test_time_box_stops_after_the_given_steps():

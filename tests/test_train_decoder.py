@@ -10,14 +10,15 @@ import torch
 
 from diffnphr.data.ict import load_ict
 from diffnphr.data.sampling import HeadSampler, SamplingConfig
+from diffnphr.heads.latents import LATENT_STATISTICS_FILE, load_head_latents, load_latent_statistics
+from diffnphr.heads.split import HEADS_FILE, SPLIT_FILE, load_head_split, make_head_split
 from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
 from diffnphr.nphm.latents import PADDED
 from diffnphr.train.checkpoints import OPTIMIZER_FILE, list_checkpoints, load_checkpoint
-from diffnphr.train.decoder import DecoderTrainingConfig, export_decoder, train_decoder
+from diffnphr.train.config import DecoderTrainingConfig
+from diffnphr.train.decoder import export_decoder, train_decoder
 from diffnphr.train.fit import FitConfig, fit_heads
-from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, load_head_latents, load_latent_statistics
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
-from diffnphr.train.split import HEADS_FILE, SPLIT_FILE, load_head_split, make_head_split
 
 TINY_MODEL = MonoNPHMConfig(
     hidden_dim_geo=16, n_layers_geo=2, hidden_dim_app=16, n_layers_app=2, hidden_dim_ex=16, n_layers_ex=2

@@ -15,19 +15,14 @@ from diffnphr.data.ict import load_ict
 from diffnphr.data.renders import HeadRenderer, RenderConfig
 from diffnphr.diffusion import LatentDiffusion
 from diffnphr.encoders import FaceEncoder, farl_vision_config
+from diffnphr.heads.latents import load_head_latents, load_latent_statistics
 from diffnphr.nphm.latents import unpack
 from diffnphr.train.checkpoints import list_checkpoints
-from diffnphr.train.head_latents import load_head_latents, load_latent_statistics
-from diffnphr.train.reconstruction import (
-    ExponentialAverage,
-    ReconstructionTrainingConfig,
-    TrainingHeads,
-    _Batches,
-    _Models,
-    export_reconstruction,
-    initialise_from,
-    train_reconstruction,
-)
+from diffnphr.train.config import ReconstructionTrainingConfig
+from diffnphr.train.ema import ExponentialAverage
+from diffnphr.train.reconstruction import export_reconstruction, train_reconstruction
+from diffnphr.train.reconstruction_data import RenderBatches, TrainingHeads
+from diffnphr.train.reconstruction_models import ReconstructionModels, initialise_from
 
 LATENTS = Path(__file__).resolve().parents[1] / "weights" / "decoder_latents"
 TINY_ENCODER = dict(
@@ -102,7 +97,7 @@ def test_a_run_can_start_from_exported_weights_and_add_a_mean_head(tmp_path):
     train_reconstruction(tmp_path / "run", LATENTS, 600, tiny_config(diffusion=plain), device="cpu", stop_after_steps=1)
     paths = export_reconstruction(tmp_path / "run", tmp_path / "weights")
     heads = TrainingHeads.load(LATENTS)
-    models = _Models(tiny_config(init_from=str(tmp_path / "weights")), heads, torch.device("cpu"))
+    models = ReconstructionModels(tiny_config(init_from=str(tmp_path / "weights")), heads, torch.device("cpu"))
     initialise_from(models, tmp_path / "weights")
     exported = {
         "encoder": FaceEncoder.from_pretrained(paths["encoder"]),
@@ -120,7 +115,7 @@ def test_a_run_can_start_from_exported_weights_and_add_a_mean_head(tmp_path):
                 assert torch.equal(value, reference[key].float()), (name, key)
     assert models.diffusion.mean_head is not None
 
-    other = _Models(tiny_config(encoder={**TINY_ENCODER, "hidden_size": 16}), heads, torch.device("cpu"))
+    other = ReconstructionModels(tiny_config(encoder={**TINY_ENCODER, "hidden_size": 16}), heads, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="size mismatch"):
         initialise_from(other, tmp_path / "weights")
     with pytest.raises(FileNotFoundError, match="diffusion"):
@@ -160,7 +155,7 @@ def test_a_frozen_farl_encoder_is_switched_on_by_config_and_stays_unchanged(tmp_
 def test_training_targets_describe_the_rendered_head_and_its_colours(mix_appearance):
     heads = TrainingHeads.load(LATENTS)
     renderer = HeadRenderer(load_ict(), torch.device("cpu"), RenderConfig(image_size=32))
-    batches = _Batches(tiny_config(mix_appearance=mix_appearance), heads, renderer, torch.device("cpu"))
+    batches = RenderBatches(tiny_config(mix_appearance=mix_appearance), heads, renderer, torch.device("cpu"))
     batch = batches.training(seed=3, count=6)
     assert batch.crops.shape == (6, 3, 32, 32) and batch.factors.shape == (6, batches.factor_dim)
     codebooks = load_head_latents(LATENTS, "codebooks")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from diffnphr.diffusion.mean_head import latent_mlp
-from diffnphr.encoders import FaceEncoder
+from diffnphr.encoders.farl import FaceEncoder
 from diffnphr.nphm.latents import PADDED
 from diffnphr.weights import PretrainedModule, resolve_weights_dir
 

@@ -9,7 +9,7 @@ anchors supervise every expression of that identity, as in MonoNPHM.
 The rule, on the mean head (`ICTFaceModel.neutral`), all deterministic:
 
 * candidates are outer-skin vertices (parts face and head_and_neck) inside the canonical box
-  (y >= CANONICAL_BOX_MIN[1]; the neck below the box floor is never extracted);
+  (y >= `frame.FLOOR_Y`; the neck below the box floor is never extracted);
 * a vertex's mirror is the candidate nearest to it with x negated (the model is symmetric
   to 0.005 cm, so pairs mirror each other up to that);
 * midline: Multi-PIE landmarks 8 (chin), 27 (nasion), 30 (nose tip) and 29 (nose bridge), and
@@ -24,10 +24,15 @@ The rule, on the mean head (`ICTFaceModel.neutral`), all deterministic:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.spatial import cKDTree
 
-from diffnphr.data.ict import CANONICAL_BOX_MIN, ICTFaceModel
+from diffnphr.frame import FLOOR_Y
+
+if TYPE_CHECKING:
+    from diffnphr.data.ict import ICTFaceModel
 
 ANCHOR_COUNT = 65
 PAIR_COUNT = 30
@@ -43,7 +48,7 @@ def anchor_vertices(model: ICTFaceModel) -> np.ndarray:
     positions = model.neutral
     every = np.arange(model.num_vertices)
     outer = np.concatenate([every[model.part_vertices(name)] for name in ("face", "head_and_neck")])
-    candidates = outer[positions[outer, 1] >= CANONICAL_BOX_MIN[1]]
+    candidates = outer[positions[outer, 1] >= FLOOR_Y]
     tree = cKDTree(positions[candidates])
     mirror_of = {}
 

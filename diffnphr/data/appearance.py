@@ -35,11 +35,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from diffnphr.data.ict import CM_PER_UNIT, ICTFaceModel
+from diffnphr.frame import CM_PER_UNIT
+
+if TYPE_CHECKING:
+    from diffnphr.data.ict import ICTFaceModel
 
 REGIONS = ("skin", "lips", "brows", "mouth", "eye_socket", "teeth", "sclera", "iris", "pupil", "hair")
 SKIN_TONES_SRGB = ((241, 212, 196), (226, 185, 160), (205, 160, 128), (170, 122, 90), (122, 82, 58), (74, 50, 38))

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import trimesh
 
-from diffnphr.data.ict import SKIN_PARTS, ICTFaceModel
+if TYPE_CHECKING:
+    from diffnphr.data.ict import ICTFaceModel
 
 COMPONENTS = ("skin", "eyeball_left", "eyeball_right")
 EYEBALL_SHELLS = ("sclera_left", "sclera_right")
@@ -110,7 +112,7 @@ def head_surface(model: ICTFaceModel, motion_margin: float = 0.04) -> HeadSurfac
     vertices near an eyeball may be inside it; an eyeball vertex may be covered by the skin
     in front of it (that test's rays run toward +z, so only skin in the eyeball's column matters).
     """
-    skin = np.concatenate([model.faces[model.part_faces(name)] for name in SKIN_PARTS])
+    skin = np.concatenate([model.faces[model.part_faces(name)] for name in model.skin_parts])
     shells = [model.faces[model.part_faces(name)] for name in EYEBALL_SHELLS]
     in_face = np.zeros(len(model.faces), dtype=bool)
     in_face[model.part_faces("face")] = True
@@ -122,7 +124,7 @@ def head_surface(model: ICTFaceModel, motion_margin: float = 0.04) -> HeadSurfac
     faces_rows = np.split(rows.reshape(-1, 3), np.cumsum(sizes)[:-1])
     faces = np.concatenate([faces_rows[0], cap] + faces_rows[1:])
     component = np.repeat(np.arange(len(COMPONENTS)), [sizes[0] + len(cap)] + sizes[1:])
-    face_region = np.concatenate([in_face[model.part_faces(name)] for name in SKIN_PARTS])
+    face_region = np.concatenate([in_face[model.part_faces(name)] for name in model.skin_parts])
     face_region = np.concatenate([face_region, np.zeros(len(faces) - len(face_region), dtype=bool)])
 
     surface = HeadSurface(vertex_ids, loop_rows, faces, component, face_region, exposure_tests=())

@@ -10,7 +10,7 @@ centimetres maps to canonical units as
     x_canonical = x_cm / CM_PER_UNIT + ICT_TO_CANONICAL_OFFSET,  CM_PER_UNIT = 25,
     ICT_TO_CANONICAL_OFFSET = (0, 0.08, -0.35)   (= (0, +2, -8.75) cm).
 
-Why that translation: MonoNPHM extracts meshes in the box CANONICAL_BOX_MIN..MAX =
+Why that translation: MonoNPHM extracts meshes in the box `frame.BOX_MIN`..`BOX_MAX` =
 [-0.55,-0.5,-0.95]..[0.55,0.75,0.4]. ICT's skin (head, neck and the start of the shoulders)
 is 1.35 units tall, more than the box's 1.25, so it cannot fit whole. The head is put in the
 box with the same kind of margins as MonoNPHM's heads, and the box floor cuts the neck:
@@ -35,11 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-CM_PER_UNIT = 25.0
-MM_PER_UNIT = 250.0
-ICT_TO_CANONICAL_OFFSET = np.array([0.0, 0.08, -0.35], dtype=np.float32)
-CANONICAL_BOX_MIN = np.array([-0.55, -0.5, -0.95], dtype=np.float32)
-CANONICAL_BOX_MAX = np.array([0.55, 0.75, 0.4], dtype=np.float32)
+from diffnphr.frame import CM_PER_UNIT, ICT_TO_CANONICAL_OFFSET
 
 ICT_ENV_VAR = "DIFFNPHR_ICT"
 ARCHIVE_FORMAT_VERSION = 1
@@ -114,6 +110,11 @@ class ICTFaceModel:
         """The vertex rows owned by a part (`part_names`) or a subpart (`subpart_names`)."""
         start, stop = self._range(name, self.part_vertex_range, self.subpart_vertex_range)
         return slice(start, stop)
+
+    @property
+    def skin_parts(self) -> tuple[str, ...]:
+        """The parts whose faces form the one connected skin surface (`SKIN_PARTS`), ending at the neck cut."""
+        return SKIN_PARTS
 
     def part_faces(self, name: str) -> slice:
         """The rows of `faces` of a part (`part_names`) or a subpart (`subpart_names`)."""

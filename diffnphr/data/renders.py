@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,10 +47,13 @@ from torch import Tensor
 from diffnphr.data.appearance import REGIONS, AppearanceParams, appearance_basis, linear_to_srgb, vertex_colours
 from diffnphr.data.augment import AugmentConfig, augment_images
 from diffnphr.data.backgrounds import BackgroundBank, random_backgrounds
-from diffnphr.data.hair import HairModel, HairStyles, TorsoModel, TorsoStyles
-from diffnphr.data.ict import ICTFaceModel
-from diffnphr.face import head_squares
+from diffnphr.data.hair import HairModel, HairStyles
+from diffnphr.data.torso import TorsoModel, TorsoStyles
+from diffnphr.face.squares import head_squares
 from diffnphr.render import rasterise, vertex_normals
+
+if TYPE_CHECKING:
+    from diffnphr.data.ict import ICTFaceModel
 
 RENDERED_PARTS = (
     "face",

@@ -27,6 +27,7 @@ Units are MonoNPHM's canonical frame (`diffnphr.data.ict`). Randomness comes onl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,7 +35,10 @@ import torch
 from diffnphr.data.anchors import anchor_vertices
 from diffnphr.data.appearance import AppearanceParams, appearance_basis, vertex_colours
 from diffnphr.data.heads import exposed_faces, head_surface
-from diffnphr.data.ict import CANONICAL_BOX_MAX, CANONICAL_BOX_MIN, ICTFaceModel
+from diffnphr.frame import BOX_MAX, BOX_MIN
+
+if TYPE_CHECKING:
+    from diffnphr.data.ict import ICTFaceModel
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class HeadSampler:
         self._exposure_tests = [(tensor(q, torch.long), tensor(s, torch.long)) for q, s in self.surface.exposure_tests]
         self._anchor_rows = tensor(anchor_rows, torch.long)
         self._appearance = appearance_basis(model).rows(rows).to(self.device)
-        self._box_min, self._box_max = tensor(CANONICAL_BOX_MIN), tensor(CANONICAL_BOX_MAX)
+        self._box_min, self._box_max = tensor(BOX_MIN), tensor(BOX_MAX)
 
     @property
     def num_identity_modes(self) -> int:

@@ -12,12 +12,14 @@ and in the middle as softmax attention, as in DPHM's 1D U-Net over NPHM latents.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffnphr.diffusion.config import DiffusionConfig
+if TYPE_CHECKING:
+    from diffnphr.diffusion.config import DiffusionConfig
 
 
 def timestep_embedding(timesteps: Tensor, dim: int) -> Tensor:

@@ -8,14 +8,16 @@ member weights) is computed once, so that queries pay only for the per-point wor
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffnphr.nphm.config import MonoNPHMConfig
 from diffnphr.nphm.ensemble import MemberBlocks, MemberSlices, MLPEnsemble, edge_layout
+
+if TYPE_CHECKING:
+    from diffnphr.nphm.config import MonoNPHMConfig
 
 # Added to the sum of the Gaussian weights before normalising, as in the reference.
 _BLEND_EPS = 1e-8

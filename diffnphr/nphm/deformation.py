@@ -8,11 +8,14 @@ first layer and of the skip layer, so a query costs only its point-dependent wor
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffnphr.nphm.config import MonoNPHMConfig
+if TYPE_CHECKING:
+    from diffnphr.nphm.config import MonoNPHMConfig
 
 _INV_SQRT2 = 2.0**-0.5
 

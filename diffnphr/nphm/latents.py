@@ -20,6 +20,15 @@ PADDED = 4456
 PAD = PADDED - FLAT
 
 
+@dataclass
+class HeadLatents:
+    """The MonoNPHM codes of one head: `z_geo` [2176], `z_exp` [100], `z_app` [2176] (what a reconstruction returns)."""
+
+    z_geo: Tensor
+    z_exp: Tensor
+    z_app: Tensor
+
+
 def pack(z_geo: Tensor, z_exp: Tensor, z_app: Tensor, pad: bool = True) -> Tensor:
     """Concatenate codes [..., 2176], [..., 100], [..., 2176] into a flat latent [..., 4456] (4452 if not pad)."""
     for name, code, dim in (("z_geo", z_geo, Z_GEO), ("z_exp", z_exp, Z_EXP), ("z_app", z_app, Z_APP)):

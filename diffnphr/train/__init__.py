@@ -1,11 +1,15 @@
-"""Training: the decoder as an auto-decoder on ICT-FaceKit heads, and latent fitting with it frozen.
+"""Training: the decoder as an auto-decoder on ICT-FaceKit heads, latent fitting with it frozen, and the
+image encoder + diffusion model on renders.
 
-* `split`: the fixed, seeded identities × expressions of the decoder's data and the held-out identities;
+* `loop`: the time-boxed, resumable loop both trainers run (`run_training`, `TimeBox`), its seeding;
+* `config`: one frozen settings dataclass per trainer, stored as JSON in the run folder;
+* `checkpoints`: run checkpoints that travel between short GPU commands; `log`: the JSON-lines log;
+* `ema`: exponential moving averages of trained weights;
 * `losses`: MonoNPHM's loss terms on a batch of heads;
-* `checkpoints`: run checkpoints that travel between short GPU commands;
-* `decoder`: `train_decoder` (resumable, time-boxed) and `export_decoder` (weights + latents);
+* `decoder`: `train_decoder` and `export_decoder` (weights + latents);
 * `fit`: `fit_heads` / `fit_latents`, latents of unseen heads with the decoder frozen;
-* `head_latents`: latents of a split's heads as files, and their normalisation statistics.
+* `reconstruction`: `train_reconstruction` and `export_reconstruction`, with its data
+  (`reconstruction_data`: targets and render batches) and models (`reconstruction_models`).
 
 Nothing here is imported by the app.
 """

@@ -15,12 +15,9 @@ Folders are written under a temporary name and renamed, and only the newest `kee
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,57 +107,3 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if (path / OPTIMIZER_FILE).is_file():
         optimizers = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
     return Checkpoint(path, tensors, optimizers, json.loads((path / STATE_FILE).read_text()))
-
-
-def resume_config(
-    config_class: type, given: Any, stored: dict[str, Any] | None, total_steps: int | None, resumable: Sequence[str]
-) -> Any:
-    """The config of a run: the stored one when resuming (a `given` one must agree with it except
-    in the `resumable` settings, which it then overrides), else `given` or the class's defaults;
-    `total_steps`, when given, replaces the planned length. `config_class` is a dataclass with
-    `to_dict` / `from_dict`."""
-    if stored is None:
-        config = given or config_class()
-    else:
-        config = config_class.from_dict(stored)
-        if given is not None:
-            differing = sorted(k for k, v in given.to_dict().items() if k not in resumable and config.to_dict()[k] != v)
-            if differing:
-                raise ValueError(
-                    f"This run folder was started with different settings ({', '.join(differing)}); "
-                    "resume it with its own config (omit --config) or train into a new folder."
-                )
-            config = dataclasses.replace(config, **{k: getattr(given, k) for k in resumable})
-    if total_steps is not None:
-        config = dataclasses.replace(config, total_steps=total_steps)
-    return config
-
-
-class TimeBox:
-    """The time budget of one training call: whether another step and the final checkpoint still fit.
-
-    A call stops after `stop_after_steps` steps, or when two more steps (a running average of
-    their duration, log and validation work included) plus one checkpoint would pass
-    `budget_s` seconds counted from `started`.
-    """
-
-    def __init__(self, budget_s: float, started: float, stop_after_steps: int | None = None) -> None:
-        if not budget_s > 0:
-            raise ValueError(f"time_budget_s must be positive, got {budget_s}.")
-        self.budget_s, self.started, self.stop_after_steps = budget_s, started, stop_after_steps
-        self.steps, self.step_s, self.save_s = 0, 0.0, 10.0
-
-    def allows_step(self) -> bool:
-        """Whether one more step fits."""
-        if self.stop_after_steps is not None and self.steps >= self.stop_after_steps:
-            return False
-        return time.monotonic() - self.started + 2 * self.step_s + self.save_s <= self.budget_s
-
-    def stepped(self, seconds: float) -> None:
-        """Count a step that took `seconds`."""
-        self.steps += 1
-        self.step_s = seconds if self.steps == 1 else 0.9 * self.step_s + 0.1 * seconds
-
-    def saved(self, seconds: float) -> None:
-        """Note how long a checkpoint took (the next one is budgeted with a margin)."""
-        self.save_s = 1.5 * seconds + 1.0

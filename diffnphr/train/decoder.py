@@ -23,12 +23,10 @@ learning-rate warm-up. `export_decoder` turns a run into the deliverables.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,124 +35,28 @@ from torch import Tensor, nn
 from diffnphr.data.anchors import anchor_vertices
 from diffnphr.data.heads import head_vertices
 from diffnphr.data.ict import ICTFaceModel, load_ict
-from diffnphr.data.sampling import HeadSampler, SamplingConfig
-from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
+from diffnphr.data.sampling import HeadSampler
+from diffnphr.devices import resolve_device
+from diffnphr.heads.latents import CODEBOOKS_NAME, LATENT_STATISTICS_FILE, SplitLatents, save_latent_statistics
+from diffnphr.heads.split import HeadSplit, load_head_split, make_head_split
+from diffnphr.nphm.decoder import MonoNPHM
 from diffnphr.train.checkpoints import (
     Checkpoint,
-    TimeBox,
     list_checkpoints,
     load_checkpoint,
     newest_checkpoint,
-    resume_config,
     save_checkpoint,
 )
-from diffnphr.train.head_latents import LATENT_STATISTICS_FILE, HeadLatents, save_latent_statistics
+from diffnphr.train.config import PRECISIONS, DecoderTrainingConfig
 from diffnphr.train.log import LOG_FILE, TrainingLog
+from diffnphr.train.loop import LoopSchedule, StepResult, TimeBox, run_training, seeded
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
-from diffnphr.train.split import HeadSplit, load_head_split, make_head_split
+
+if TYPE_CHECKING:
+    from diffnphr.nphm.config import MonoNPHMConfig
 
 DECODER_DIR = "decoder"
 LATENTS_DIR = "decoder_latents"
-CODEBOOKS_NAME = "codebooks"
-PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
-# Settings that may differ when a run is resumed; everything else must match the run's own config.
-RESUMABLE_OVERRIDES = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "precision")
-
-
-def training_sampling() -> SamplingConfig:
-    """Points per head and step in decoder training (latent fitting uses fewer off-surface points)."""
-    return SamplingConfig(
-        surface_points=1024,
-        face_fraction=0.5,
-        near_points=512,
-        near_sigmas=(0.004, 0.04),
-        uniform_points=128,
-        correspondences=256,
-        correspondence_sigmas=(0.002, 0.01),
-    )
-
-
-@dataclass(frozen=True)
-class DecoderTrainingConfig:
-    """Everything that defines a decoder training run (data, model, losses, optimisation, bookkeeping)."""
-
-    seed: int = 0
-    train_identities: int = 1000
-    heldout_identities: int = 100
-    expressions_per_identity: int = 8
-    model: MonoNPHMConfig = field(default_factory=MonoNPHMConfig.small)
-    sampling: SamplingConfig = field(default_factory=training_sampling)
-    losses: LossWeights = field(default_factory=LossWeights)
-    heads_per_step: int = 64
-    far_points: int = 32  # per head, uniform in [-far_extent, far_extent]^3, where offsets should vanish
-    far_extent: float = 1.25
-    total_steps: int = 8000  # about three 9-minute H100 commands at 64 heads per step
-    lr_network: float = 5e-4
-    weight_decay: float = 5e-4
-    lr_shape_codes: float = 2e-3  # z_geo and z_app
-    lr_expression_codes: float = 1e-2
-    grad_clip: float = 1.0
-    code_max_norm: float = 1.0
-    lr_halving_fractions: tuple[float, ...] = (0.14, 0.28, 0.42, 0.52, 0.62, 0.72, 0.82, 0.92)
-    correspondence_decay_fraction: float = 0.3
-    correspondence_decay_factor: float = 0.25
-    restart_warmup_steps: int = 200
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    log_every: int = 50
-    # fp32, tf32 (CUDA matmuls in TF32) or bf16 (autocast). On an H100 at 64 heads per step: tf32 5.2,
-    # fp32 4.6, bf16 4.2 steps/s (bf16 pays for casts around small GEMMs and gains nothing).
-    precision: str = "tf32"
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
-        counts = {
-            name: getattr(self, name) for name in ("heads_per_step", "total_steps", "checkpoint_every", "log_every")
-        }
-        bad = [f"{name}={value}" for name, value in counts.items() if value < 1]
-        if bad:
-            raise ValueError(f"DecoderTrainingConfig counts must be positive; got {', '.join(bad)}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (nested dataclasses as dicts, tuples as lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DecoderTrainingConfig:
-        """The default config with `values` (possibly partial, nested) applied; unknown keys are an error."""
-        return _apply(cls(), values)
-
-
-def _apply(base: Any, values: dict[str, Any]) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"{type(base).__name__} settings must be a JSON object, got {values!r}.")
-    known = {f.name for f in dataclasses.fields(base)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"Unknown {type(base).__name__} settings: {', '.join(unknown)}.")
-    updates = {}
-    for name, value in values.items():
-        current = getattr(base, name)
-        if dataclasses.is_dataclass(current):
-            updates[name] = _apply(current, value)
-        elif isinstance(current, tuple):
-            updates[name] = tuple(value)
-        else:
-            updates[name] = value
-    return dataclasses.replace(base, **updates)
-
-
-def load_training_config(path: str | os.PathLike) -> DecoderTrainingConfig:
-    """Read a JSON file of settings (any subset of `DecoderTrainingConfig`, nested for model/sampling/losses)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No training config at {path}.")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}).") from error
-    return DecoderTrainingConfig.from_dict(values)
 
 
 class Codebooks(nn.Module):
@@ -182,10 +84,10 @@ class Codebooks(nn.Module):
         """(z_geo, z_exp, z_app) of heads given by training-identity rows and expression slots, each [B]."""
         return self.geo(identities), self.exp(identities * self.expressions_per_identity + slots), self.app(identities)
 
-    def latents(self, split: HeadSplit) -> HeadLatents:
-        """The codebooks as `HeadLatents` of the split's training identities."""
+    def latents(self, split: HeadSplit) -> SplitLatents:
+        """The codebooks as `SplitLatents` of the split's training identities."""
         rows = self.geo.weight.shape[0]
-        return HeadLatents(
+        return SplitLatents(
             identities=split.train_identities.clone(),
             z_geo=self.geo.weight.detach().cpu().clone(),
             z_exp=self.exp.weight.detach().cpu().reshape(rows, self.expressions_per_identity, -1).clone(),
@@ -217,25 +119,6 @@ def _loss_weights(config: DecoderTrainingConfig, step: int) -> LossWeights:
     return dataclasses.replace(
         config.losses, correspondence=config.losses.correspondence * config.correspondence_decay_factor
     )
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device to train on: the given one, else CUDA when available, else the CPU (clear error if CUDA is missing)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for, but this machine has no usable GPU; use --device cpu.")
-    return device
-
-
-def _run_config(
-    given: DecoderTrainingConfig | str | os.PathLike | None, stored: dict[str, Any] | None, total_steps: int | None
-) -> DecoderTrainingConfig:
-    """The config of a run: the stored one when resuming (a given one must agree with it), else the given or default one."""
-    if given is not None and not isinstance(given, DecoderTrainingConfig):
-        given = load_training_config(given)
-    return resume_config(DecoderTrainingConfig, given, stored, total_steps, RESUMABLE_OVERRIDES)
 
 
 def _run_split(run_dir: Path, config: DecoderTrainingConfig, ict: ICTFaceModel) -> HeadSplit:
@@ -271,7 +154,7 @@ def train_decoder(
     """Train (or resume training) the decoder in `out_dir` for at most `time_budget_s` seconds.
 
     Resumes from the newest checkpoint in `out_dir` when there is one (its config wins; a
-    `config` given too must agree with it, except `RESUMABLE_OVERRIDES`); otherwise starts a
+    `config` given too must agree with it, except `DecoderTrainingConfig.resumable`); otherwise starts a
     run with `config` (a `DecoderTrainingConfig` or a JSON file of settings; default: the
     defaults). `total_steps` overrides the planned length (the schedules are fractions of it).
     Stops at `total_steps`, after `stop_after_steps` steps of this call, or when the next step
@@ -283,7 +166,7 @@ def train_decoder(
     run_dir = Path(out_dir)
     device = resolve_device(device)
     checkpoint = newest_checkpoint(run_dir, device)
-    config = _run_config(config, checkpoint.state["config"] if checkpoint else None, total_steps)
+    config = DecoderTrainingConfig.for_run(config, checkpoint.state["config"] if checkpoint else None, total_steps)
     ict = load_ict(ict_path)
     split = _run_split(run_dir, config, ict)
     if checkpoint is not None and checkpoint.state.get("split_fingerprint") != split.fingerprint():
@@ -300,11 +183,14 @@ def train_decoder(
 class _DecoderRun:
     """The trainable state of a run (decoder, codebooks, optimisers, batch RNG) and one training step."""
 
-    def __init__(self, config: DecoderTrainingConfig, ict: ICTFaceModel, split: HeadSplit, device: torch.device):
-        self.config, self.split, self.device = config, split, device
+    def __init__(
+        self, run_dir: Path, config: DecoderTrainingConfig, ict: ICTFaceModel, split: HeadSplit, device: torch.device
+    ):
+        self.run_dir, self.config, self.split, self.device = run_dir, config, split, device
+        self.restart_step: int | None = None  # the step a resume without optimiser moments restarted them at
+        self.trained_s, self.resumed_at = 0.0, time.monotonic()
         self.sampler = HeadSampler(ict, device, config.sampling)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+        with seeded(config.seed):
             self.model = MonoNPHM(config.model, mean_anchor_template(ict, split)).to(device).train()
         self.slots = split.expressions_per_identity
         self.codebooks = Codebooks(len(split.train_identities), self.slots, config.model, config.code_max_norm).to(
@@ -341,18 +227,23 @@ class _DecoderRun:
         self.code_optimizer.load_state_dict(checkpoint.optimizers["codes"])
         return True
 
-    def save(self, run_dir: Path, step: int, state: dict[str, Any]) -> Path:
+    def save(self, step: int) -> Path:
         """Write checkpoint-<step> with everything needed to continue exactly."""
+        state = {"restart_step": self.restart_step, "trained_s": self.trained_s + time.monotonic() - self.resumed_at}
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"codebooks.{k}": v for k, v in self.codebooks.state_dict().items()})
         tensors["rng.batches"] = self.generator.get_state()
         tensors["anchor_template"] = self.model.id_decoder.anchor_template
         optimizers = {"network": self.network_optimizer.state_dict(), "codes": self.code_optimizer.state_dict()}
         state = {**state, "config": self.config.to_dict(), "split_fingerprint": self.split.fingerprint()}
-        return save_checkpoint(run_dir, step, tensors, optimizers, state, keep=self.config.keep_checkpoints)
+        return save_checkpoint(self.run_dir, step, tensors, optimizers, state, keep=self.config.keep_checkpoints)
 
-    def step(self, step: int, restart_step: int | None) -> tuple[dict[str, Tensor], Tensor, float]:
-        """One optimisation step on a fresh batch of heads; returns the loss terms, the loss and the rate factor."""
+    def validate(self) -> dict[str, float]:
+        """The decoder run validates by `eval decoder` and `fit`, not inside the loop."""
+        return {}
+
+    def train_step(self, step: int) -> StepResult:
+        """One optimisation step on a fresh batch of heads (its loss terms, the loss and the rate factor)."""
         config, device = self.config, self.device
         rows = torch.randint(len(self.coefficients), (config.heads_per_step,), generator=self.generator).to(device)
         slot = torch.randint(self.slots, (config.heads_per_step,), generator=self.generator).to(device)
@@ -379,12 +270,12 @@ class _DecoderRun:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.id_decoder.parameters(), config.grad_clip)
         torch.nn.utils.clip_grad_norm_(self.model.ex_decoder.parameters(), config.grad_clip)
-        factor = _learning_rate_factor(config, step, restart_step)
+        factor = _learning_rate_factor(config, step, self.restart_step)
         for group, rate in zip(self.groups, self.base_rates):
             group["lr"] = rate * factor
         self.network_optimizer.step()
         self.code_optimizer.step()
-        return terms, loss, factor
+        return StepResult(terms, loss, {"lr_factor": factor, "heads_per_step": config.heads_per_step})
 
 
 def _train(
@@ -396,12 +287,12 @@ def _train(
     device: torch.device,
     budget: TimeBox,
 ) -> dict[str, Any]:
-    run = _DecoderRun(config, ict, split, device)
-    step, restart_step, trained_s, restored = 0, None, 0.0, True
+    run = _DecoderRun(run_dir, config, ict, split, device)
+    step, restored = 0, True
     if checkpoint is not None:
-        step, trained_s = checkpoint.step, float(checkpoint.state.get("trained_s", 0.0))
+        step, run.trained_s = checkpoint.step, float(checkpoint.state.get("trained_s", 0.0))
         restored = run.restore(checkpoint)
-        restart_step = checkpoint.state.get("restart_step") if restored else step
+        run.restart_step = checkpoint.state.get("restart_step") if restored else step
     log = TrainingLog(run_dir / LOG_FILE)
     log.write(
         {
@@ -412,48 +303,19 @@ def _train(
             "optimizer_restored": restored,
         }
     )
-
-    loop_started = time.monotonic()
-
-    def save() -> Path:
-        state = {"restart_step": restart_step, "trained_s": trained_s + time.monotonic() - loop_started}
-        return run.save(run_dir, step, state)
-
-    saved_at = step if checkpoint is not None else None
-    records: list[dict[str, Any]] = []
-    while step < config.total_steps and budget.allows_step():
-        tick = time.monotonic()
-        terms, loss, factor = run.step(step, restart_step)
-        step += 1
-        log.add(terms, loss)
-        if step % config.log_every == 0 or step == config.total_steps:
-            records.append(
-                log.flush(
-                    step,
-                    {
-                        "lr_factor": factor,
-                        "heads_per_step": config.heads_per_step,
-                        "elapsed_s": time.monotonic() - budget.started,
-                    },
-                )
-            )
-        budget.stepped(time.monotonic() - tick)
-        if step % config.checkpoint_every == 0:
-            tick = time.monotonic()
-            save()
-            saved_at = step
-            budget.saved(time.monotonic() - tick)
-    path = save() if saved_at != step else list_checkpoints(run_dir)[-1]
-    rates = [record["steps_per_s"] for record in records[-5:]]
+    run.resumed_at = time.monotonic()
+    schedule = LoopSchedule(config.total_steps, config.log_every, config.checkpoint_every)
+    outcome = run_training(run, schedule, budget, log, step, checkpoint.path if checkpoint else None)
+    rates = [record["steps_per_s"] for record in outcome.records[-5:]]
     return {
-        "step": step,
+        "step": outcome.step,
         "total_steps": config.total_steps,
-        "done": step >= config.total_steps,
+        "done": outcome.step >= config.total_steps,
         "steps_this_call": budget.steps,
         "steps_per_s": float(np.median(rates)) if rates else None,
-        "losses": records[-1] if records else {},
-        "checkpoint": str(path),
-        "elapsed_s": time.monotonic() - budget.started,
+        "losses": outcome.records[-1] if outcome.records else {},
+        "checkpoint": str(outcome.checkpoint),
+        "elapsed_s": budget.elapsed_s(),
     }
 
 
@@ -465,7 +327,7 @@ def export_decoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> di
       and codebooks are stored in float16 (half the download; near the surface the SDF moves
       by 0.012 mm on average, 0.07 mm at most, measured on three training heads);
     * `out_dir/decoder_latents/`: what the diffusion stage needs: the split (split.json,
-      heads.safetensors), the codebooks as `HeadLatents` named "codebooks" (shards ≤ 15 MB)
+      heads.safetensors), the codebooks as `SplitLatents` named "codebooks" (shards ≤ 15 MB)
       and the per-dimension statistics of their flat latents (latent_statistics.safetensors).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)

@@ -17,19 +17,22 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from diffnphr.data.appearance import AppearanceParams
 from diffnphr.data.ict import load_ict
 from diffnphr.data.sampling import HeadSampler, SamplingConfig
-from diffnphr.nphm import MonoNPHM
-from diffnphr.train.decoder import PRECISIONS, resolve_device, training_sampling
-from diffnphr.train.head_latents import HeadLatents, load_head_latents
+from diffnphr.devices import resolve_device
+from diffnphr.heads.latents import SplitLatents, load_head_latents
+from diffnphr.heads.split import load_head_split
+from diffnphr.nphm.decoder import MonoNPHM
+from diffnphr.train.config import PRECISIONS, training_sampling
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
-from diffnphr.train.split import load_head_split
+
+if TYPE_CHECKING:
+    from diffnphr.data.appearance import AppearanceParams
 
 FIT_SETS = ("heldout", "train")
 
@@ -141,7 +144,7 @@ def fit_heads(
     folder with split.json and heads.safetensors (a run folder or decoder_latents/). The first
     `count` identities of the set (default all) with their first `expressions` slots (default
     all) are fitted, `identities_per_group` at a time; after every group the latents so far are
-    written to `out_dir` as `HeadLatents` named "fitted_<which>", and a later call skips the
+    written to `out_dir` as `SplitLatents` named "fitted_<which>", and a later call skips the
     identities already there. With `time_budget_s`, stops before a group would overrun it.
     Returns a summary: fitted, remaining, path, the last group's loss and seconds per group.
     """
@@ -186,7 +189,7 @@ def fit_heads(
                 config,
                 seed=seed + int(group[0]),
             )
-            fitted = HeadLatents(group, z_geo.cpu(), z_exp.cpu(), z_app.cpu())
+            fitted = SplitLatents(group, z_geo.cpu(), z_exp.cpu(), z_app.cpu())
             done = fitted if done is None else _merge(done, fitted)
             done.save(out_dir, name)
             last_loss = _group_loss(model, sampler, split, group, slots, fitted, config, seed)
@@ -204,7 +207,7 @@ def fit_heads(
     }
 
 
-def _load_partial(out_dir: Path, name: str, slots: int) -> HeadLatents | None:
+def _load_partial(out_dir: Path, name: str, slots: int) -> SplitLatents | None:
     try:
         partial = load_head_latents(out_dir, name)
     except FileNotFoundError:
@@ -217,10 +220,10 @@ def _load_partial(out_dir: Path, name: str, slots: int) -> HeadLatents | None:
     return partial
 
 
-def _merge(first: HeadLatents, second: HeadLatents) -> HeadLatents:
+def _merge(first: SplitLatents, second: SplitLatents) -> SplitLatents:
     merged = [torch.cat([getattr(first, k), getattr(second, k)]) for k in ("identities", "z_geo", "z_exp", "z_app")]
     order = torch.argsort(merged[0])
-    return HeadLatents(*(tensor[order] for tensor in merged))
+    return SplitLatents(*(tensor[order] for tensor in merged))
 
 
 def _group_loss(model, sampler, split, group, slots, fitted, config, seed) -> float:

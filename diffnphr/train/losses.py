@@ -21,13 +21,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffnphr.data.sampling import HeadBatch
-from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
+if TYPE_CHECKING:
+    from diffnphr.data.sampling import HeadBatch
+    from diffnphr.nphm.config import MonoNPHMConfig
+    from diffnphr.nphm.decoder import MonoNPHM
 
 SPACE_FALLOFF = 10.0  # exp(-SPACE_FALLOFF |sdf|) on uniform points, as the reference
 

@@ -1,6 +1,6 @@
 """MonoNPHM latents of the heads of a split, as files the diffusion stage reads.
 
-`HeadLatents` holds, for some identities of a `HeadSplit`, one z_geo and one z_app per
+`SplitLatents` holds, for some identities of a `HeadSplit`, one z_geo and one z_app per
 identity and one z_exp per expression slot: the decoder's training codebooks (exported) or the
 latents fitted to held-out identities (`diffnphr.train.fit`). Saved as safetensors shards of at
 most 15 MB (`<name>-0000k-of-0000n.safetensors`, or `<name>.safetensors` when one is enough),
@@ -18,15 +18,16 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from diffnphr.nphm import LatentStatistics, pack
+from diffnphr.nphm.latents import LatentStatistics, pack
 
 LATENT_STATISTICS_FILE = "latent_statistics.safetensors"
+CODEBOOKS_NAME = "codebooks"  # the decoder's training codebooks (`export-decoder` writes them)
 FITTED_HELDOUT_NAME = "fitted_heldout"  # the held-out identities' latents (`fit --which heldout` writes them)
 _MAX_SHARD_SIZE = "15MB"
 
 
 @dataclass(frozen=True)
-class HeadLatents:
+class SplitLatents:
     """Latents of N identities of a split with X expression slots each (slot 0 the neutral face)."""
 
     identities: Tensor  # (N,) int64 identity rows of the split
@@ -38,7 +39,7 @@ class HeadLatents:
         n = self.identities.shape[0]
         if self.z_geo.shape[0] != n or self.z_app.shape[0] != n or self.z_exp.dim() != 3 or self.z_exp.shape[0] != n:
             raise ValueError(
-                f"HeadLatents of {n} identities need z_geo [{n}, ·], z_exp [{n}, X, ·] and z_app [{n}, ·]; got "
+                f"SplitLatents of {n} identities need z_geo [{n}, ·], z_exp [{n}, X, ·] and z_app [{n}, ·]; got "
                 f"{list(self.z_geo.shape)}, {list(self.z_exp.shape)}, {list(self.z_app.shape)}."
             )
 
@@ -76,8 +77,8 @@ class HeadLatents:
         return [directory / filename for filename in split.filename_to_tensors]
 
 
-def load_head_latents(directory: str | os.PathLike, name: str) -> HeadLatents:
-    """Read latents written by `HeadLatents.save(directory, name)`."""
+def load_head_latents(directory: str | os.PathLike, name: str) -> SplitLatents:
+    """Read latents written by `SplitLatents.save(directory, name)`."""
     directory = Path(directory)
     tensors: dict[str, Tensor] = {}
     for shard in sorted(directory.glob(f"{name}*.safetensors")):
@@ -87,7 +88,7 @@ def load_head_latents(directory: str | os.PathLike, name: str) -> HeadLatents:
         raise FileNotFoundError(
             f"{directory} holds no complete '{name}' latents (missing {', '.join(sorted(missing))})."
         )
-    return HeadLatents(
+    return SplitLatents(
         tensors["identities"], tensors["z_geo"].float(), tensors["z_exp"].float(), tensors["z_app"].float()
     )
 

@@ -47,8 +47,11 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-MM_PER_UNIT = 250.0
+from diffnphr.frame import MM_PER_UNIT
+
 DEFAULT_THRESHOLDS_MM = (1.0, 2.5, 5.0)
+# The metrics every report tabulates, per region
+REPORTED = ("chamfer_l1_mm", "normal_consistency", "f_score_1mm", "f_score_2.5mm", "f_score_5mm")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,7 +30,9 @@ from torch import Tensor
 from diffnphr.data.appearance import AppearanceParams, appearance_params
 from diffnphr.data.expressions import sample_expressions
 from diffnphr.data.heads import sample_identities
-from diffnphr.data.ict import ICTFaceModel
+
+if TYPE_CHECKING:
+    from diffnphr.data.ict import ICTFaceModel
 
 SPLIT_FILE = "split.json"
 HEADS_FILE = "heads.safetensors"

@@ -1,0 +1,324 @@
+"""One photo -> a coloured 3D head: face crop, image embedding, latent diffusion, MonoNPHM, mesh.
+
+`HeadReconstructionPipeline` holds the three trained blocks, loaded once from one weights folder:
+
+    weights/
+      pipeline.json   defaults: steps, guidance_scale, samples, resolution, scheduler
+      encoder/        FaceEncoder (CLIPVisionModelWithProjection folder)
+      diffusion/      LatentDiffusion
+      decoder/        MonoNPHM
+
+Calling it on a photo returns a `Reconstruction` (mesh with vertex colours, the crop, the latents,
+the seed used, seconds per stage, warnings); `transfer_expression` puts the expression of one
+photo (or a given `z_exp`) on the head of another. Its stages (`crop`, `encode`,
+`sample_latents`, `decode`, `mesh`) are public, so the benchmark and the evaluation run exactly them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import trimesh
+
+from diffnphr.devices import resolve_device
+from diffnphr.diffusion.model import LatentDiffusion
+from diffnphr.encoders.farl import FaceEncoder
+from diffnphr.face.crop import FaceCrop, crop_face
+from diffnphr.mesh.extract import MeshExtraction, extract_mesh_with_stats
+from diffnphr.nphm.decoder import HeadField, MonoNPHM
+from diffnphr.nphm.latents import HeadLatents, unpack
+from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
+from diffnphr.pipeline.settings import PIPELINE_CONFIG_NAME, PipelineDefaults, SamplingSettings
+from diffnphr.weights import WeightsNotFoundError, resolve_weights_dir
+
+if TYPE_CHECKING:
+    from diffnphr.face.images import ImageSource
+
+WEIGHTS_ENV = "DIFFNPHR_WEIGHTS"
+REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+ENCODER_FOLDER, DIFFUSION_FOLDER, DECODER_FOLDER = "encoder", "diffusion", "decoder"
+
+
+@dataclass
+class Reconstruction:
+    """What one reconstruction gives back.
+
+    `mesh` is in MonoNPHM's frame (+y up, face towards +z; 1 unit = 0.25 m) with RGBA vertex
+    colours. `crop` is the face crop the model saw (the identity photo's, for a transfer;
+    `expression_crop` then holds the other one). `seed` is the seed actually used, so a result
+    can be repeated. `timings` holds seconds per stage: crop, encode, diffusion, extraction,
+    colour and total. `warnings` are sentences worth showing to the person (e.g. a small face).
+    """
+
+    mesh: trimesh.Trimesh
+    crop: FaceCrop
+    latents: HeadLatents
+    seed: int
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    expression_crop: FaceCrop | None = None
+
+
+def resolve_pipeline_weights(path_or_hub_id: str | os.PathLike | None = None) -> Path:
+    """The pipeline weights folder: an explicit path or Hub id, else `$DIFFNPHR_WEIGHTS`, else the repo's `weights/`.
+
+    Raises `WeightsNotFoundError` naming all three options when none of them holds weights.
+    """
+    if path_or_hub_id is None:
+        path_or_hub_id = os.environ.get(WEIGHTS_ENV) or None
+    if path_or_hub_id is None and REPO_WEIGHTS_DIR.is_dir():
+        path_or_hub_id = REPO_WEIGHTS_DIR
+    if path_or_hub_id is None:
+        raise WeightsNotFoundError(_missing_weights_message("No model weights were given."))
+    try:
+        return resolve_weights_dir(path_or_hub_id)
+    except WeightsNotFoundError as error:
+        raise WeightsNotFoundError(_missing_weights_message(str(error))) from error
+
+
+def _missing_weights_message(reason: str) -> str:
+    return (
+        f"{reason} Point diffnphr at a weights folder (pipeline.json + encoder/, diffusion/, decoder/) "
+        f"in one of three ways: pass it explicitly (--weights DIR or a Hugging Face Hub id), set "
+        f"${WEIGHTS_ENV} to a folder or Hub id, or put it at {REPO_WEIGHTS_DIR}."
+    )
+
+
+class HeadReconstructionPipeline:
+    """Face photo -> 3D head with vertex colours (1D-DiffNPHR). Load once, call many times."""
+
+    def __init__(
+        self,
+        encoder: FaceEncoder,
+        diffusion: LatentDiffusion,
+        decoder: MonoNPHM,
+        defaults: PipelineDefaults | None = None,
+    ) -> None:
+        self.encoder = encoder.eval()
+        self.diffusion = diffusion.eval()
+        self.decoder = decoder.eval()
+        self.defaults = defaults or PipelineDefaults()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+    ) -> HeadReconstructionPipeline:
+        """Load encoder, diffusion model and decoder from one folder or Hub repo (see `resolve_pipeline_weights`).
+
+        `device=None` picks CUDA when available.
+        """
+        root = resolve_pipeline_weights(path_or_hub_id)
+        device = resolve_device(device)
+        for folder in (ENCODER_FOLDER, DIFFUSION_FOLDER, DECODER_FOLDER):
+            if not (root / folder).is_dir():
+                raise WeightsNotFoundError(
+                    _missing_weights_message(f"The weights folder {root} has no '{folder}' sub-folder.")
+                )
+        return cls(
+            FaceEncoder.from_pretrained(root, subfolder=ENCODER_FOLDER, device=device),
+            LatentDiffusion.from_pretrained(root, subfolder=DIFFUSION_FOLDER, device=device),
+            MonoNPHM.from_pretrained(root, subfolder=DECODER_FOLDER, device=device),
+            PipelineDefaults.load(root / PIPELINE_CONFIG_NAME),
+        )
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the folder `from_pretrained` reads: pipeline.json plus encoder/, diffusion/, decoder/."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.defaults.save(directory / PIPELINE_CONFIG_NAME)
+        self.encoder.save_pretrained(directory / ENCODER_FOLDER)
+        self.diffusion.save_pretrained(directory / DIFFUSION_FOLDER)
+        self.decoder.save_pretrained(directory / DECODER_FOLDER)
+        return directory
+
+    @property
+    def device(self) -> torch.device:
+        """The device the models run on."""
+        return self.encoder.device
+
+    @property
+    def default_resolution(self) -> int:
+        """The mesh resolution used when a call gives none: `resolution` on a GPU, `cpu_resolution` on a CPU."""
+        return self.defaults.resolution if self.device.type == "cuda" else self.defaults.cpu_resolution
+
+    def settings(self, **given: Any) -> SamplingSettings:
+        """One call's `SamplingSettings`: the values given (seed, steps, guidance_scale, samples, resolution; None
+        or left out: this pipeline's defaults, a random seed), validated once."""
+        return SamplingSettings.resolve(
+            self.defaults, self.default_resolution, self.diffusion.max_sampling_steps, **given
+        )
+
+    def __call__(
+        self,
+        image: ImageSource,
+        settings: SamplingSettings | None = None,
+        *,
+        allow_no_face: bool = False,
+        progress: ProgressCallback | None = None,
+        **given: Any,
+    ) -> Reconstruction:
+        """Reconstruct the head in `image` (a PIL image, a file path, bytes or an RGB array).
+
+        `settings` (`self.settings(...)`), or the settings given by name (`seed`, `steps`,
+        `guidance_scale`, `samples`, `resolution`; the rest default to `self.defaults`, `seed=None`
+        draws a random seed, reported in the result). `samples` diffusion samples of the latent
+        are averaged into the head (one: a single sample, with the variation the photo leaves
+        open). `allow_no_face=True` uses the centre of the image when no face is found instead of
+        raising `NoFaceError`. `progress(stage, fraction)` is called as the work advances:
+        `stage` is a short sentence (`STAGE_LABELS`), `fraction` the part of the whole call done.
+        """
+        settings = self._resolved(settings, given)
+        tracker = StageProgress(progress, ["crop", "encode", "diffusion", "extraction", "colour"])
+        timer = StageTimer(self.device)
+        crop = self._timed_crop(image, allow_no_face, timer, tracker)
+        with torch.inference_mode():
+            z_cond = self._timed_encode(crop, timer, tracker)
+            latents = self._timed_sample(z_cond, settings, timer, tracker)
+            mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
+        warnings = list(crop.warnings)
+        return Reconstruction(mesh, crop, _usable_copy(latents), settings.seed, timer.summary(), warnings)
+
+    def transfer_expression(
+        self,
+        identity_image: ImageSource,
+        expression: ImageSource | torch.Tensor,
+        settings: SamplingSettings | None = None,
+        *,
+        allow_no_face: bool = False,
+        progress: ProgressCallback | None = None,
+        **given: Any,
+    ) -> Reconstruction:
+        """The head of `identity_image` (its z_geo, z_app) wearing the expression of `expression`.
+
+        `expression` is a second photo, whose z_exp is sampled with the same seed, or a z_exp
+        tensor ([100] or [1, 100], e.g. `Reconstruction.latents.z_exp`). With the same seed the
+        identity is exactly the one `__call__` gives for `identity_image`. Settings as for `__call__`.
+        """
+        settings = self._resolved(settings, given)
+        from_photo = not isinstance(expression, torch.Tensor)
+        given_z_exp = None if from_photo else _checked_expression_code(expression, self.decoder.config.lat_dim_exp)
+        sampling = ["crop", "encode", "diffusion"]
+        if from_photo:  # both crops first, so a bad second photo fails before any model work
+            sampling = ["crop", "crop", "encode", "diffusion", "encode", "diffusion"]
+        tracker = StageProgress(progress, [*sampling, "extraction", "colour"])
+        timer = StageTimer(self.device)
+        crop = self._timed_crop(identity_image, allow_no_face, timer, tracker)
+        expression_crop = self._timed_crop(expression, allow_no_face, timer, tracker) if from_photo else None
+        with torch.inference_mode():
+            identity = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
+            if expression_crop is not None:
+                z_cond = self._timed_encode(expression_crop, timer, tracker)
+                given_z_exp = self._timed_sample(z_cond, settings, timer, tracker).z_exp
+            latents = HeadLatents(identity.z_geo, given_z_exp, identity.z_app)
+            mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
+        warnings = list(crop.warnings)
+        if expression_crop is not None:
+            warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings]
+        latents = _usable_copy(latents)
+        return Reconstruction(mesh, crop, latents, settings.seed, timer.summary(), warnings, expression_crop)
+
+    # -- the stages, public so that the benchmark and the evaluation time and call these very steps ----------
+
+    def crop(self, image: ImageSource, allow_no_face: bool = False) -> FaceCrop:
+        """Find the face in `image` and cut the model's crop (`diffnphr.face.crop_face`)."""
+        return crop_face(image, allow_no_face=allow_no_face)
+
+    @torch.inference_mode()
+    def encode(self, crop: FaceCrop) -> torch.Tensor:
+        """The crop's image embedding `z_cond` [1, cond_dim]."""
+        return self.encoder.encode([crop.image])
+
+    @torch.inference_mode()
+    def sample_latents(
+        self, z_cond: torch.Tensor, settings: SamplingSettings, progress: Callable[[int, int], None] | None = None
+    ) -> HeadLatents:
+        """The head's MonoNPHM codes sampled for `z_cond` (the average of `settings.samples`), on the CPU;
+        `progress(step, total)` follows the denoising steps."""
+        flat = self.diffusion.sample(
+            z_cond,
+            num_steps=settings.steps,
+            seed=settings.seed,
+            guidance_scale=settings.guidance_scale,
+            average_of=settings.samples,
+            scheduler=self.defaults.scheduler,
+            progress=progress,
+        )
+        z_geo, z_exp, z_app = (part[0].float().cpu() for part in unpack(flat))
+        return HeadLatents(z_geo, z_exp, z_app)
+
+    def decode(self, latents: HeadLatents) -> HeadField:
+        """The decoder bound to one head's codes: its SDF and colour fields."""
+        codes = (latents.z_geo, latents.z_exp, latents.z_app)
+        return self.decoder.bind(*(code[None].to(self.device) for code in codes))
+
+    @torch.inference_mode()
+    def mesh(self, head: HeadField, resolution: int) -> MeshExtraction:
+        """The coloured mesh of a decoded head at `resolution`³, with the seconds of each step and the query count."""
+        return extract_mesh_with_stats(
+            head.point_sdf, resolution=resolution, color_fn=head.point_colour, device=self.device
+        )
+
+    # -- the stages with progress and timing ----------------------------------------------------------------
+
+    def _resolved(self, settings: SamplingSettings | None, given: dict[str, Any]) -> SamplingSettings:
+        if settings is not None and given:
+            raise TypeError(f"Give either settings or {', '.join(given)}, not both.")
+        return settings if settings is not None else self.settings(**given)
+
+    def _timed_crop(
+        self, image: ImageSource, allow_no_face: bool, timer: StageTimer, tracker: StageProgress
+    ) -> FaceCrop:
+        tracker.report(0.0)
+        with timer.stage("crop"):
+            crop = self.crop(image, allow_no_face)
+        tracker.next()
+        return crop
+
+    def _timed_encode(self, crop: FaceCrop, timer: StageTimer, tracker: StageProgress) -> torch.Tensor:
+        tracker.report(0.0)
+        with timer.stage("encode"):
+            z_cond = self.encode(crop)
+        tracker.next()
+        return z_cond
+
+    def _timed_sample(
+        self, z_cond: torch.Tensor, settings: SamplingSettings, timer: StageTimer, tracker: StageProgress
+    ) -> HeadLatents:
+        tracker.report(0.0)
+        with timer.stage("diffusion"):
+            latents = self.sample_latents(z_cond, settings, lambda step, total: tracker.report(step / total))
+        tracker.next()
+        return latents
+
+    def _timed_mesh(
+        self, latents: HeadLatents, resolution: int, timer: StageTimer, tracker: StageProgress
+    ) -> trimesh.Trimesh:
+        tracker.report(0.0)
+        extraction = self.mesh(self.decode(latents), resolution)
+        timer.add("extraction", extraction.seconds_sdf + extraction.seconds_mcubes)
+        tracker.next()
+        timer.add("colour", extraction.seconds_color)
+        tracker.next()
+        return extraction.mesh
+
+
+def _usable_copy(latents: HeadLatents) -> HeadLatents:
+    """Copies made outside inference mode, so callers may optimise or differentiate through them."""
+    return HeadLatents(latents.z_geo.clone(), latents.z_exp.clone(), latents.z_app.clone())
+
+
+def _checked_expression_code(z_exp: torch.Tensor, size: int) -> torch.Tensor:
+    """A z_exp given by the caller ([size] or [1, size]), as a CPU float vector like the sampled ones."""
+    code = z_exp[0] if z_exp.dim() == 2 and z_exp.shape[0] == 1 else z_exp
+    if code.shape != (size,):
+        raise ValueError(f"An expression code must be a tensor of {size} values; got shape {tuple(z_exp.shape)}.")
+    if not torch.isfinite(code).all():
+        raise ValueError("The expression code holds NaN or infinite values.")
+    return code.detach().float().cpu()
