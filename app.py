@@ -1,7 +1,8 @@
 """Gradio app: one face photo -> a 3D head you can turn and download (UI only).
 
-The work lives in `diffnphr.pipeline`; this file lays out two tabs (Reconstruct, Expression
-transfer), turns user errors into `gr.Error`, and manages output files. Exactly two API
+The work lives in `diffnphr.pipeline`, what a server accepts and keeps in `diffnphr.serving`; this
+file lays out two tabs (Reconstruct, Expression transfer), each with a status line that keeps the
+last request's outcome, and turns user errors into `gr.Error` toasts that stay until closed. Exactly two API
 endpoints are public: `/reconstruct` and `/transfer`.
 
     python app.py [--weights DIR_OR_HUB_ID] [--share]
@@ -13,36 +14,39 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import logging
 import shutil
 import signal
 import sys
 import tempfile
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from diffnphr.face import ImageInputError, NoFaceError
-from diffnphr.mesh import export_mesh
-from diffnphr.pipeline import (
-    MAX_SAMPLES,
-    MAX_SEED,
-    HeadReconstructionPipeline,
-    PipelineDefaults,
-    Reconstruction,
-    SamplingSettings,
+from diffnphr.pipeline import MAX_SEED, HeadReconstructionPipeline, PipelineDefaults, Reconstruction
+from diffnphr.serving import (
+    REQUEST_PARAMETERS,
+    OutputFolders,
+    RequestError,
+    ServingLimits,
+    export_downloads,
+    read_request,
+    request_problems,
+    run_details,
 )
 from diffnphr.weights import WeightsNotFoundError
 
+logger = logging.getLogger("diffnphr.app")
 TITLE = "diffnphr: one photo to a 3D head"
 MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 16
 OUTPUT_MAX_AGE_S = 3600
 NO_FACE_CHOICE = "Use the centre of the image if no face is found"
-DOWNLOAD_FORMATS = ("glb", "obj", "ply")
 DESCRIPTION = """\
 Upload a photo with one clearly visible face. The app crops the head, embeds it with an image
 encoder of FaRL's architecture, samples MonoNPHM head codes with a 1D diffusion model and
@@ -52,39 +56,13 @@ only and do not yet capture a person's identity (see the model card).
 """
 
 
-class OutputFolders:
-    """Per-session folders for result files, removed when the session ends or grows old."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def new_run(self, request: gr.Request | None) -> Path:
-        """A fresh folder for one result of this session (older results of any session are swept)."""
-        self._remove_older_than(OUTPUT_MAX_AGE_S)
-        session = request.session_hash if request is not None and request.session_hash else "anonymous"
-        folder = self.root / session / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        return folder
-
-    def end_session(self, request: gr.Request) -> None:
-        """Remove everything a session wrote (Gradio has its own copies of what it served)."""
-        if request.session_hash:
-            shutil.rmtree(self.root / request.session_hash, ignore_errors=True)
-
-    def _remove_older_than(self, seconds: float) -> None:
-        cutoff = time.time() - seconds
-        for run in self.root.glob("*/*"):
-            try:
-                expired = run.stat().st_mtime < cutoff
-            except FileNotFoundError:  # its session just ended
-                continue
-            if expired:
-                shutil.rmtree(run, ignore_errors=True)
-
-
-def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, example_photo: Path) -> gr.Blocks:
+def build_demo(
+    pipeline: HeadReconstructionPipeline, outputs: OutputFolders, example_photos: ExamplePhotos
+) -> gr.Blocks:
     """The two-tab Blocks app around a loaded pipeline."""
     defaults = pipeline.defaults
+    limits = ServingLimits.for_device(pipeline.device.type)
+    failures = _Failures()
 
     def reconstruct(
         image: dict[str, Any] | None,
@@ -101,18 +79,22 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         """Reconstruct a 3D head from one face photo.
 
         Returns the face crop, the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and
-        the run details (seconds per stage, mesh size, warnings).
+        the run details (seconds per stage, mesh size, how the face was found, warnings).
         """
-        result = _run(
-            lambda: pipeline(
-                _uploaded_path(image),
-                _sampling(pipeline, seed, randomize_seed, steps, guidance_scale, resolution, samples),
-                allow_no_face=bool(allow_no_face),
-                progress=_progress_bar(progress),
+        values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
+        with failures.recorded(request, "reconstruct"):
+            options = _request(limits, *values)
+            allow = options.pop("allow_no_face")
+            result = _run(
+                lambda: pipeline(
+                    _uploaded_path(image, "photo"),
+                    pipeline.settings(**options),
+                    allow_no_face=allow,
+                    progress=_progress_bar(progress),
+                )
             )
-        )
-        files = _export(result, outputs.new_run(request), "head")
-        return result.crop.image, files[0], files, result.seed, _details(result)
+        files = export_downloads(result, outputs.new_run(_session(request)), "head")
+        return result.crop.image, files[0], files, result.seed, run_details(result)
 
     def transfer(
         identity_image: dict[str, Any] | None,
@@ -131,20 +113,24 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
 
         Returns the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and the run details.
         """
-        result = _run(
-            lambda: pipeline.transfer_expression(
-                _uploaded_path(identity_image),
-                _uploaded_path(expression_image),
-                _sampling(pipeline, seed, randomize_seed, steps, guidance_scale, resolution, samples),
-                allow_no_face=bool(allow_no_face),
-                progress=_progress_bar(progress),
+        values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
+        with failures.recorded(request, "transfer"):
+            options = _request(limits, *values)
+            allow = options.pop("allow_no_face")
+            result = _run(
+                lambda: pipeline.transfer_expression(
+                    _uploaded_path(identity_image, "identity photo"),
+                    _uploaded_path(expression_image, "expression photo"),
+                    pipeline.settings(**options),
+                    allow_no_face=allow,
+                    progress=_progress_bar(progress),
+                )
             )
-        )
-        files = _export(result, outputs.new_run(request), "transfer")
-        return files[0], files, result.seed, _details(result)
+        files = export_downloads(result, outputs.new_run(_session(request)), "transfer")
+        return files[0], files, result.seed, run_details(result)
 
     def require_photo(image: dict[str, Any] | None, *settings: Any) -> list[dict]:
-        return [gr.validate(image is not None, "Please upload a photo first.")] + _all_valid(settings)
+        return [gr.validate(image is not None, "Please upload a photo first.")] + _checked(limits, settings)
 
     def require_photos(
         identity: dict[str, Any] | None, expression: dict[str, Any] | None, *settings: Any
@@ -152,10 +138,10 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
         return [
             gr.validate(identity is not None, "Please upload the photo whose head you want."),
             gr.validate(expression is not None, "Please upload the photo whose expression you want."),
-        ] + _all_valid(settings)
+        ] + _checked(limits, settings)
 
     with gr.Blocks(title=TITLE, delete_cache=(OUTPUT_MAX_AGE_S // 2, OUTPUT_MAX_AGE_S)) as demo:
-        gr.Markdown(f"# {TITLE}\n{DESCRIPTION}")
+        gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{_limits_note(pipeline, limits)}")
         with gr.Tab("Reconstruct"):
             with gr.Row(variant="panel"):
                 with gr.Column():
@@ -163,15 +149,16 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
                         photo = _photo_input("Photo", "photo")
                         crop = gr.Image(label="Face crop", format="png", interactive=False, elem_id="crop_preview")
                     no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
-                    settings = _settings(defaults, pipeline.default_resolution)
+                    settings = _settings(defaults, pipeline.default_resolution, limits)
                     run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct_button")
+                    status = _status("reconstruct_status")
                 with gr.Column():
                     head = _viewer("head_model")
                     downloads, details = _result_panel()
             inputs = [photo, *settings, no_face]
             results = [crop, head, downloads, settings[0], details]
             gr.Examples(
-                [[str(example_photo), 0, False]],
+                [[str(example_photos.portrait), 0, False]],
                 [photo, settings[0], settings[1]],
                 results,
                 fn=reconstruct,
@@ -181,7 +168,8 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
                 visible_columns=[0],
                 label="Example (NASA's public-domain astronaut portrait; seed 0)",
             )
-            run.click(
+            _status_working(run, status)
+            event = run.click(
                 reconstruct,
                 inputs,
                 results,
@@ -190,6 +178,7 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
                 validator=require_photo,
                 concurrency_id="model",
             )
+            _status_outcome(event, status, details, failures)
 
         with gr.Tab("Expression transfer"):
             with gr.Row(variant="panel"):
@@ -198,21 +187,40 @@ def build_demo(pipeline: HeadReconstructionPipeline, outputs: OutputFolders, exa
                         identity = _photo_input("Head from this photo", "identity_photo")
                         expression = _photo_input("Expression from this photo", "expression_photo")
                     transfer_no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
-                    transfer_settings = _settings(defaults, pipeline.default_resolution)
+                    transfer_settings = _settings(defaults, pipeline.default_resolution, limits)
                     transfer_run = gr.Button("Transfer expression", variant="primary", elem_id="transfer_button")
+                    transfer_status = _status("transfer_status")
                 with gr.Column():
                     transfer_head = _viewer("transfer_model")
                     transfer_downloads, transfer_details = _result_panel()
-            transfer_run.click(
+            transfer_outputs = [transfer_head, transfer_downloads, transfer_settings[0], transfer_details]
+            gr.Examples(
+                [[str(example_photos.portrait), str(example_photos.expression), 0, False]],
+                [identity, expression, transfer_settings[0], transfer_settings[1]],
+                transfer_outputs,
+                fn=transfer,
+                cache_examples=True,
+                cache_mode="lazy",
+                preprocess=False,
+                visible_columns=[0, 1],
+                label="Example (the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0; seed 0)",
+            )
+            _status_working(transfer_run, transfer_status)
+            event = transfer_run.click(
                 transfer,
                 [identity, expression, *transfer_settings, transfer_no_face],
-                [transfer_head, transfer_downloads, transfer_settings[0], transfer_details],
+                transfer_outputs,
                 api_name="transfer",
                 preprocess=False,
                 validator=require_photos,
                 concurrency_id="model",
             )
-        demo.unload(outputs.end_session)
+            _status_outcome(event, transfer_status, transfer_details, failures)
+
+        def end_session(request: gr.Request) -> None:
+            outputs.end_session(_session(request))
+
+        demo.unload(end_session)
     return demo
 
 
@@ -222,24 +230,35 @@ def _photo_input(label: str, elem_id: str) -> gr.Image:
     return gr.Image(label=label, type="filepath", sources=["upload", "clipboard", "webcam"], elem_id=elem_id)
 
 
-def _settings(defaults: PipelineDefaults, resolution: int) -> list[gr.components.Component]:
+def _settings(defaults: PipelineDefaults, resolution: int, limits: ServingLimits) -> list[gr.components.Component]:
     """The closed "Advanced" accordion: seed (+ randomize), DDIM steps, guidance, mesh resolution (default
-    `resolution`), samples averaged."""
+    `resolution`), samples averaged; each slider ends at what this server accepts (`limits`)."""
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
             randomize = gr.Checkbox(label="Randomize seed", value=True)
-        steps = gr.Slider(1, max(100, defaults.steps), value=defaults.steps, step=1, label="DDIM steps")
-        guidance = gr.Slider(0.0, 10.0, value=defaults.guidance_scale, step=0.1, label="Guidance scale")
-        resolution = gr.Slider(32, 512, value=resolution, step=16, label="Mesh resolution (grid samples per axis)")
+        steps = gr.Slider(1, limits.max_steps, value=defaults.steps, step=1, label="DDIM steps")
+        guidance = gr.Slider(0.0, limits.max_guidance, value=defaults.guidance_scale, step=0.1, label="Guidance scale")
+        resolution = gr.Slider(
+            limits.min_resolution,
+            limits.max_resolution,
+            value=min(resolution, limits.max_resolution),
+            step=16,
+            label=f"Mesh resolution (grid samples per axis; at most {limits.max_resolution} on this server)",
+        )
         samples = gr.Slider(
             1,
-            MAX_SAMPLES,
+            limits.max_samples,
             value=defaults.samples,
             step=1,
-            label="Samples averaged (1: one sample from the model, with its variation; more: closer to the likeliest head)",
+            label="Samples averaged (1: one sample, with the model's variation; more: closer to the likeliest head)",
         )
     return [seed, randomize, steps, guidance, resolution, samples]
+
+
+def _status(elem_id: str) -> gr.Markdown:
+    """The line under the button that says how the last request went, and keeps saying it until the next one."""
+    return gr.Markdown("", elem_id=elem_id)
 
 
 def _viewer(elem_id: str) -> gr.Model3D:
@@ -259,15 +278,25 @@ def _result_panel() -> tuple[gr.File, gr.JSON]:
     return downloads, details
 
 
-def _all_valid(values: tuple) -> list[dict]:
-    return [gr.validate(True, "") for _ in values]
+def _checked(limits: ServingLimits, settings: tuple) -> list[dict]:
+    """One `gr.validate` per setting (the validator's answer, before the request is queued)."""
+    problems = request_problems(limits, **dict(zip(REQUEST_PARAMETERS, settings)))
+    return [gr.validate(name not in problems, problems.get(name, "")) for name in REQUEST_PARAMETERS]
 
 
-def _uploaded_path(upload: dict[str, Any] | str | None) -> str:
+def _request(limits: ServingLimits, *values: Any) -> dict[str, Any]:
+    """The pipeline settings and the centre-crop choice of one request, or a persistent error naming the bad one."""
+    try:
+        return read_request(limits, **dict(zip(REQUEST_PARAMETERS, values)))
+    except RequestError as error:
+        raise _user_error(str(error), "Cannot use these settings") from error
+
+
+def _uploaded_path(upload: dict[str, Any] | str | None, what: str) -> str:
     """The server-side file of an upload (events run with preprocess=False, so uploads arrive as FileData)."""
     path = upload.get("path") if isinstance(upload, dict) else upload
     if not path:
-        raise gr.Error("Please upload a photo first.", print_exception=False)
+        raise _user_error(f"Please upload the {what} first.", "Missing photo")
     return path
 
 
@@ -276,33 +305,14 @@ def _run(work: Callable[[], Reconstruction]) -> Reconstruction:
     try:
         result = work()
     except NoFaceError as error:
-        raise gr.Error(f"{error} Or tick “{NO_FACE_CHOICE}”.", title="No face found", print_exception=False) from error
+        raise _user_error(f"{error} Or tick “{NO_FACE_CHOICE}”.", "No face found") from error
     except ImageInputError as error:
-        raise gr.Error(str(error), title="Cannot use this image", print_exception=False) from error
+        raise _user_error(str(error), "Cannot use this image") from error
     except ValueError as error:
-        raise gr.Error(str(error), title="Cannot reconstruct") from error
+        raise _user_error(str(error), "Cannot reconstruct") from error
     for warning in result.warnings:
         gr.Warning(warning)
     return result
-
-
-def _sampling(
-    pipeline: HeadReconstructionPipeline,
-    seed: float,
-    randomize_seed: bool,
-    steps: float,
-    guidance_scale: float,
-    resolution: float,
-    samples: float,
-) -> SamplingSettings:
-    """The pipeline's validated settings for the values of the settings widgets."""
-    return pipeline.settings(
-        seed=None if randomize_seed or seed is None else int(seed),
-        steps=int(steps),
-        guidance_scale=float(guidance_scale),
-        resolution=int(resolution),
-        samples=int(samples),
-    )
 
 
 def _progress_bar(progress: gr.Progress) -> Callable[[str, float], None]:
@@ -310,30 +320,83 @@ def _progress_bar(progress: gr.Progress) -> Callable[[str, float], None]:
     return lambda stage, fraction: progress(fraction, desc=stage)
 
 
-def _export(result: Reconstruction, folder: Path, stem: str) -> list[str]:
-    """Write the mesh in every download format; the GLB comes first (it feeds the viewer)."""
-    name = f"{stem}_seed{result.seed}"
-    return [str(export_mesh(result.mesh, folder / f"{name}.{fmt}")) for fmt in DOWNLOAD_FORMATS]
+def _user_error(message: str, title: str) -> gr.Error:
+    """An error toast that stays until it is closed (the status line keeps it too), logged in one line."""
+    return gr.Error(message, title=title, duration=None, print_exception=False)
 
 
-def _details(result: Reconstruction) -> dict[str, Any]:
-    return {
-        "seed": result.seed,
-        "seconds": result.timings,
-        "vertices": len(result.mesh.vertices),
-        "faces": len(result.mesh.faces),
-        "warnings": result.warnings,
-    }
+class _Failures:
+    """The last refused request's sentence per session, for the status line (Gradio's failure event gets no
+    message), and one log line per refusal instead of a traceback."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def recorded(self, request: gr.Request | None, endpoint: str) -> Iterator[None]:
+        session = _session(request)
+        self.messages.pop(session, None)
+        try:
+            yield
+        except gr.Error as error:
+            self.messages[session] = str(error.message)
+            logger.warning("refused /%s: %s", endpoint, error.message)
+            raise
+
+    def status(self, request: gr.Request) -> str:
+        """The status line after a failed request."""
+        message = self.messages.pop(_session(request), "the request failed; see the message above.")
+        return f"**Not done:** {message}"
 
 
-def _write_example_photo(folder: Path) -> Path:
-    """Save scikit-image's astronaut portrait (NASA, public domain) as the example photo."""
+def _status_working(button: gr.Button, status: gr.Markdown) -> None:
+    """The status line says "Working…" as soon as the button is pressed (registered before the request itself,
+    whose outcome then replaces it)."""
+    button.click(lambda: "Working…", None, status, queue=False, api_visibility="private")
+
+
+def _status_outcome(event: Any, status: gr.Markdown, details: gr.JSON, failures: _Failures) -> None:
+    """After the request the status line says it is done (with its time) or why not, until the next one."""
+    event.success(_done_status, details, status, queue=False, api_visibility="private")
+    event.failure(failures.status, None, status, queue=False, api_visibility="private")
+
+
+def _done_status(details: dict[str, Any] | None) -> str:
+    seconds = (details or {}).get("seconds", {}).get("total")
+    warnings = len((details or {}).get("warnings", []))
+    done = f"**Done** in {seconds:.1f} s." if seconds is not None else "**Done.**"
+    return done + (f" {warnings} warning(s): see the run details." if warnings else "")
+
+
+def _limits_note(pipeline: HeadReconstructionPipeline, limits: ServingLimits) -> str:
+    """One line saying what this server runs on and accepts."""
+    return (
+        f"This server runs the model on a {limits.device_name}; it meshes at {pipeline.default_resolution}³ "
+        f"by default and at most {limits.max_resolution}³, one request at a time, with up to {QUEUE_SIZE} waiting."
+    )
+
+
+def _session(request: gr.Request | None) -> str:
+    return request.session_hash if request is not None and request.session_hash else "anonymous"
+
+
+@dataclass(frozen=True)
+class ExamplePhotos:
+    """The example photos' files: a frontal portrait, and a face for the expression-transfer example."""
+
+    portrait: Path
+    expression: Path
+
+
+def _write_example_photos(folder: Path) -> ExamplePhotos:
+    """scikit-image's astronaut portrait (NASA, public domain) and its camera-operator photo (CC0) as files."""
     from PIL import Image
     from skimage import data
 
-    path = folder / "astronaut.png"
-    Image.fromarray(data.astronaut()).save(path)
-    return path
+    portrait, expression = folder / "astronaut.png", folder / "camera_operator.png"
+    Image.fromarray(data.astronaut()).save(portrait)
+    Image.fromarray(data.camera()).convert("RGB").save(expression)
+    return ExamplePhotos(portrait, expression)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         pipeline = HeadReconstructionPipeline.from_pretrained(args.weights, device=args.device)
     except WeightsNotFoundError as error:
@@ -354,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     examples = root / "examples"
     examples.mkdir()
-    demo = build_demo(pipeline, OutputFolders(root / "sessions"), _write_example_photo(examples))
+    demo = build_demo(pipeline, OutputFolders(root / "sessions", OUTPUT_MAX_AGE_S), _write_example_photos(examples))
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     # Stop on SIGTERM (how containers and Spaces stop apps) as on Ctrl-C: Gradio closes the
     # server and the output folder is removed on exit.

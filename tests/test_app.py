@@ -74,3 +74,39 @@ def test_missing_photos_are_rejected_before_queueing(client, face_photo_file):
         client.predict(None, *SETTINGS, api_name="/reconstruct")
     with pytest.raises(ValidationError, match="photo whose expression"):
         client.predict(handle_file(face_photo_file), None, *SETTINGS, api_name="/transfer")
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "sentence"),
+    [
+        (2, 2.5, "The number of DDIM steps must be a whole number from 1 to 100; got 2.5."),
+        (2, "abc", "The number of DDIM steps must be a whole number from 1 to 100; got 'abc'."),
+        (3, None, "The guidance scale must be a number from 0 to 10; got None."),
+        (4, 256, "The mesh resolution (on this CPU server) must be a whole number from 32 to 192; got 256."),
+        (5, 0, "The number of samples averaged must be a whole number from 1 to 32; got 0."),
+    ],
+)
+def test_bad_settings_are_refused_before_queueing_with_the_parameter_and_its_range(
+    client, face_photo_file, position, value, sentence
+):
+    settings = list(SETTINGS)
+    settings[position] = value
+    with pytest.raises(ValidationError) as refused:
+        client.predict(handle_file(face_photo_file), *settings, api_name="/reconstruct")
+    assert sentence in str(refused.value)
+    with pytest.raises(ValidationError) as refused:
+        client.predict(handle_file(face_photo_file), handle_file(face_photo_file), *settings, api_name="/transfer")
+    assert sentence in str(refused.value)
+
+
+def test_a_transfer_error_names_the_photo_it_is_about(client, face_photo_file, no_face_photo_file):
+    with pytest.raises(AppError, match=r"^Expression photo: No face was found"):
+        client.predict(handle_file(face_photo_file), handle_file(no_face_photo_file), *SETTINGS, api_name="/transfer")
+    with pytest.raises(AppError, match=r"^Identity photo: No face was found"):
+        client.predict(handle_file(no_face_photo_file), handle_file(face_photo_file), *SETTINGS, api_name="/transfer")
+
+
+def test_the_details_say_how_the_face_was_found(client, face_photo_file):
+    *_, details = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
+    assert details["face"]["found"] and details["face"]["photo_turned_deg"] == 0
+    assert details["face"]["head_size_px"] > 100

@@ -74,3 +74,27 @@ def test_upload_reconstruct_and_see_the_head(app_url, face_photo_file):
         finally:
             browser.close()
     assert covered > 0.05, f"the viewer shows no head; see {viewer_png}"
+
+
+def test_an_error_stays_readable_until_the_next_request(app_url, no_face_photo_file):
+    """A photo without a face: the sentence is still on the page 30 s later, in the toast and the status line."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            upload = page.locator("#photo input[type=file]")
+            upload.wait_for(state="attached", timeout=60_000)
+            upload.set_input_files(str(no_face_photo_file))
+            page.locator("#reconstruct_button").click()
+            status = page.locator("#reconstruct_status")
+            status.get_by_text("No face was found").wait_for(timeout=60_000)
+            time.sleep(30)
+            page.screenshot(path=str(ARTIFACTS / "browser_error_after_30s.png"), full_page=True)
+            assert "No face was found" in status.inner_text()
+            assert page.get_by_text("No face was found").count() >= 2, "the toast should still be open too"
+        finally:
+            browser.close()

@@ -73,6 +73,9 @@ def test_turned_photo_gives_the_same_crop(face_photo, astronaut_crop, turn):
 
     _assert_upright_centred_head(turned)
     assert turned.rotation == (360 - turn) % 360
+    # the person is told the photo was used the other way up, in words
+    expected = {90: "clockwise", 180: "upside down", 270: "anticlockwise"}[turn]
+    assert any("The photo was used turned" in w and expected in w for w in turned.warnings), turned.warnings
     for here, there in zip(_eye_mouth(turned)[:2], _eye_mouth(astronaut_crop)[:2]):
         assert np.abs(here - there).max() < 0.05 * SIZE
     assert turned.face_size_px == pytest.approx(astronaut_crop.face_size_px, rel=0.05)
@@ -224,6 +227,18 @@ def test_several_faces_keep_the_largest_and_say_so(face_photo):
     _assert_upright_centred_head(crop)
     assert crop.warnings == ["2 faces were found; the largest one was used."]
     assert crop.face_box[2] < 512
+
+
+def test_a_sheet_of_small_faces_is_searched_in_tiles(face_photo):
+    """Nine portraits in a 3 × 3 sheet: too small for the detectors in the whole image, found tile by tile."""
+    sheet = Image.new("RGB", (3 * 512, 3 * 512))
+    for row in range(3):
+        for column in range(3):
+            sheet.paste(face_photo, (512 * column, 512 * row))
+    crop = crop_face(sheet)
+    _assert_upright_centred_head(crop)
+    assert len(crop.warnings) == 1 and crop.warnings[0].endswith("faces were found; the largest one was used.")
+    assert int(crop.warnings[0].split()[0]) in range(4, 10)  # each face counted once, not once per tile
 
 
 def test_non_image_input_is_refused_with_a_sentence(tmp_path, face_photo):

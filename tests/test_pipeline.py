@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 
 from diffnphr.__main__ import main
 from diffnphr.face import NoFaceError
+from diffnphr.frame import BOX_MAX, BOX_MIN
 from diffnphr.pipeline import WEIGHTS_ENV, HeadReconstructionPipeline, PipelineDefaults
 from diffnphr.weights import WeightsNotFoundError
 
@@ -50,6 +51,11 @@ def test_photo_becomes_coloured_mesh_with_crop_latents_seed_and_timings(referenc
     result, reports = reference
     mesh = result.mesh
     assert len(mesh.vertices) > 100 and len(mesh.faces) > 100
+    # what a viewer and a 3D printer rely on: one closed surface, faces outwards, head-sized, inside the box
+    assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
+    assert len(mesh.split(only_watertight=False)) == 1
+    assert np.all(mesh.bounds[0] >= BOX_MIN) and np.all(mesh.bounds[1] <= BOX_MAX)
+    assert np.ptp(mesh.vertices, axis=0).min() > 0.4 and np.ptp(mesh.vertices, axis=0).max() < 1.25
     colours = mesh.visual.vertex_colors
     assert colours.shape == (len(mesh.vertices), 4) and colours.dtype == np.uint8
     assert np.ptp(colours[:, :3].astype(int), axis=0).max() > 0, "colours should vary over the head"
@@ -61,6 +67,10 @@ def test_photo_becomes_coloured_mesh_with_crop_latents_seed_and_timings(referenc
     fractions = [fraction for _, fraction in reports]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert len({stage for stage, _ in reports}) == 5
+    # the bar moves while the surface is extracted and coloured, not only between stages
+    extracting = [fraction for stage, fraction in reports if stage == "Extracting the surface"]
+    colouring = [fraction for stage, fraction in reports if stage == "Colouring the mesh"]
+    assert len(set(extracting)) >= 4 and len(set(colouring)) >= 2
 
 
 def test_no_seed_draws_one_and_reports_it_so_the_head_can_be_repeated(pipeline, face_photo_file, reference):

@@ -5,9 +5,9 @@ FaRL is OpenAI-CLIP's ViT-B/16 image tower retrained on faces, so it runs as a s
 LayerNorm, times the projection, not L2-normalised). The same class, built from a smaller
 `farl_vision_config(...)`, is the encoder this project trains from scratch.
 
-Preprocessing is CLIP's: shortest edge to 224 with bicubic resampling, centre crop 224, then
-OpenAI CLIP mean/std. The crops diffnphr feeds are 512×512, for which this is a plain
-512 -> 224 resize. PIL images go through transformers' PIL-backed `CLIPImageProcessorPil`
+Preprocessing is CLIP's: shortest edge to the encoder's input size (`image_size`: 224 for FaRL,
+128 for the shipped encoder) with bicubic resampling, centre crop to it, then OpenAI CLIP
+mean/std. The crops diffnphr feeds are 512×512, for which this is a plain resize. PIL images go through transformers' PIL-backed `CLIPImageProcessorPil`
 (pinned, so results do not depend on whether torchvision is installed); tensor batches (GPU
 renders in training) use torch's antialiased bicubic, which stays within about 1e-2 of the
 PIL path in normalised units.
@@ -115,7 +115,7 @@ class FaceEncoder(nn.Module):
         return self.model.device
 
     def preprocess(self, images: ImageBatch) -> torch.Tensor:
-        """Turn face crops into normalised `pixel_values` [B, 3, 224, 224] (float32).
+        """Turn face crops into normalised `pixel_values` [B, 3, S, S] (float32; S = the config's `image_size`).
 
         `images` is a PIL image or a sequence of them (any size; diffnphr's crops are 512×512,
         output on the encoder's device), or a tensor batch [B, H, W, 3] or [B, 3, H, W], uint8

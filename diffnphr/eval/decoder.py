@@ -4,8 +4,9 @@ For (a) training heads decoded from their codebook latents and (b) held-out head
 latents fitted with the decoder frozen (`python -m diffnphr fit`), each head is extracted with
 marching cubes and compared with its ground truth by `diffnphr.eval.metrics.head_and_face_metrics`.
 
-Ground truth and the comparison are `diffnphr.eval.heads`'s. Beside every head the ground truth is also compared with itself sampled with another
-seed: the floor that point sampling alone puts under the metrics at that point count.
+Ground truth and the comparison are `diffnphr.eval.heads`'s. Beside every head the ground truth
+is also compared with itself sampled with another seed: the floor that point sampling alone puts
+under the metrics at that point count.
 """
 
 from __future__ import annotations

@@ -11,13 +11,15 @@
 Calling it on a photo returns a `Reconstruction` (mesh with vertex colours, the crop, the latents,
 the seed used, seconds per stage, warnings); `transfer_expression` puts the expression of one
 photo (or a given `z_exp`) on the head of another. Its stages (`crop`, `encode`,
-`sample_latents`, `decode`, `mesh`) are public, so the benchmark and the evaluation run exactly them.
+`sample_latents` / `sample_flat`, `decode`, `mesh`) are public, so the benchmark and the
+evaluation run exactly them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ from diffnphr.devices import resolve_device
 from diffnphr.diffusion.model import LatentDiffusion
 from diffnphr.encoders.farl import FaceEncoder
 from diffnphr.face.crop import FaceCrop, crop_face
+from diffnphr.face.images import ImageInputError
 from diffnphr.mesh.extract import MeshExtraction, extract_mesh_with_stats
 from diffnphr.nphm.decoder import HeadField, MonoNPHM
 from diffnphr.nphm.latents import HeadLatents, unpack
@@ -209,8 +212,12 @@ class HeadReconstructionPipeline:
             sampling = ["crop", "crop", "encode", "diffusion", "encode", "diffusion"]
         tracker = StageProgress(progress, [*sampling, "extraction", "colour"])
         timer = StageTimer(self.device)
-        crop = self._timed_crop(identity_image, allow_no_face, timer, tracker)
-        expression_crop = self._timed_crop(expression, allow_no_face, timer, tracker) if from_photo else None
+        with _naming_the_photo("Identity photo"):
+            crop = self._timed_crop(identity_image, allow_no_face, timer, tracker)
+        expression_crop = None
+        if from_photo:
+            with _naming_the_photo("Expression photo"):
+                expression_crop = self._timed_crop(expression, allow_no_face, timer, tracker)
         with torch.inference_mode():
             identity = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
             if expression_crop is not None:
@@ -239,9 +246,18 @@ class HeadReconstructionPipeline:
     def sample_latents(
         self, z_cond: torch.Tensor, settings: SamplingSettings, progress: Callable[[int, int], None] | None = None
     ) -> HeadLatents:
-        """The head's MonoNPHM codes sampled for `z_cond` (the average of `settings.samples`), on the CPU;
-        `progress(step, total)` follows the denoising steps."""
-        flat = self.diffusion.sample(
+        """The head's MonoNPHM codes sampled for one `z_cond` [1, cond_dim] (the average of `settings.samples`),
+        on the CPU; `progress(step, total)` follows the denoising steps."""
+        z_geo, z_exp, z_app = (part[0].float().cpu() for part in unpack(self.sample_flat(z_cond, settings, progress)))
+        return HeadLatents(z_geo, z_exp, z_app)
+
+    @torch.inference_mode()
+    def sample_flat(
+        self, z_cond: torch.Tensor, settings: SamplingSettings, progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Padded flat latents [B, 4456] sampled for a batch of embeddings `z_cond` [B, cond_dim], on the device
+        (what `sample_latents` unpacks; the evaluation samples whole batches of renders this way)."""
+        return self.diffusion.sample(
             z_cond,
             num_steps=settings.steps,
             seed=settings.seed,
@@ -250,19 +266,21 @@ class HeadReconstructionPipeline:
             scheduler=self.defaults.scheduler,
             progress=progress,
         )
-        z_geo, z_exp, z_app = (part[0].float().cpu() for part in unpack(flat))
-        return HeadLatents(z_geo, z_exp, z_app)
 
+    @torch.inference_mode()
     def decode(self, latents: HeadLatents) -> HeadField:
         """The decoder bound to one head's codes: its SDF and colour fields."""
         codes = (latents.z_geo, latents.z_exp, latents.z_app)
         return self.decoder.bind(*(code[None].to(self.device) for code in codes))
 
     @torch.inference_mode()
-    def mesh(self, head: HeadField, resolution: int) -> MeshExtraction:
-        """The coloured mesh of a decoded head at `resolution`³, with the seconds of each step and the query count."""
+    def mesh(
+        self, head: HeadField, resolution: int, progress: Callable[[str, float], None] | None = None
+    ) -> MeshExtraction:
+        """The coloured mesh of a decoded head at `resolution`³, with the seconds of each step and the query count;
+        `progress(stage, fraction)` follows the extraction, then the colouring."""
         return extract_mesh_with_stats(
-            head.point_sdf, resolution=resolution, color_fn=head.point_colour, device=self.device
+            head.point_sdf, resolution=resolution, color_fn=head.point_colour, device=self.device, progress=progress
         )
 
     # -- the stages with progress and timing ----------------------------------------------------------------
@@ -301,12 +319,31 @@ class HeadReconstructionPipeline:
         self, latents: HeadLatents, resolution: int, timer: StageTimer, tracker: StageProgress
     ) -> trimesh.Trimesh:
         tracker.report(0.0)
-        extraction = self.mesh(self.decode(latents), resolution)
+        colouring = False
+
+        def follow(stage: str, fraction: float) -> None:
+            nonlocal colouring
+            if stage == "colour" and not colouring:
+                tracker.next()
+                colouring = True
+            tracker.report(fraction)
+
+        extraction = self.mesh(self.decode(latents), resolution, follow)
         timer.add("extraction", extraction.seconds_sdf + extraction.seconds_mcubes)
-        tracker.next()
         timer.add("colour", extraction.seconds_color)
+        if not colouring:
+            tracker.next()
         tracker.next()
         return extraction.mesh
+
+
+@contextmanager
+def _naming_the_photo(label: str) -> Iterator[None]:
+    """Errors about a photo of a transfer say which of the two photos they are about."""
+    try:
+        yield
+    except ImageInputError as error:
+        raise type(error)(f"{label}: {error}") from error
 
 
 def _usable_copy(latents: HeadLatents) -> HeadLatents:

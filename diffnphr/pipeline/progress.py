@@ -10,8 +10,9 @@ import torch
 
 ProgressCallback = Callable[[str, float], None]
 
-# What progress reports per stage, and the stage's rough share of the time (so that the
-# reported fraction of the whole call only grows, at a fairly even pace).
+# What progress reports per stage, and the stage's share of the time (so that the reported
+# fraction of the whole call only grows, at an even pace): the seconds measured on 2 CPU cores at
+# 128³ (docs/eval/bench_cpu.json: crop 0.05, encode 0.02, diffusion 1.0, extraction 7.7, colour 2.7).
 STAGE_LABELS = {
     "crop": "Finding and cropping the face",
     "encode": "Embedding the face",
@@ -19,7 +20,7 @@ STAGE_LABELS = {
     "extraction": "Extracting the surface",
     "colour": "Colouring the mesh",
 }
-_STAGE_WEIGHTS = {"crop": 1.0, "encode": 1.0, "diffusion": 6.0, "extraction": 3.0, "colour": 1.0}
+_STAGE_WEIGHTS = {"crop": 0.3, "encode": 0.2, "diffusion": 1.0, "extraction": 7.7, "colour": 2.7}
 
 
 class StageProgress:

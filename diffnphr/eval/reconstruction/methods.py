@@ -118,14 +118,11 @@ class DiffusionSampling(Method):
         return f"diffusion_ddim{self.steps}_g{self.guidance:g}" + (f"_avg{self.samples}" if self.samples > 1 else "")
 
     def latents(self, models: EvalModels, chunk: ChunkInputs) -> Tensor:
-        return models.pipeline.diffusion.sample(
-            chunk.z_cond(),
-            num_steps=self.steps,
-            seed=chunk.seed,
-            guidance_scale=self.guidance,
-            average_of=self.samples,
-            scheduler=models.pipeline.defaults.scheduler,
+        pipeline = models.pipeline
+        settings = pipeline.settings(
+            seed=chunk.seed, steps=self.steps, guidance_scale=self.guidance, samples=self.samples
         )
+        return pipeline.sample_flat(chunk.z_cond(), settings)
 
 
 class SamplingFloor(Method):

@@ -1,0 +1,210 @@
+"""Serving: what a server accepts (limits by device, untrusted request values read into settings), and the
+files and details of each result.
+
+The app takes values from its widgets and from `gradio_client` callers, who may send anything
+JSON allows: strings, None, infinities, fractions where a whole number belongs. `read_request`
+turns them into the pipeline's keyword settings or refuses the first bad one with a
+`RequestError` whose sentence names the parameter and its allowed range. Limits depend on the
+device (`ServingLimits.for_device`): on a CPU the mesh resolution stops where a request still
+finishes in about a minute, so one person cannot hold the queue for everyone else.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from diffnphr.mesh.export import EXPORT_FORMATS, export_mesh
+from diffnphr.pipeline.settings import MAX_SAMPLES, MAX_SEED
+
+if TYPE_CHECKING:
+    from diffnphr.pipeline.pipeline import Reconstruction
+
+CPU_MAX_RESOLUTION = 192  # about a minute a request on 2 CPU cores (docs/RESULTS.md)
+GPU_MAX_RESOLUTION = 512
+MIN_RESOLUTION = 32
+MAX_STEPS = 100
+MAX_GUIDANCE = 10.0
+
+
+class RequestError(ValueError):
+    """A request value that cannot be used; `parameter` names it (the argument's name in the API)."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """The ranges a server accepts for each setting, shown on the app's sliders and enforced for API callers."""
+
+    max_resolution: int
+    min_resolution: int = MIN_RESOLUTION
+    max_steps: int = MAX_STEPS
+    max_guidance: float = MAX_GUIDANCE
+    max_samples: int = MAX_SAMPLES
+    device_name: str = "CPU"
+
+    @classmethod
+    def for_device(cls, device_type: str) -> ServingLimits:
+        """The limits of a server whose models run on `device_type` ("cpu" or "cuda")."""
+        if device_type == "cuda":
+            return cls(max_resolution=GPU_MAX_RESOLUTION, device_name="GPU")
+        return cls(max_resolution=CPU_MAX_RESOLUTION, device_name="CPU")
+
+
+REQUEST_PARAMETERS = ("seed", "randomize_seed", "steps", "guidance_scale", "resolution", "samples", "allow_no_face")
+
+
+def read_request(limits: ServingLimits, **values: Any) -> dict[str, Any]:
+    """The pipeline settings (`seed` None when randomised) and `allow_no_face` for one request's raw values
+    (`REQUEST_PARAMETERS`). Raises `RequestError` for the first value that cannot be used."""
+    problems = request_problems(limits, **values)
+    if problems:
+        parameter, message = next(iter(problems.items()))
+        raise RequestError(parameter, message)
+    readers = _readers(limits)
+    randomize = readers["randomize_seed"](values["randomize_seed"])
+    read = {name: readers[name](values[name]) for name in REQUEST_PARAMETERS if name not in ("seed", "randomize_seed")}
+    return {"seed": None if randomize else readers["seed"](values["seed"]), **read}
+
+
+def request_problems(limits: ServingLimits, **values: Any) -> dict[str, str]:
+    """Per parameter, the sentence saying why its value cannot be used (only the bad ones, in API order).
+
+    The seed is not checked when the seed is randomised (its value is then unused).
+    """
+    missing = [name for name in REQUEST_PARAMETERS if name not in values]
+    if missing or len(values) != len(REQUEST_PARAMETERS):
+        raise TypeError(f"read_request takes exactly {', '.join(REQUEST_PARAMETERS)}; missing {missing}")
+    readers, problems = _readers(limits), {}
+    for name in REQUEST_PARAMETERS:
+        if name == "seed" and values["randomize_seed"] is True:
+            continue
+        try:
+            readers[name](values[name])
+        except RequestError as error:
+            problems[name] = str(error)
+    return problems
+
+
+def _readers(limits: ServingLimits) -> dict[str, Any]:
+    return {
+        "seed": lambda v: _whole("seed", "The seed", v, 0, MAX_SEED),
+        "randomize_seed": lambda v: _flag("randomize_seed", "Randomize seed", v),
+        "steps": lambda v: _whole("steps", "The number of DDIM steps", v, 1, limits.max_steps),
+        "guidance_scale": lambda v: _number("guidance_scale", "The guidance scale", v, 0.0, limits.max_guidance),
+        "resolution": lambda v: _whole(
+            "resolution",
+            f"The mesh resolution (on this {limits.device_name} server)",
+            v,
+            limits.min_resolution,
+            limits.max_resolution,
+        ),
+        "samples": lambda v: _whole("samples", "The number of samples averaged", v, 1, limits.max_samples),
+        "allow_no_face": lambda v: _flag("allow_no_face", "The centre-crop choice", v),
+    }
+
+
+def _number(parameter: str, what: str, value: Any, low: float, high: float) -> float:
+    """A finite number in [low, high] from an int, float or numeric string."""
+    sentence = f"{what} must be a number from {low:g} to {high:g}; got {_shown(value)}."
+    if isinstance(value, bool) or value is None:
+        raise RequestError(parameter, sentence)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise RequestError(parameter, sentence) from None
+    if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise RequestError(parameter, sentence)
+    if not low <= value <= high:
+        raise RequestError(parameter, sentence)
+    return float(value)
+
+
+def _whole(parameter: str, what: str, value: Any, low: int, high: int) -> int:
+    """A whole number in [low, high]; 12.0 counts as 12, 12.5 does not (it is never truncated)."""
+    sentence = f"{what} must be a whole number from {low} to {high}; got {_shown(value)}."
+    try:
+        number = _number(parameter, what, value, float(low), float(high))
+    except RequestError:
+        raise RequestError(parameter, sentence) from None
+    if number != int(number):
+        raise RequestError(parameter, sentence)
+    return int(number)
+
+
+def _flag(parameter: str, what: str, value: Any) -> bool:
+    """A yes/no choice: a bool (or None, meaning no)."""
+    if value is None:
+        return False
+    if not isinstance(value, (bool, np.bool_)):
+        raise RequestError(parameter, f"{what} must be true or false; got {_shown(value)}.")
+    return bool(value)
+
+
+def _shown(value: Any) -> str:
+    """A request value as the sentence shows it: short, and never a path or a long blob."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class OutputFolders:
+    """Per-session folders for result files, removed when the session ends or grows old."""
+
+    def __init__(self, root: Path, max_age_s: float) -> None:
+        self.root, self.max_age_s = root, max_age_s
+
+    def new_run(self, session: str | None) -> Path:
+        """A fresh folder for one result of `session` (results older than `max_age_s`, of any session, are swept)."""
+        self._remove_older_than(self.max_age_s)
+        folder = self.root / (session or "anonymous") / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
+    def end_session(self, session: str | None) -> None:
+        """Remove everything a session wrote (Gradio keeps its own copies of what it served)."""
+        if session:
+            shutil.rmtree(self.root / session, ignore_errors=True)
+
+    def _remove_older_than(self, seconds: float) -> None:
+        cutoff = time.time() - seconds
+        for run in self.root.glob("*/*"):
+            try:
+                expired = run.stat().st_mtime < cutoff
+            except FileNotFoundError:  # its session just ended
+                continue
+            if expired:
+                shutil.rmtree(run, ignore_errors=True)
+
+
+def export_downloads(result: Reconstruction, folder: Path, stem: str) -> list[str]:
+    """Write the mesh in every download format; the GLB comes first (it feeds the viewer)."""
+    name = f"{stem}_seed{result.seed}"
+    return [str(export_mesh(result.mesh, folder / f"{name}.{fmt}")) for fmt in EXPORT_FORMATS]
+
+
+def run_details(result: Reconstruction) -> dict[str, Any]:
+    """What the app shows beside a result: seed, seconds per stage, mesh size, how the face was found, warnings."""
+    crop = result.crop
+    return {
+        "seed": result.seed,
+        "seconds": result.timings,
+        "vertices": len(result.mesh.vertices),
+        "faces": len(result.mesh.faces),
+        "face": {
+            "found": not crop.centred_fallback,
+            "photo_turned_deg": crop.rotation,
+            "head_size_px": None if crop.face_size_px is None else round(crop.face_size_px),
+        },
+        "warnings": result.warnings,
+    }
