@@ -21,7 +21,6 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,16 @@ from diffnphr.face import ImageInputError, NoFaceError
 from diffnphr.pipeline import MAX_SEED, HeadReconstructionPipeline, PipelineDefaults, Reconstruction
 from diffnphr.serving import (
     REQUEST_PARAMETERS,
+    ExamplePhotos,
     OutputFolders,
     RequestError,
     ServingLimits,
+    done_status,
     export_downloads,
     read_request,
     request_problems,
     run_details,
+    write_example_photos,
 )
 from diffnphr.weights import WeightsNotFoundError
 
@@ -93,7 +95,9 @@ def build_demo(
                     progress=_progress_bar(progress),
                 )
             )
-        files = export_downloads(result, outputs.new_run(_session(request)), "head")
+        folder = outputs.new_run(_session(request))
+        files = export_downloads(result, folder, "head")
+        outputs.release(folder)
         return result.crop.image, files[0], files, result.seed, run_details(result)
 
     def transfer(
@@ -126,7 +130,9 @@ def build_demo(
                     progress=_progress_bar(progress),
                 )
             )
-        files = export_downloads(result, outputs.new_run(_session(request)), "transfer")
+        folder = outputs.new_run(_session(request))
+        files = export_downloads(result, folder, "transfer")
+        outputs.release(folder)
         return files[0], files, result.seed, run_details(result)
 
     def require_photo(image: dict[str, Any] | None, *settings: Any) -> list[dict]:
@@ -141,7 +147,7 @@ def build_demo(
         ] + _checked(limits, settings)
 
     with gr.Blocks(title=TITLE, delete_cache=(OUTPUT_MAX_AGE_S // 2, OUTPUT_MAX_AGE_S)) as demo:
-        gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{_limits_note(pipeline, limits)}")
+        gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{limits.describe(pipeline.default_resolution, QUEUE_SIZE)}")
         with gr.Tab("Reconstruct"):
             with gr.Row(variant="panel"):
                 with gr.Column():
@@ -357,46 +363,12 @@ def _status_working(button: gr.Button, status: gr.Markdown) -> None:
 
 def _status_outcome(event: Any, status: gr.Markdown, details: gr.JSON, failures: _Failures) -> None:
     """After the request the status line says it is done (with its time) or why not, until the next one."""
-    event.success(_done_status, details, status, queue=False, api_visibility="private")
+    event.success(done_status, details, status, queue=False, api_visibility="private")
     event.failure(failures.status, None, status, queue=False, api_visibility="private")
-
-
-def _done_status(details: dict[str, Any] | None) -> str:
-    seconds = (details or {}).get("seconds", {}).get("total")
-    warnings = len((details or {}).get("warnings", []))
-    done = f"**Done** in {seconds:.1f} s." if seconds is not None else "**Done.**"
-    return done + (f" {warnings} warning(s): see the run details." if warnings else "")
-
-
-def _limits_note(pipeline: HeadReconstructionPipeline, limits: ServingLimits) -> str:
-    """One line saying what this server runs on and accepts."""
-    return (
-        f"This server runs the model on a {limits.device_name}; it meshes at {pipeline.default_resolution}³ "
-        f"by default and at most {limits.max_resolution}³, one request at a time, with up to {QUEUE_SIZE} waiting."
-    )
 
 
 def _session(request: gr.Request | None) -> str:
     return request.session_hash if request is not None and request.session_hash else "anonymous"
-
-
-@dataclass(frozen=True)
-class ExamplePhotos:
-    """The example photos' files: a frontal portrait, and a face for the expression-transfer example."""
-
-    portrait: Path
-    expression: Path
-
-
-def _write_example_photos(folder: Path) -> ExamplePhotos:
-    """scikit-image's astronaut portrait (NASA, public domain) and its camera-operator photo (CC0) as files."""
-    from PIL import Image
-    from skimage import data
-
-    portrait, expression = folder / "astronaut.png", folder / "camera_operator.png"
-    Image.fromarray(data.astronaut()).save(portrait)
-    Image.fromarray(data.camera()).convert("RGB").save(expression)
-    return ExamplePhotos(portrait, expression)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     examples = root / "examples"
     examples.mkdir()
-    demo = build_demo(pipeline, OutputFolders(root / "sessions", OUTPUT_MAX_AGE_S), _write_example_photos(examples))
+    demo = build_demo(pipeline, OutputFolders(root / "sessions", OUTPUT_MAX_AGE_S), write_example_photos(examples))
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     # Stop on SIGTERM (how containers and Spaces stop apps) as on Ctrl-C: Gradio closes the
     # server and the output folder is removed on exit.

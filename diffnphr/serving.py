@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,6 +53,13 @@ class ServingLimits:
     max_guidance: float = MAX_GUIDANCE
     max_samples: int = MAX_SAMPLES
     device_name: str = "CPU"
+
+    def describe(self, default_resolution: int, queue_size: int) -> str:
+        """One line for the page saying what this server runs on and accepts."""
+        return (
+            f"This server runs the model on a {self.device_name}; it meshes at {default_resolution}³ by default "
+            f"and at most {self.max_resolution}³, one request at a time, with up to {queue_size} waiting."
+        )
 
     @classmethod
     def for_device(cls, device_type: str) -> ServingLimits:
@@ -171,6 +179,13 @@ class OutputFolders:
         folder.mkdir(parents=True)
         return folder
 
+    def release(self, folder: Path, after_s: float = 60.0) -> None:
+        """Remove a result folder `after_s` seconds from now: by then Gradio has copied the files it serves
+        into its own cache, so API users (who end no browser session) leave nothing behind either."""
+        timer = threading.Timer(after_s, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True})
+        timer.daemon = True
+        timer.start()
+
     def end_session(self, session: str | None) -> None:
         """Remove everything a session wrote (Gradio keeps its own copies of what it served)."""
         if session:
@@ -208,3 +223,30 @@ def run_details(result: Reconstruction) -> dict[str, Any]:
         },
         "warnings": result.warnings,
     }
+
+
+def done_status(details: dict[str, Any] | None) -> str:
+    """The status line after a request that succeeded: its time, and whether it has warnings."""
+    seconds = (details or {}).get("seconds", {}).get("total")
+    warnings = len((details or {}).get("warnings", []))
+    done = f"**Done** in {seconds:.1f} s." if seconds is not None else "**Done.**"
+    return done + (f" {warnings} warning(s): see the run details." if warnings else "")
+
+
+@dataclass(frozen=True)
+class ExamplePhotos:
+    """The example photos' files: a frontal portrait, and a face for the expression-transfer example."""
+
+    portrait: Path
+    expression: Path
+
+
+def write_example_photos(folder: Path) -> ExamplePhotos:
+    """scikit-image's astronaut portrait (NASA, public domain) and its camera-operator photo (CC0) as files."""
+    from PIL import Image
+    from skimage import data
+
+    portrait, expression = folder / "astronaut.png", folder / "camera_operator.png"
+    Image.fromarray(data.astronaut()).save(portrait)
+    Image.fromarray(data.camera()).convert("RGB").save(expression)
+    return ExamplePhotos(portrait, expression)

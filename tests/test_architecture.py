@@ -16,7 +16,6 @@ LONG_MODULES = {
     "diffnphr.__main__": "the argparse tree of every subcommand and nothing else",
     "diffnphr.data.renders": "one class, HeadRenderer: scene sampling and rasterising share its precomputed buffers",
     "diffnphr.data.ict_convert": "one converter from the ICT-FaceKit repository's OBJ files to the archive",
-    "diffnphr.bench": "one small function per benchmark row, and the process around each",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from diffnphr.bench import run_benchmarks
 
@@ -32,3 +33,12 @@ def test_the_app_row_reconstructs_through_the_served_app_and_reports_its_peak_me
     assert row["request_s"] >= row["pipeline_seconds"]["total"] > 0
     # the served process holds the models (more than a bare interpreter) and stays within the README's 3 GB
     assert 400 < row["app_peak_rss_mib"] < 3 * 1024
+
+
+def test_the_load_row_answers_every_request_and_counts_what_is_left():
+    from diffnphr.bench.served import bench_load
+
+    row = bench_load(torch.device("cpu"), quick=False, clients=2, requests=1)
+    assert row["requests"] == 2 and row["answered"] == 2 and row["failed"] == 0, row["messages"]
+    assert 0 < row["latency_p50_s"] <= row["latency_p95_s"] <= row["wall_s"]
+    assert set(row["files_left"]) == {"result_folders", "gradio_cache"}

@@ -100,3 +100,14 @@ def test_output_folders_belong_to_a_session_and_go_with_it_or_with_age(tmp_path)
     os.utime(theirs, (old, old))
     folders.new_run("another")  # every new result sweeps what has grown old
     assert not theirs.exists()
+
+
+def test_a_released_result_folder_goes_soon_after_it_is_served(tmp_path):
+    folders = OutputFolders(tmp_path, max_age_s=3600)
+    run = folders.new_run("api-user")
+    (run / "head.glb").write_bytes(b"glb")
+    folders.release(run, after_s=0.05)
+    deadline = time.monotonic() + 5
+    while run.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not run.exists()

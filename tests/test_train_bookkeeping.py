@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffnphr.train.log import TrainingLog
-from diffnphr.train.loop import TimeBox
+from diffnphr.train.loop import LoopSchedule, StepResult, TimeBox, run_training
 
 
 def test_time_box_stops_after_the_given_steps():
@@ -40,3 +40,50 @@ def test_log_averages_between_lines_and_stops_on_a_diverged_loss(tmp_path):
     log.add({}, torch.tensor(float("nan")))
     with pytest.raises(RuntimeError, match="at step 3"):
         log.flush(3, {})
+
+
+class _CountingTrainee:
+    """A trainer whose loss is known: step k has loss k; it records what the loop asked of it."""
+
+    def __init__(self, folder):
+        self.folder, self.steps, self.saved, self.validations = folder, [], [], 0
+
+    def train_step(self, step):
+        self.steps.append(step)
+        return StepResult({"term": torch.tensor(float(step))}, torch.tensor(float(step)), {"lr_factor": 1.0})
+
+    def validate(self):
+        self.validations += 1
+        return {"val_loss": 0.5}
+
+    def save(self, step):
+        self.saved.append(step)
+        return self.folder / f"checkpoint-{step}"
+
+
+def test_the_loop_logs_validates_checkpoints_and_stops_where_it_should(tmp_path, caplog):
+    trainee = _CountingTrainee(tmp_path)
+    log = TrainingLog(tmp_path / "train_log.jsonl")
+    schedule = LoopSchedule(total_steps=10, log_every=4, checkpoint_every=5, validate_every=3)
+    with caplog.at_level("INFO", logger="diffnphr.train.loop"):
+        outcome = run_training(trainee, schedule, TimeBox(3600, time.monotonic()), log, step=0, last_checkpoint=None)
+    assert trainee.steps == list(range(10)) and outcome.step == 10
+    assert trainee.saved == [5, 10] and outcome.checkpoint == tmp_path / "checkpoint-10"  # no second save at 10
+    assert trainee.validations == 4  # steps 3, 6, 9 and the last
+    lines = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 4, 6, 8, 9, 10]  # every log_every, every validation, the end
+    # each line averages the steps since the previous one: (0 + 1 + 2) / 3, then step 3 alone
+    assert lines[0]["loss"] == 1.0 and lines[1]["loss"] == 3.0 and lines[0]["val_loss"] == 0.5
+    assert any("step 10/10" in record.getMessage() and "steps/s" in record.getMessage() for record in caplog.records)
+
+
+def test_a_resumed_loop_continues_and_a_call_without_steps_saves_nothing(tmp_path):
+    trainee = _CountingTrainee(tmp_path)
+    schedule = LoopSchedule(total_steps=6, log_every=2, checkpoint_every=100)
+    budget = TimeBox(3600, time.monotonic(), stop_after_steps=2)
+    log = TrainingLog(tmp_path / "train_log.jsonl")
+    outcome = run_training(trainee, schedule, budget, log, step=3, last_checkpoint=tmp_path / "checkpoint-3")
+    assert trainee.steps == [3, 4] and trainee.saved == [5] and outcome.step == 5
+    idle = _CountingTrainee(tmp_path)
+    done = run_training(idle, schedule, TimeBox(3600, time.monotonic()), log, 6, tmp_path / "checkpoint-6")
+    assert idle.steps == [] and idle.saved == [] and done.checkpoint == tmp_path / "checkpoint-6"

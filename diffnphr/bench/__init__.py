@@ -1,0 +1,16 @@
+"""`python -m diffnphr bench`: seconds and peak memory of every block on the machine it runs on.
+
+Each measurement runs in a fresh spawned process, so its peak memory is its own: peak RSS of
+that process on the CPU (it includes the Python + torch baseline, reported separately as
+`baseline`), `torch.cuda.max_memory_allocated` on a GPU. Models carry random weights of the
+real sizes: speed depends on shapes, not on values.
+
+Rows by module: `blocks` (decoder, extraction, U-Net, DDIM, FaRL with random weights of the real
+sizes), `pipeline` (one whole reconstruction stage by stage through the pipeline's own stages:
+after a warm-up call, the median of 3 timed calls, 1 with quick), `served` (the app through
+`gradio_client`: request time and peak RSS, and the app under load).
+"""
+
+from diffnphr.bench.run import run_benchmarks
+
+__all__ = ["run_benchmarks"]
