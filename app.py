@@ -38,6 +38,7 @@ from diffnphr.serving import (
     export_downloads,
     read_request,
     request_problems,
+    return_freed_memory,
     run_details,
     write_example_photos,
 )
@@ -98,6 +99,7 @@ def build_demo(
         folder = outputs.new_run(_session(request))
         files = export_downloads(result, folder, "head")
         outputs.release(folder)
+        return_freed_memory()
         return result.crop.image, files[0], files, result.seed, run_details(result)
 
     def transfer(
@@ -133,6 +135,7 @@ def build_demo(
         folder = outputs.new_run(_session(request))
         files = export_downloads(result, folder, "transfer")
         outputs.release(folder)
+        return_freed_memory()
         return files[0], files, result.seed, run_details(result)
 
     def require_photo(image: dict[str, Any] | None, *settings: Any) -> list[dict]:
