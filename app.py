@@ -338,6 +338,8 @@ class _Failures:
     """The last refused request's sentence per session, for the status line (Gradio's failure event gets no
     message), and one log line per refusal instead of a traceback."""
 
+    kept = 256  # API sessions have no browser to read their status: keep only the newest refusals
+
     def __init__(self) -> None:
         self.messages: dict[str, str] = {}
 
@@ -349,6 +351,8 @@ class _Failures:
             yield
         except gr.Error as error:
             self.messages[session] = str(error.message)
+            while len(self.messages) > self.kept:
+                self.messages.pop(next(iter(self.messages)))
             logger.warning("refused /%s: %s", endpoint, error.message)
             raise
 

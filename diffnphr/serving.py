@@ -30,7 +30,7 @@ from diffnphr.pipeline.settings import MAX_SAMPLES, MAX_SEED
 if TYPE_CHECKING:
     from diffnphr.pipeline.pipeline import Reconstruction
 
-CPU_MAX_RESOLUTION = 192  # about a minute a request on 2 CPU cores (docs/RESULTS.md)
+CPU_MAX_RESOLUTION = 192  # 21 s in the pipeline on 2 CPU cores (docs/RESULTS.md): well under a minute
 GPU_MAX_RESOLUTION = 512
 MIN_RESOLUTION = 32
 MAX_STEPS = 100
@@ -77,33 +77,33 @@ REQUEST_PARAMETERS = ("seed", "randomize_seed", "steps", "guidance_scale", "reso
 def read_request(limits: ServingLimits, **values: Any) -> dict[str, Any]:
     """The pipeline settings (`seed` None when randomised) and `allow_no_face` for one request's raw values
     (`REQUEST_PARAMETERS`). Raises `RequestError` for the first value that cannot be used."""
-    problems = request_problems(limits, **values)
+    read, problems = _read_each(limits, values)
     if problems:
         parameter, message = next(iter(problems.items()))
         raise RequestError(parameter, message)
-    readers = _readers(limits)
-    randomize = readers["randomize_seed"](values["randomize_seed"])
-    read = {name: readers[name](values[name]) for name in REQUEST_PARAMETERS if name not in ("seed", "randomize_seed")}
-    return {"seed": None if randomize else readers["seed"](values["seed"]), **read}
+    return {"seed": None if read.pop("randomize_seed") else read["seed"], **read}
 
 
 def request_problems(limits: ServingLimits, **values: Any) -> dict[str, str]:
-    """Per parameter, the sentence saying why its value cannot be used (only the bad ones, in API order).
+    """Per parameter, the sentence saying why its value cannot be used (only the bad ones, in API order)."""
+    return _read_each(limits, values)[1]
 
-    The seed is not checked when the seed is randomised (its value is then unused).
-    """
-    missing = [name for name in REQUEST_PARAMETERS if name not in values]
-    if missing or len(values) != len(REQUEST_PARAMETERS):
-        raise TypeError(f"read_request takes exactly {', '.join(REQUEST_PARAMETERS)}; missing {missing}")
-    readers, problems = _readers(limits), {}
-    for name in REQUEST_PARAMETERS:
-        if name == "seed" and values["randomize_seed"] is True:
+
+def _read_each(limits: ServingLimits, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every parameter read once: the values that could be read, and a sentence for each that could not. The
+    seed is not read when the seed is randomised (its value is then unused)."""
+    if set(values) != set(REQUEST_PARAMETERS):
+        raise TypeError(f"a request has exactly {', '.join(REQUEST_PARAMETERS)}; got {', '.join(values)}")
+    readers, read, problems = _readers(limits), {}, {}
+    for name in ("randomize_seed", *(name for name in REQUEST_PARAMETERS if name != "randomize_seed")):
+        if name == "seed" and read.get("randomize_seed"):
+            read["seed"] = None
             continue
         try:
-            readers[name](values[name])
+            read[name] = readers[name](values[name])
         except RequestError as error:
             problems[name] = str(error)
-    return problems
+    return read, {name: problems[name] for name in REQUEST_PARAMETERS if name in problems}
 
 
 def _readers(limits: ServingLimits) -> dict[str, Any]:
