@@ -274,3 +274,38 @@ def test_narrow_band_gives_the_dense_mesh_of_a_trained_head():
     assert len(dense.faces) > 1000
     np.testing.assert_array_equal(band.faces, dense.faces)
     np.testing.assert_allclose(band.vertices, dense.vertices, atol=1e-5, rtol=0)
+
+
+def boundary_edges(mesh: trimesh.Trimesh) -> int:
+    """Edges used by a single face: the rim of a hole."""
+    _, counts = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
+    return int((counts == 1).sum())
+
+
+@pytest.mark.parametrize("method", ["dense", "narrow_band"])
+def test_a_shape_cut_by_the_box_is_closed_by_a_flat_cap_on_the_box_face(method):
+    # A sphere through the box floor, as a head's neck is.
+    centre = torch.tensor([0.05, BOX_MIN[1] + 0.1, 0.02])
+    closed = extract_mesh(sphere(centre=centre, radius=0.3), resolution=48, method=method)
+    assert boundary_edges(closed) == 0 and closed.is_watertight and closed.is_winding_consistent
+    on_floor = np.abs(closed.vertices[:, 1] - BOX_MIN[1]) < 1e-5
+    cap_radius = np.sqrt(0.3**2 - 0.1**2)
+    from_axis = np.linalg.norm(closed.vertices[on_floor][:, [0, 2]] - centre[[0, 2]].numpy(), axis=1)
+    assert from_axis.max() < cap_radius + 1e-4  # the cap fills the cut's disc, no more
+    assert on_floor.sum() > 100 and closed.vertices[:, 1].min() >= BOX_MIN[1] - 1e-9
+    assert closed.volume > 0  # outward faces, the cap included
+
+    open_cut = extract_mesh(sphere(centre=centre, radius=0.3), resolution=48, method=method, close_at_box=False)
+    assert boundary_edges(open_cut) > 0
+    assert not (np.abs(open_cut.vertices[:, 1] - BOX_MIN[1]) < 1e-5).sum() > 100  # no cap: only the rim
+
+
+def test_a_trained_heads_mesh_is_watertight():
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    decoder = MonoNPHM.from_pretrained(weights / "decoder", device="cpu")
+    codes = unpack(load_head_latents(weights / "decoder_latents", "codebooks").flat()[:1])
+    head = decoder.bind(*codes)
+    mesh = extract_mesh(head.point_sdf, resolution=48)
+    assert mesh.vertices[:, 1].min() == pytest.approx(BOX_MIN[1], abs=1e-5)  # the neck reaches the floor
+    assert boundary_edges(mesh) == 0 and mesh.is_watertight and mesh.is_winding_consistent
+    assert boundary_edges(extract_mesh(head.point_sdf, resolution=48, close_at_box=False)) > 0

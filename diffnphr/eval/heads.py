@@ -74,7 +74,11 @@ def decode_mesh(
     with torch.inference_mode():
         head = model.bind(z_geo[None].to(device), z_exp[None].to(device), z_app[None].to(device))
         return extract_mesh(
-            head.point_sdf, resolution=resolution, device=device, color_fn=head.point_colour if colours else None
+            head.point_sdf,
+            resolution=resolution,
+            device=device,
+            color_fn=head.point_colour if colours else None,
+            close_at_box=False,  # the comparison crops both surfaces at the floor: no cap there
         )
 
 

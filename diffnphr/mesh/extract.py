@@ -30,7 +30,7 @@ from torch import Tensor
 
 from diffnphr.frame import BOX_MAX, BOX_MIN
 from diffnphr.mesh.grid import dense_grid, narrow_band_grid
-from diffnphr.mesh.marching import marching_cubes
+from diffnphr.mesh.marching import close_at_box_faces, marching_cubes
 
 METHODS: tuple[str, ...] = ("dense", "narrow_band")
 DEFAULT_CHUNK_SIZE = 65_536
@@ -67,6 +67,7 @@ def extract_mesh(
     device: torch.device | str | None = None,
     coarse_resolution: int | None = None,
     keep_largest_component: bool = False,
+    close_at_box: bool = True,
 ) -> trimesh.Trimesh:
     """Return the surface ``sdf_fn = 0`` inside ``bbox`` as a mesh (``extract_mesh_with_stats``)."""
     return extract_mesh_with_stats(
@@ -79,6 +80,7 @@ def extract_mesh(
         device=device,
         coarse_resolution=coarse_resolution,
         keep_largest_component=keep_largest_component,
+        close_at_box=close_at_box,
     ).mesh
 
 
@@ -93,6 +95,7 @@ def extract_mesh_with_stats(
     device: torch.device | str | None = None,
     coarse_resolution: int | None = None,
     keep_largest_component: bool = False,
+    close_at_box: bool = True,
     progress: ProgressFn | None = None,
 ) -> MeshExtraction:
     """Extract the surface ``sdf_fn = 0`` inside ``bbox`` with outward faces, and report the cost.
@@ -121,7 +124,10 @@ def extract_mesh_with_stats(
     Marching cubes is PyMCubes at level 0, run only on the blocks of 16³ cells that hold a
     face; duplicate vertices are merged and degenerate faces dropped.
     ``keep_largest_component`` (default off, as in MonoNPHM) keeps only the connected part with
-    the most faces, e.g. to drop floating blobs. Raises ``ValueError`` when the box holds no
+    the most faces, e.g. to drop floating blobs. ``close_at_box`` (default on) closes the surface
+    where it leaves the box (the neck at the floor) with a flat cap on the box face, so a head's
+    mesh is watertight; off, the cut stays open (the evaluation compares the open surfaces above
+    the floor). Raises ``ValueError`` when the box holds no
     surface. ``progress(stage, fraction)`` follows the work: ``"extraction"`` as SDF queries are
     answered (against `expected_queries`) and marching cubes ends, then ``"colour"`` by chunk.
     """
@@ -143,6 +149,9 @@ def extract_mesh_with_stats(
                 sdf_fn, box_min, spacing, resolution, max(2, coarse), chunk_size, device
             )
         grid = grid[:resolution, :resolution, :resolution]
+        inside_everywhere = bool((grid < 0).all())
+        if close_at_box and not inside_everywhere:
+            close_at_box_faces(grid)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     seconds_sdf = time.perf_counter() - start
@@ -153,7 +162,7 @@ def extract_mesh_with_stats(
     if progress is not None:
         progress("extraction", 1.0)
     if len(mesh.faces) == 0:
-        sign = "negative (inside)" if bool((grid < 0).all()) else "positive (outside)"
+        sign = "negative (inside)" if inside_everywhere else "positive (outside)"
         raise ValueError(
             f"No surface found in the box {box_min.tolist()}..{box_max.tolist()} at resolution "
             f"{resolution}: the SDF is {sign} at every grid node, so the shape misses the box "

@@ -2,6 +2,8 @@
 
 PyMCubes orients triangles outwards when the inside is the larger value, so it runs on `-sdf`
 at level 0, exactly as MonoNPHM's `mesh_from_logits` does (the SDF is negative inside).
+Where the head leaves the box (the neck, at the floor) the surface is closed on the box's faces
+(`close_at_box_faces`), so the mesh is watertight.
 """
 
 from __future__ import annotations
@@ -15,6 +17,24 @@ from diffnphr.mesh.grid import sign_change_cells
 
 # Marching cubes runs on blocks of this many cells per axis, and only where they hold a face.
 _MC_BLOCK = 16
+# The value an inside node on the box's faces takes when the surface is closed there: just
+# outside, so the cap's vertices sit on the face plane (1e-6 units = 0.25 µm from it at most).
+_CAP_VALUE = 1.0e-6
+
+
+def close_at_box_faces(grid: Tensor) -> Tensor:
+    """Make the nodes on the grid's six faces that are inside (< 0) barely outside, in place; return the grid.
+
+    A head that leaves the box (the neck through the floor) is then closed by a flat cap on the
+    box face: without it, marching cubes leaves the cut open (396 boundary edges at 128³ on the
+    shipped weights). Nodes already outside keep their values, so surfaces the box does not cut
+    are untouched.
+    """
+    for axis in range(3):
+        for index in (0, grid.shape[axis] - 1):
+            face = grid.select(axis, index)
+            face.masked_fill_(face < 0, _CAP_VALUE)
+    return grid
 
 
 def marching_cubes(
