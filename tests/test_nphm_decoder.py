@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from diffnphr import frame
 from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
+from diffnphr.nphm.activations import softplus_
 from diffnphr.nphm.canonical import gaussian_blend_weights
 from diffnphr.nphm.ensemble import MemberBlocks, MemberSlices, edge_layout
 
@@ -167,30 +168,44 @@ def test_both_edge_layouts_equal_a_plain_per_member_implementation(config, grad)
     assert fast["sdf"].std() > 1e-3 and fast["rgb"].std() > 1e-3  # the comparison is not between constants
 
 
-def test_the_two_edge_layouts_run_every_member_layer_alike():
+@pytest.mark.parametrize("softplus_beta", [None, 100.0], ids=["relu", "softplus"])
+def test_the_two_edge_layouts_run_every_member_mlp_alike(softplus_beta):
     members, edges = 7, 500
     g = torch.Generator().manual_seed(0)
     member = torch.randint(0, members - 2, (edges,), generator=g)  # the last two members own no edge
     x = torch.randn(edges, 5, generator=g, dtype=torch.float64)
     table, index = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randint(0, 40, (edges,), generator=g)
-    w1, w2 = (
-        torch.randn(members, 6, 5, generator=g, dtype=torch.float64),
-        torch.randn(members, 3, 6, generator=g, dtype=torch.float64),
-    )
-    b2 = torch.randn(members, 3, generator=g, dtype=torch.float64)
+    w1, w2, w3 = (torch.randn(members, *shape, generator=g, dtype=torch.float64) for shape in ((6, 5), (6, 6), (3, 6)))
+    b2, b3 = torch.randn(members, 6, generator=g, dtype=torch.float64), torch.randn(members, 3, generator=g)
+    b3 = b3.double()
+    act = torch.relu if softplus_beta is None else (lambda h: F.softplus(h, beta=softplus_beta))
 
     def run(layout):
-        hidden = layout.linear_onto(layout.gather_rows(table, index), layout.scatter(x), w1)
-        return layout.gather(layout.linear(torch.relu(hidden), w2, b2))
+        base = layout.gather_rows(table, index)
+        out, last_hidden = layout.mlp(base, layout.scatter(x), w1, [(w2, b2), (w3, b3)], softplus_beta, True)
+        return layout.gather(out), layout.gather(last_hidden)
 
-    per_edge = torch.stack(
-        [w2[m] @ torch.relu(table[i] + w1[m] @ row) + b2[m] for m, i, row in zip(member.tolist(), index, x)]
+    per_edge_hidden = torch.stack(
+        [w2[m] @ act(table[i] + w1[m] @ row) + b2[m] for m, i, row in zip(member.tolist(), index, x)]
     )
-    torch.testing.assert_close(run(MemberBlocks(member, members)), per_edge)
-    torch.testing.assert_close(run(MemberSlices(member, members)), per_edge)
+    per_edge = torch.stack([w3[m] @ act(h) + b3[m] for m, h in zip(member.tolist(), per_edge_hidden)])
+    for layout in (MemberBlocks(member, members), MemberSlices(member, members)):
+        out, last_hidden = run(layout)
+        torch.testing.assert_close(out, per_edge)
+        torch.testing.assert_close(last_hidden, per_edge_hidden)  # what the colour reads
     with torch.no_grad():
         assert isinstance(edge_layout(member, members), MemberSlices)
     assert isinstance(edge_layout(member, members), MemberBlocks)  # autograd needs the blocks
+
+
+def test_the_in_place_softplus_equals_torchs_over_the_whole_range():
+    values = torch.cat([torch.linspace(-3.0, 3.0, 100_001), torch.tensor([-1e4, -0.881, 0.799, 0.801, 0.9, 50.0])])
+    for beta in (1.0, 100.0):
+        expected = F.softplus(values, beta=beta)
+        torch.testing.assert_close(softplus_(values.clone(), beta), expected, rtol=3e-7, atol=2e-7)  # an ulp
+    small = torch.linspace(-0.5, 0.5, 1001)  # no value past the overflow guard: the short path
+    torch.testing.assert_close(softplus_(small.clone(), 100.0), F.softplus(small, beta=100.0))
+    assert softplus_(torch.empty(0), 100.0).numel() == 0
 
 
 def test_blend_weights_sum_to_one_and_fall_with_distance():

@@ -184,17 +184,16 @@ class CanonicalField:
         delta = torch.cat([mirrored_x, delta[..., 1:]], dim=-1)
 
         layout = edge_layout(self.decoder.node_member[nodes], config.n_members)
-        hidden = layout.linear_onto(
+        edge_sdf, geo_feature = layout.mlp(
             layout.gather_rows(self.geo_node_terms, flat_nodes),
             layout.scatter(delta.reshape(-1, dim)),
             self.geo_position_weight,
+            self.geo_layers[1:],
+            softplus_beta=config.softplus_beta,
+            keep_last_hidden=with_rgb,
         )
-        beta = config.softplus_beta
-        for weight, bias in self.geo_layers[1:-1]:
-            hidden = layout.linear(F.softplus(hidden, beta=beta), weight, bias)
-        edge_sdf = layout.gather(layout.linear(F.softplus(hidden, beta=beta), *self.geo_layers[-1]))
-        sdf = (weights * edge_sdf.view(weights.shape)).sum(dim=-1)
-        rgb = self._colour(layout, flat_nodes, hidden, weights) if with_rgb else None
+        sdf = (weights * layout.gather(edge_sdf).view(weights.shape)).sum(dim=-1)
+        rgb = self._colour(layout, flat_nodes, geo_feature, weights) if with_rgb else None
         return CanonicalOutput(sdf=sdf, rgb=rgb, nodes=nodes, weights=weights)
 
     def _neighbours(self, canonical_points: Tensor) -> Tensor:
@@ -212,8 +211,7 @@ class CanonicalField:
         """Blended colour [B, N, 3]; the geometry MLPs pass on the pre-activation of their last hidden layer."""
         decoder = self.decoder
         comm = decoder.communcation_bottleneck2(F.relu(decoder.communcation_bottleneck1(geo_feature)))
-        hidden = layout.linear_onto(layout.gather_rows(self.app_node_terms, flat_nodes), comm, self.app_comm_weight)
-        for weight, bias in self.app_layers[1:-1]:
-            hidden = layout.linear(F.relu(hidden), weight, bias)
-        edge_rgb = layout.gather(layout.linear(F.relu(hidden), *self.app_layers[-1]))
+        base = layout.gather_rows(self.app_node_terms, flat_nodes)
+        edge_rgb, _ = layout.mlp(base, comm, self.app_comm_weight, self.app_layers[1:], softplus_beta=None)
+        edge_rgb = layout.gather(edge_rgb)
         return (weights.unsqueeze(-1) * edge_rgb.view(*weights.shape, 3)).sum(dim=-2)

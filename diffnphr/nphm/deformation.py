@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffnphr.nphm.activations import softplus
+
 if TYPE_CHECKING:
     from diffnphr.nphm.config import MonoNPHMConfig
 
@@ -81,7 +83,7 @@ class Deformation:
         """Raw network output [B, N, 3 + n_hyper] at posed points [B, N, 3]."""
         hidden = F.linear(points, self.first_xyz) + self.first_latent
         for i in range(1, len(self.linears)):
-            hidden = F.softplus(hidden, beta=self.beta)
+            hidden = softplus(hidden, self.beta)  # in place for CPU inference
             if i == self.skip_layer:
                 hidden = (F.linear(hidden, self.skip_hidden) + F.linear(points, self.skip_xyz)) * _INV_SQRT2
                 hidden = hidden + self.skip_latent

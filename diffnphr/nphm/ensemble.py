@@ -7,10 +7,13 @@ interface (`edge_layout` picks one):
 - `MemberBlocks` lays the edges out in fixed-size blocks, every block owned by a single member,
   so that a layer is one `torch.baddbmm` over the blocks with that layer's stacked weights
   gathered per block: one kernel per layer, differentiable (training, the GPU).
-- `MemberSlices` sorts the edges by member and runs one `torch.addmm` per member on its
-  contiguous rows: no padding and no weight copies (a head at 128³ on a 2-core CPU: 12.4 s
-  instead of 13.8), but one call per member, writing into preallocated outputs, so it serves
-  CPU inference only.
+- `MemberSlices` sorts the edges by member and runs each member's whole MLP on its contiguous
+  rows, layer after layer while they are in the cache, with the activations computed in place
+  (`softplus_`): no padding, no weight copies and no pass over all edges per layer (the
+  canonical field on a 2-core CPU: 0.45 → 0.22 s per 16k points), but it writes into its
+  inputs and preallocated outputs, so it serves inference only (CPU).
+
+Both run a whole ensemble MLP through `mlp`, the one entry point the canonical field uses.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import itertools
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from diffnphr.nphm.activations import softplus_
 
 # Block sizes are multiples of this; the block size minimises (padded rows + this weight times
 # the number of blocks): every block costs a copy of its member's weights, worth about as
@@ -68,6 +74,9 @@ class MLPEnsemble(nn.Module):
             (torch.stack([lins[i].weight for lins in linears]), torch.stack([lins[i].bias for lins in linears]))
             for i in range(len(linears[0]))
         ]
+
+
+Layers = list[tuple[Tensor, Tensor]]
 
 
 def _block_size(counts: Tensor) -> int:
@@ -131,12 +140,35 @@ class MemberBlocks:
         """base + each block's member weights applied to x (base [n_blocks, block or 1, out], weight [M, out, in])."""
         return torch.baddbmm(base, x, weight.index_select(0, self.block_member).transpose(1, 2))
 
+    def mlp(
+        self,
+        base: Tensor,
+        x: Tensor,
+        first_weight: Tensor,
+        layers: Layers,
+        softplus_beta: float | None,
+        keep_last_hidden: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Each edge through its member's MLP, one batched GEMM per layer (differentiable).
+
+        The first layer is `base + x @ first_weight[member]ᵀ` (base: the latent part and the bias,
+        [n_blocks, block, H]); then each of `layers` [(W [M, out, in], b [M, out])] after the
+        activation (softplus with `softplus_beta`, or ReLU for None). Returns the output and, with
+        `keep_last_hidden`, the pre-activation of the last hidden layer (MonoNPHM's colour reads
+        the geometry's), both in this layout.
+        """
+        activation = (lambda h: F.softplus(h, beta=softplus_beta)) if softplus_beta else F.relu
+        hidden = self.linear_onto(base, x, first_weight)
+        for weight, bias in layers[:-1]:
+            hidden = self.linear(activation(hidden), weight, bias)
+        return self.linear(activation(hidden), *layers[-1]), hidden if keep_last_hidden else None
+
 
 class MemberSlices:
     """The edges sorted by member, each member's rows contiguous: [E, F] tensors in sorted order.
 
-    Same interface as `MemberBlocks`; `linear` and `linear_onto` write into their outputs, so the
-    layout works without autograd only (see `edge_layout`).
+    Same interface as `MemberBlocks`; `mlp` writes into its inputs and outputs, so the layout
+    works without autograd only (see `edge_layout`).
     """
 
     def __init__(self, member: Tensor, n_members: int):
@@ -163,18 +195,35 @@ class MemberSlices:
         """Rows in member order [E, F] -> per-edge rows [E, F] in the original edge order."""
         return rows.index_select(0, self.position)
 
-    def linear(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """Apply each row's member layer: x [E, in] with stacked weight [M, out, in], bias [M, out]."""
-        out = x.new_empty(x.shape[0], weight.shape[1])
-        for member, start, end in self.spans:
-            torch.addmm(bias[member], x[start:end], weight[member].t(), out=out[start:end])
-        return out
+    def mlp(
+        self,
+        base: Tensor,
+        x: Tensor,
+        first_weight: Tensor,
+        layers: Layers,
+        softplus_beta: float | None,
+        keep_last_hidden: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """`MemberBlocks.mlp` member by member: every layer of one member's rows before the next member.
 
-    def linear_onto(self, base: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-        """base + each row's member weights applied to x (base [E, out], updated in place; weight [M, out, in])."""
+        A member's rows (about 750 of 128 floats for 2048 points) stay in the cache through its
+        layers and their in-place activations; `base` ([E, H] in member order) is overwritten.
+        """
+        hidden_out = layers[0][0].shape[1]
+        spare = base.new_empty(base.shape[0], hidden_out)
+        last_hidden = base.new_empty(base.shape[0], hidden_out) if keep_last_hidden else None
+        out = base.new_empty(base.shape[0], layers[-1][0].shape[1])
+        activation_ = (lambda h: softplus_(h, softplus_beta)) if softplus_beta else torch.relu_
         for member, start, end in self.spans:
-            base[start:end].addmm_(x[start:end], weight[member].t())
-        return base
+            hidden, free = base[start:end].addmm_(x[start:end], first_weight[member].t()), spare[start:end]
+            for weight, bias in layers[:-1]:
+                torch.addmm(bias[member], activation_(hidden), weight[member].t(), out=free)
+                hidden, free = free, hidden
+            if last_hidden is not None:
+                last_hidden[start:end].copy_(hidden)
+            weight, bias = layers[-1]
+            torch.addmm(bias[member], activation_(hidden), weight[member].t(), out=out[start:end])
+        return out, last_hidden
 
 
 def edge_layout(member: Tensor, n_members: int) -> MemberBlocks | MemberSlices:
