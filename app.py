@@ -30,8 +30,10 @@ from diffnphr.face import ImageInputError, NoFaceError
 from diffnphr.pipeline import MAX_SEED, HeadReconstructionPipeline, PipelineDefaults, Reconstruction
 from diffnphr.serving import (
     REQUEST_PARAMETERS,
+    ClientWatch,
     ExamplePhotos,
     OutputFolders,
+    RequestCancelled,
     RequestError,
     ServingLimits,
     done_status,
@@ -93,7 +95,7 @@ def build_demo(
                     _uploaded_path(image, "photo"),
                     pipeline.settings(**options),
                     allow_no_face=allow,
-                    progress=_progress_bar(progress),
+                    progress=_progress_bar(progress, _watch(demo, request)),
                 )
             )
         folder = outputs.new_run(_session(request))
@@ -129,7 +131,7 @@ def build_demo(
                     _uploaded_path(expression_image, "expression photo"),
                     pipeline.settings(**options),
                     allow_no_face=allow,
-                    progress=_progress_bar(progress),
+                    progress=_progress_bar(progress, _watch(demo, request)),
                 )
             )
         folder = outputs.new_run(_session(request))
@@ -313,6 +315,8 @@ def _run(work: Callable[[], Reconstruction]) -> Reconstruction:
     """Run the pipeline, turning mistakes a person can fix into a message in the UI."""
     try:
         result = work()
+    except RequestCancelled as error:
+        raise _user_error(f"Stopped {error}.", "Cancelled") from error
     except NoFaceError as error:
         raise _user_error(f"{error} Or tick “{NO_FACE_CHOICE}”.", "No face found") from error
     except ImageInputError as error:
@@ -324,9 +328,28 @@ def _run(work: Callable[[], Reconstruction]) -> Reconstruction:
     return result
 
 
-def _progress_bar(progress: gr.Progress) -> Callable[[str, float], None]:
-    """The pipeline's progress callback, shown on Gradio's progress bar."""
-    return lambda stage, fraction: progress(fraction, desc=stage)
+def _progress_bar(progress: gr.Progress, watch: ClientWatch) -> Callable[[str, float], None]:
+    """The pipeline's progress callback, shown on Gradio's progress bar; it stops the work once the client is gone."""
+
+    def report(stage: str, fraction: float) -> None:
+        watch.check()
+        progress(fraction, desc=stage)
+
+    return report
+
+
+def _watch(demo: gr.Blocks, request: gr.Request | None) -> ClientWatch:
+    """A `ClientWatch` on this request's session, reading the jobs Gradio's queue is running.
+
+    Gradio (pinned in requirements.txt) keeps them in `Blocks._queue.active_jobs`, one list of
+    events per worker, each with its `session_hash` and `alive`; there is no public way to ask.
+    """
+
+    def running() -> list[tuple[str, bool]]:
+        jobs = getattr(getattr(demo, "_queue", None), "active_jobs", None) or []
+        return [(event.session_hash, event.alive) for job in jobs if job for event in job]
+
+    return ClientWatch(running, _session(request))
 
 
 def _user_error(message: str, title: str) -> gr.Error:

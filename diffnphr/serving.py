@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,6 +203,36 @@ class OutputFolders:
                 continue
             if expired:
                 shutil.rmtree(run, ignore_errors=True)
+
+
+class RequestCancelled(Exception):
+    """The client that asked for the running request is gone (page closed, connection lost, or cancelled)."""
+
+
+class ClientWatch:
+    """Stops a running request whose client has gone, so it frees the worker for the next one in the queue.
+
+    `running()` lists (session, alive) for every job the server's queue is running now: Gradio
+    marks a job not alive when its client's event stream closes, and drops it on a cancel (while
+    the worker thread, which it cannot stop, would run on beside the next job). The watch is armed
+    only if its session had a live job when it was made: work run outside the queue is never
+    stopped. `check()` is cheap; the pipeline's progress callback calls it at every step.
+    """
+
+    def __init__(self, running: Callable[[], Iterable[tuple[str, bool]]], session: str) -> None:
+        self._running, self.session = running, session
+        self.armed = self._still_wanted()
+        self.started = time.monotonic()
+
+    def _still_wanted(self) -> bool:
+        return any(alive and session == self.session for session, alive in self._running())
+
+    def check(self) -> None:
+        """Raise `RequestCancelled` if the request's client is gone."""
+        if self.armed and not self._still_wanted():
+            raise RequestCancelled(
+                f"after {time.monotonic() - self.started:.1f} s: the client that asked for it went away"
+            )
 
 
 def export_downloads(result: Reconstruction, folder: Path, stem: str) -> list[str]:

@@ -159,10 +159,16 @@ def not_an_image_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_url(tiny_weights_dir, tmp_path_factory):
+def app_workdir(tmp_path_factory) -> Path:
+    """The served app's working folder: its `server.log` and its Gradio cache."""
+    return tmp_path_factory.mktemp("app")  # the app writes .gradio/ (example cache) under its cwd
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_weights_dir, app_workdir):
     """`python app.py` serving the tiny weights on a free local port; yields its URL, stops it after."""
     repo = Path(__file__).resolve().parents[1]
-    workdir = tmp_path_factory.mktemp("app")  # the app writes .gradio/ (example cache) under its cwd
+    workdir = app_workdir
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 import trimesh
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, ValidationError
+from gradio_client.utils import Status
 
 # image, seed, randomize seed, DDIM steps, guidance, mesh resolution, samples averaged, use the centre if no face
 SETTINGS = (4, False, 2, 1.0, 32, 2, False)
@@ -110,3 +115,51 @@ def test_the_details_say_how_the_face_was_found(client, face_photo_file):
     *_, details = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
     assert details["face"]["found"] and details["face"]["photo_turned_deg"] == 0
     assert details["face"]["head_size_px"] > 100
+
+
+# Enough work for the tiny model to still be running when its client leaves: 100 steps × 32 samples, 192³.
+SLOW_SETTINGS = (4, False, 100, 1.0, 192, 32, False)
+_VANISHING_CLIENT = """
+import os, sys, time
+from gradio_client import Client, handle_file
+from gradio_client.utils import Status
+job = Client(sys.argv[1], verbose=False).submit(handle_file(sys.argv[2]), *eval(sys.argv[3]), api_name="/reconstruct")
+deadline = time.monotonic() + 60
+while job.status().code != Status.PROCESSING and time.monotonic() < deadline:
+    time.sleep(0.05)
+os._exit(0)  # the connection drops as when a browser tab is closed: no goodbye
+"""
+
+
+def _processing(job) -> None:
+    deadline = time.monotonic() + 60
+    while job.status().code != Status.PROCESSING:
+        assert time.monotonic() < deadline, "the slow request never started"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("leaving", ["cancel", "disconnect"])
+def test_a_request_whose_client_leaves_is_stopped_and_the_next_one_is_served(
+    leaving, app_url, app_workdir, client, face_photo_file, tmp_path
+):
+    log = app_workdir / "server.log"
+    stopped_before = log.read_text().count("Stopped after")
+    if leaving == "cancel":
+        job = Client(app_url, download_files=str(tmp_path), verbose=False).submit(
+            handle_file(face_photo_file), *SLOW_SETTINGS, api_name="/reconstruct"
+        )
+        _processing(job)
+        job.cancel()
+    else:
+        subprocess.run(
+            [sys.executable, "-c", _VANISHING_CLIENT, app_url, str(face_photo_file), repr(SLOW_SETTINGS)],
+            check=True,
+            timeout=120,
+        )
+    deadline = time.monotonic() + 60
+    while log.read_text().count("Stopped after") == stopped_before:
+        assert time.monotonic() < deadline, f"the abandoned request was not stopped:\n{log.read_text()[-2000:]}"
+        time.sleep(0.1)
+    assert "the client that asked for it went away" in log.read_text()
+    _, glb, _, seed, _ = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
+    assert seed == 4 and glb.endswith(".glb")

@@ -345,3 +345,40 @@ def test_bad_inputs_get_clear_errors():
         MonoNPHM(config, np.zeros((64, 3)))
     with pytest.raises(ValueError, match="n_neighbours"):
         MonoNPHMConfig(n_neighbours=6)
+
+
+def test_cpu_passes_run_on_single_threaded_workers_in_order_and_raise_their_errors():
+    import threading
+
+    from diffnphr.nphm.cpu_passes import map_passes
+
+    parts = list(torch.arange(40.0).split(3))
+
+    def work(part):
+        return part * 2, threading.current_thread().name, torch.get_num_threads(), torch.is_grad_enabled()
+
+    with torch.no_grad():
+        results = map_passes(work, parts)
+    torch.testing.assert_close(torch.cat([r[0] for r in results]), torch.arange(40.0) * 2)
+    assert not any(r[3] for r in results)  # no autograd in the workers
+    if torch.get_num_threads() > 1:  # one torch thread: everything runs in the caller
+        assert {r[1].split("_")[0] for r in results} == {"diffnphr-cpu"} and {r[2] for r in results} == {1}
+
+    def failing(part):
+        raise ValueError("bad part")
+
+    with torch.no_grad(), pytest.raises(ValueError, match="bad part"):
+        map_passes(failing, parts)
+
+
+def test_a_cpu_query_split_over_workers_equals_the_one_made_pass_by_pass():
+    config = MonoNPHMConfig.small()
+    model = make_model(config)
+    z_geo, z_exp, z_app = make_latents(config, batch=1)
+    points = box_points(1, 5000)  # several passes
+    with torch.inference_mode():
+        spread = model(points, z_geo, z_exp, z_app)
+    with torch.enable_grad():  # the sequential path autograd takes
+        one_by_one = {key: value.detach() for key, value in model(points, z_geo, z_exp, z_app).items()}
+    for key in ("sdf", "rgb"):
+        torch.testing.assert_close(spread[key], one_by_one[key], rtol=1e-5, atol=1e-6)

@@ -11,7 +11,9 @@ import pytest
 from diffnphr.serving import (
     CPU_MAX_RESOLUTION,
     GPU_MAX_RESOLUTION,
+    ClientWatch,
     OutputFolders,
+    RequestCancelled,
     RequestError,
     ServingLimits,
     read_request,
@@ -111,3 +113,23 @@ def test_a_released_result_folder_goes_soon_after_it_is_served(tmp_path):
     while run.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not run.exists()
+
+
+def test_a_watched_request_stops_once_its_clients_job_is_dead_or_dropped_and_not_for_others():
+    jobs = [("someone else", True), ("me", True)]
+    watch = ClientWatch(lambda: jobs, "me")
+    watch.check()  # still wanted
+    jobs[0] = ("someone else", False)  # another client leaving changes nothing here
+    watch.check()
+    jobs[1] = ("me", False)  # the queue saw my event stream close
+    with pytest.raises(RequestCancelled, match=r"after \d+\.\d s: the client that asked for it went away"):
+        watch.check()
+    jobs.pop()  # or it dropped my job on a cancel
+    with pytest.raises(RequestCancelled):
+        watch.check()
+
+
+def test_work_run_outside_the_queue_is_never_stopped():
+    watch = ClientWatch(lambda: [("someone else", True)], "me")
+    assert not watch.armed
+    watch.check()

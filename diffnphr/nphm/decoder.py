@@ -28,12 +28,14 @@ from torch import Tensor
 
 from diffnphr.nphm.canonical import CanonicalOutput, IdentityDecoder
 from diffnphr.nphm.config import MonoNPHMConfig
+from diffnphr.nphm.cpu_passes import map_passes
 from diffnphr.nphm.deformation import ExpressionDecoder
 from diffnphr.weights import PretrainedModule, WeightsNotFoundError
 
 ANCHORS_FILE = "anchors.npy"
-# On CPU, queries run in passes of at most this many points: larger passes allocate tensors
-# above the C allocator's mmap threshold, and the page faults cost more than the extra passes.
+# On CPU, queries run in passes of at most this many points, side by side on single-threaded
+# workers (`cpu_passes`): larger passes allocate tensors above the C allocator's mmap
+# threshold, and the page faults cost more than the extra passes.
 _CPU_POINTS_PER_PASS = 2048
 
 
@@ -160,7 +162,11 @@ class HeadField:
             raise ValueError(f"points must have shape [{self.batch_size}, N, 3], got {list(points.shape)}.")
         if points.device.type != "cpu" or points.shape[1] <= _CPU_POINTS_PER_PASS:
             return self._query(points, with_rgb)
-        parts = [self._query(part, with_rgb) for part in points.split(_CPU_POINTS_PER_PASS, dim=1)]
+        passes = points.split(_CPU_POINTS_PER_PASS, dim=1)
+        if torch.is_grad_enabled():
+            parts = [self._query(part, with_rgb) for part in passes]
+        else:
+            parts = map_passes(lambda part: self._query(part, with_rgb), passes)
         merged = {key: torch.cat([part[key] for part in parts], dim=1) for key in parts[0] if key != "anchors"}
         return {**merged, "anchors": self.anchors}
 
