@@ -51,6 +51,7 @@ TITLE = "diffnphr: one photo to a 3D head"
 MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 16
 OUTPUT_MAX_AGE_S = 3600
+_CANCELLED = "Cancelled"
 NO_FACE_CHOICE = "Use the centre of the image if no face is found"
 DESCRIPTION = """\
 Upload a photo with one clearly visible face. The app crops the head, embeds it with an image
@@ -316,7 +317,7 @@ def _run(work: Callable[[], Reconstruction]) -> Reconstruction:
     try:
         result = work()
     except RequestCancelled as error:
-        raise _user_error(f"Stopped {error}.", "Cancelled") from error
+        raise _user_error(f"Stopped {error}.", _CANCELLED) from error
     except NoFaceError as error:
         raise _user_error(f"{error} Or tick “{NO_FACE_CHOICE}”.", "No face found") from error
     except ImageInputError as error:
@@ -376,7 +377,8 @@ class _Failures:
             self.messages[session] = str(error.message)
             while len(self.messages) > self.kept:
                 self.messages.pop(next(iter(self.messages)))
-            logger.warning("refused /%s: %s", endpoint, error.message)
+            outcome = "stopped" if error.title == _CANCELLED else "refused"
+            logger.warning("%s /%s: %s", outcome, endpoint, error.message)
             raise
 
     def status(self, request: gr.Request) -> str:

@@ -125,7 +125,7 @@ from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 job = Client(sys.argv[1], verbose=False).submit(handle_file(sys.argv[2]), *eval(sys.argv[3]), api_name="/reconstruct")
 deadline = time.monotonic() + 60
-while job.status().code != Status.PROCESSING and time.monotonic() < deadline:
+while job.status().code not in (Status.PROCESSING, Status.PROGRESS) and time.monotonic() < deadline:
     time.sleep(0.05)
 os._exit(0)  # the connection drops as when a browser tab is closed: no goodbye
 """
@@ -133,8 +133,9 @@ os._exit(0)  # the connection drops as when a browser tab is closed: no goodbye
 
 def _processing(job) -> None:
     deadline = time.monotonic() + 60
-    while job.status().code != Status.PROCESSING:
-        assert time.monotonic() < deadline, "the slow request never started"
+    while (code := job.status().code) not in (Status.PROCESSING, Status.PROGRESS):
+        assert code != Status.FINISHED, "the slow request ended before it could be abandoned: make it slower"
+        assert time.monotonic() < deadline, f"the slow request never started ({code})"
         time.sleep(0.05)
 
 
