@@ -31,7 +31,7 @@ from diffnphr.pipeline.settings import MAX_SAMPLES, MAX_SEED
 if TYPE_CHECKING:
     from diffnphr.pipeline.pipeline import Reconstruction
 
-CPU_MAX_RESOLUTION = 192  # 21 s in the pipeline on 2 CPU cores (docs/RESULTS.md): well under a minute
+CPU_MAX_RESOLUTION = 256  # 15 s in the pipeline on 2 CPU cores (docs/RESULTS.md): well under a minute
 GPU_MAX_RESOLUTION = 512
 MIN_RESOLUTION = 32
 MAX_STEPS = 100

@@ -87,7 +87,7 @@ def test_missing_photos_are_rejected_before_queueing(client, face_photo_file):
         (2, 2.5, "The number of DDIM steps must be a whole number from 1 to 100; got 2.5."),
         (2, "abc", "The number of DDIM steps must be a whole number from 1 to 100; got 'abc'."),
         (3, None, "The guidance scale must be a number from 0 to 10; got None."),
-        (4, 256, "The mesh resolution (on this CPU server) must be a whole number from 32 to 192; got 256."),
+        (4, 320, "The mesh resolution (on this CPU server) must be a whole number from 32 to 256; got 320."),
         (5, 0, "The number of samples averaged must be a whole number from 1 to 32; got 0."),
     ],
 )
