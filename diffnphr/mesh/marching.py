@@ -14,6 +14,7 @@ import trimesh
 from torch import Tensor
 
 from diffnphr.mesh.grid import sign_change_cells
+from diffnphr.mesh.torch_marching import torch_marching_cubes
 
 # Marching cubes runs on blocks of this many cells per axis, and only where they hold a face.
 _MC_BLOCK = 16
@@ -42,11 +43,26 @@ def marching_cubes(
 ) -> trimesh.Trimesh:
     """Mesh level 0 of an SDF grid in world coordinates, without degenerate parts.
 
+    On a GPU the grid is meshed where it is (`torch_marching_cubes`, the same mesh). On the CPU,
     PyMCubes runs on ``-sdf`` block by block, only in the blocks of ``_MC_BLOCK``³ cells that
     hold a face: the triangles of the whole grid in a fraction of the time, since a head's
     surface crosses few blocks. Neighbouring blocks both make the vertices on their shared
     face; ``_weld_grid_vertices`` joins them by the grid edge they lie on.
     """
+    if grid.device.type == "cuda":  # mesh where the grid is; only the triangles travel
+        vertices, faces = (part.cpu().numpy() for part in torch_marching_cubes(-grid))
+    else:
+        vertices, faces = pymcubes_by_blocks(grid)
+    if len(faces) == 0:
+        return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
+    mesh = trimesh.Trimesh(box_min + vertices * spacing, faces, process=False)
+    if keep_largest_component and len(mesh.faces) > 0:
+        mesh = max(mesh.split(only_watertight=False), key=lambda part: len(part.faces))
+    return mesh
+
+
+def pymcubes_by_blocks(grid: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """PyMCubes on ``-grid``, only in the blocks that hold a face, welded: vertices in grid units and faces."""
     occupied = _blocks_holding(sign_change_cells(grid), _MC_BLOCK).nonzero().tolist()
     field = (-grid).cpu().numpy()
     vertices, faces, offset = [], [], 0
@@ -58,12 +74,8 @@ def marching_cubes(
         faces.append(block_faces.astype(np.int64) + offset)
         offset += len(block_vertices)
     if not faces:
-        return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), process=False)
-    vertices, faces = _weld_grid_vertices(np.concatenate(vertices), np.concatenate(faces), field.shape)
-    mesh = trimesh.Trimesh(box_min + vertices * spacing, faces, process=False)
-    if keep_largest_component and len(mesh.faces) > 0:
-        mesh = max(mesh.split(only_watertight=False), key=lambda part: len(part.faces))
-    return mesh
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    return _weld_grid_vertices(np.concatenate(vertices), np.concatenate(faces), field.shape)
 
 
 # A marching-cubes vertex this close to a grid node (in voxels) is that node.
