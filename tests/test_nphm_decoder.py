@@ -382,3 +382,30 @@ def test_a_cpu_query_split_over_workers_equals_the_one_made_pass_by_pass():
         one_by_one = {key: value.detach() for key, value in model(points, z_geo, z_exp, z_app).items()}
     for key in ("sdf", "rgb"):
         torch.testing.assert_close(spread[key], one_by_one[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_cpu_passes_work_in_a_forked_child_of_a_process_that_used_them():
+    import multiprocessing
+
+    from diffnphr.nphm.cpu_passes import map_passes
+
+    parts = list(torch.arange(12.0).split(2))
+    with torch.no_grad():
+        assert len(map_passes(torch.neg, parts)) == 6  # the parent's pool exists now
+    child = multiprocessing.get_context("fork").Process(target=_passes_in_child, args=(parts,))
+    child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "map_passes hung in a forked child (the parent's worker threads are not there)"
+    assert child.exitcode == 0
+
+
+def _passes_in_child(parts) -> None:
+    from diffnphr.nphm.cpu_passes import map_passes
+
+    with torch.no_grad():
+        result = map_passes(torch.neg, parts)
+    raise SystemExit(0 if torch.equal(torch.cat(result), -torch.arange(12.0)) else 1)

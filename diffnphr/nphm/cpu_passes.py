@@ -10,6 +10,7 @@ worker with one torch thread, as many workers as torch has threads, and nothing 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,16 @@ def map_passes(work: Callable[[torch.Tensor], Result], parts: Sequence[torch.Ten
             return work(part)
 
     return list(pool.map(run, parts))
+
+
+def _forget_workers() -> None:
+    """In a forked child the pool's threads do not exist: make a new pool there on first use."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _workers() -> ThreadPoolExecutor | None:
