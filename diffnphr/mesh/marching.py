@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import mcubes
 import numpy as np
+import torch
 import trimesh
 from torch import Tensor
 
 from diffnphr.mesh.grid import sign_change_cells
 from diffnphr.mesh.torch_marching import torch_marching_cubes
+from diffnphr.mesh.weld import edge_keys, weld
 
 # Marching cubes runs on blocks of this many cells per axis, and only where they hold a face.
 _MC_BLOCK = 16
@@ -85,31 +87,19 @@ _NODE_SNAP = 1.0e-9
 def _weld_grid_vertices(
     vertices: np.ndarray, faces: np.ndarray, shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One vertex per grid edge (or node) the surface crosses; faces that collapse or repeat dropped.
+    """PyMCubes' vertices (grid units) named by the grid edge or node they lie on, and welded (`weld.weld`).
 
-    Marching-cubes vertices (in grid units) lie on grid edges: two coordinates are whole
-    numbers and the third is not, unless the vertex sits on a node (an SDF value of 0 there).
-    The lower node and the edge's axis name the vertex exactly, whichever block made it, with
-    no tolerance on world coordinates and no sorting of coordinate rows. A face left with a
-    repeated vertex (nodes on the surface) has no area; two faces on the same three vertices
-    are kept once.
+    Two coordinates of a vertex on an edge are whole numbers and the third is not; all three are
+    on a node (an SDF value of 0 there).
     """
-    rounded = np.rint(vertices)
-    whole = np.abs(vertices - rounded) <= _NODE_SNAP
-    vertices = np.where(whole, rounded, vertices)
-    axis = np.where(whole.all(axis=1), 3, np.argmin(whole, axis=1))
-    node = np.floor(vertices).astype(np.int64)
-    keys = ((node[:, 0] * shape[1] + node[:, 1]) * shape[2] + node[:, 2]) * 4 + axis
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    faces = inverse.reshape(-1)[faces]
-    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
-    # A face's vertices are neighbours on the grid, so their indices (in grid order) lie within
-    # `span` of its lowest one: (lowest, offsets) is a short exact key.
-    ordered = np.sort(faces, axis=1)
-    offsets = ordered[:, 1:] - ordered[:, :1]
-    span = int(offsets.max(initial=0)) + 1
-    _, kept = np.unique((ordered[:, 0] * span + offsets[:, 0]) * span + offsets[:, 1], return_index=True)
-    return vertices[first], faces[np.sort(kept)]
+    points = torch.from_numpy(vertices)
+    rounded = points.round()
+    whole = (points - rounded).abs() <= _NODE_SNAP
+    points = torch.where(whole, rounded, points)
+    axis = torch.where(whole.all(dim=1), 3, whole.to(torch.uint8).argmin(dim=1))
+    keys = edge_keys(points.floor().long(), axis, shape)
+    welded, welded_faces = weld(keys, points, torch.from_numpy(faces))
+    return welded.numpy(), welded_faces.numpy()
 
 
 def _blocks_holding(cells: Tensor, block: int) -> Tensor:

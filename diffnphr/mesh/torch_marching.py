@@ -3,8 +3,8 @@
 PyMCubes runs on the CPU, so on a GPU the grid would travel to the host and the triangles be
 made there. Here every cell that changes sign is meshed at once with tensor ops: its case (which
 of its 8 corners are inside) picks up to 5 triangles from a table, each triangle vertex is named
-by the grid edge it lies on, exactly as `marching._weld_grid_vertices` names PyMCubes' vertices,
-and placed by the same linear interpolation. The table is read off PyMCubes itself (one 2×2×2
+by the grid edge it lies on and placed by PyMCubes' linear interpolation, and the vertices are
+welded as PyMCubes' are (`weld`). The table is read off PyMCubes itself (one 2×2×2
 grid per case, at import), so the triangles, their orientation and their order in each cell are
 PyMCubes', and the welded mesh is the same: the same vertices in the same order (within 1e-7
 voxels on a trained head at 256³), the same faces (in another order: cell by cell here, block by
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffnphr.mesh.weld import edge_keys, weld
+
 # A cell's corners in the bit order of its case index: corner (i, j, k) is bit 4i + 2j + k.
 _CORNERS = list(itertools.product((0, 1), repeat=3))
 _MAX_TRIANGLES = 5  # per cell, in any marching-cubes case
@@ -32,24 +34,22 @@ def _edge_of(vertex: np.ndarray) -> tuple[int, int, int, int]:
     return int(lower[0]), int(lower[1]), int(lower[2]), axis
 
 
-def _case_table() -> tuple[Tensor, Tensor]:
-    """Triangles of every case from PyMCubes: edges [256, 5, 3, 4] (lower corner, axis; -1 where unused), counts [256]."""
+def _case_table() -> Tensor:
+    """Triangles of every case from PyMCubes: edges [256, 5, 3, 4] (lower corner, axis; -1 where unused)."""
     edges = np.full((256, _MAX_TRIANGLES, 3, 4), -1, dtype=np.int64)
-    counts = np.zeros(256, dtype=np.int64)
     for case in range(256):
         cube = np.full((2, 2, 2), -1.0)
         for bit, corner in enumerate(_CORNERS):
             if case >> (7 - bit) & 1:
                 cube[corner] = 1.0
         vertices, faces = mcubes.marching_cubes(cube, 0.0)
-        counts[case] = len(faces)
         for t, face in enumerate(faces):
             for c, index in enumerate(face):
                 edges[case, t, c] = _edge_of(vertices[int(index)])
-    return torch.from_numpy(edges), torch.from_numpy(counts)
+    return torch.from_numpy(edges)
 
 
-_EDGES, _COUNTS = _case_table()
+_EDGES = _case_table()
 
 
 def torch_marching_cubes(field: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,32 +68,15 @@ def torch_marching_cubes(field: Tensor) -> tuple[Tensor, Tensor]:
     edges = edges[used]  # [T, 3, 4]: every triangle of every cell, in cell order, then PyMCubes' order
     cell = active.unsqueeze(1).expand(-1, _MAX_TRIANGLES, -1)[used]  # [T, 3]
     lower = cell.unsqueeze(1) + edges[..., :3]  # [T, 3 corners, 3]
-    axis = edges[..., 3]
-    upper = lower + torch.nn.functional.one_hot(axis, 3)
-    values = field  # interpolated in its own precision, as PyMCubes does
-    v0 = values[lower[..., 0], lower[..., 1], lower[..., 2]]
-    v1 = values[upper[..., 0], upper[..., 1], upper[..., 2]]
+    unit = torch.nn.functional.one_hot(edges[..., 3], 3)
+    upper = lower + unit
+    # interpolated in the field's own precision, as PyMCubes does
+    v0 = field[lower[..., 0], lower[..., 1], lower[..., 2]]
+    v1 = field[upper[..., 0], upper[..., 1], upper[..., 2]]
     t = v0 / (v0 - v1)
     # A vertex on a node (an SDF value of 0 there) is that node, whichever edge made it.
-    node = torch.where((t >= 1.0).unsqueeze(-1), upper, lower)
-    axis = torch.where((t <= 0.0) | (t >= 1.0), 3, axis)
-    keys = ((node[..., 0] * shape[1] + node[..., 1]) * shape[2] + node[..., 2]) * 4 + axis
-    positions = lower.double() + torch.nn.functional.one_hot(edges[..., 3], 3).double() * t.clamp(0, 1).unsqueeze(-1)
-    unique_keys, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
-    vertices = positions.new_empty(len(unique_keys), 3)
-    vertices[inverse] = positions.reshape(-1, 3)
-    faces = inverse.view(-1, 3)
-    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
-    return vertices, _first_of_each_triangle(faces)
-
-
-def _first_of_each_triangle(faces: Tensor) -> Tensor:
-    """Faces on the same three vertices kept once, the first of them, in their order."""
-    if len(faces) == 0:
-        return faces
-    _, inverse = torch.unique(faces.sort(dim=1).values, dim=0, return_inverse=True)
-    order = torch.arange(len(faces), device=faces.device)
-    first = torch.full((int(inverse.max()) + 1,), len(faces), device=faces.device).scatter_reduce(
-        0, inverse, order, reduce="amin"
-    )
-    return faces[first.sort().values]
+    on_node = (t <= 0.0) | (t >= 1.0)
+    keys = edge_keys(torch.where((t >= 1.0).unsqueeze(-1), upper, lower), torch.where(on_node, 3, edges[..., 3]), shape)
+    positions = lower.double() + unit.double() * t.clamp(0, 1).unsqueeze(-1).double()
+    faces = torch.arange(keys.numel(), device=field.device).view(-1, 3)
+    return weld(keys.reshape(-1), positions.reshape(-1, 3), faces)
