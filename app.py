@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,14 @@ from diffnphr.serving import (
     REQUEST_PARAMETERS,
     ClientWatch,
     ExamplePhotos,
-    OutputFolders,
+    QueueAdmission,
     RequestCancelled,
     RequestError,
+    ServedFiles,
+    ServerOptions,
     ServingLimits,
     done_status,
+    export_crop,
     export_downloads,
     read_request,
     request_problems,
@@ -49,8 +53,6 @@ from diffnphr.weights import WeightsNotFoundError
 logger = logging.getLogger("diffnphr.app")
 TITLE = "diffnphr: one photo to a 3D head"
 MAX_FILE_SIZE = "20mb"
-QUEUE_SIZE = 16
-OUTPUT_MAX_AGE_S = 3600
 _CANCELLED = "Cancelled"
 NO_FACE_CHOICE = "Use the centre of the image if no face is found"
 DESCRIPTION = """\
@@ -63,12 +65,18 @@ only and do not yet capture a person's identity (see the model card).
 
 
 def build_demo(
-    pipeline: HeadReconstructionPipeline, outputs: OutputFolders, example_photos: ExamplePhotos
+    pipeline: HeadReconstructionPipeline,
+    results_root: Path,
+    example_photos: ExamplePhotos,
+    options: ServerOptions = ServerOptions(),
 ) -> gr.Blocks:
-    """The two-tab Blocks app around a loaded pipeline."""
+    """The two-tab Blocks app around a loaded pipeline; results go under `results_root`, which must lie in
+    Gradio's cache folder (`gradio.utils.get_upload_folder()`) so they are served from there, not copied."""
     defaults = pipeline.defaults
     limits = ServingLimits.for_device(pipeline.device.type)
     failures = _Failures()
+    admission = QueueAdmission(options.queue_size, lambda: _waiting(demo))
+    files = ServedFiles(results_root, options.keep_results_s, options.max_age_s, lambda path: _is_upload(demo, path))
 
     def reconstruct(
         image: dict[str, Any] | None,
@@ -88,22 +96,23 @@ def build_demo(
         the run details (seconds per stage, mesh size, how the face was found, warnings).
         """
         values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        with failures.recorded(request, "reconstruct"):
-            options = _request(limits, *values)
-            allow = options.pop("allow_no_face")
+        with failures.recorded(request, "reconstruct"), files.request(_session(request), _uploads(image)) as run:
+            settings = _request(limits, *values)
+            allow = settings.pop("allow_no_face")
             result = _run(
                 lambda: pipeline(
                     _uploaded_path(image, "photo"),
-                    pipeline.settings(**options),
+                    pipeline.settings(**settings),
                     allow_no_face=allow,
                     progress=_progress_bar(progress, _watch(demo, request)),
-                )
+                ),
+                admission,
             )
-        folder = outputs.new_run(_session(request))
-        files = export_downloads(result, folder, "head")
-        outputs.release(folder)
+            folder = run.folder()
+            downloads = export_downloads(result, folder, "head")
+            crop = export_crop(result, folder)
         return_freed_memory()
-        return result.crop.image, files[0], files, result.seed, run_details(result)
+        return crop, downloads[0], downloads, result.seed, run_details(result)
 
     def transfer(
         identity_image: dict[str, Any] | None,
@@ -123,37 +132,71 @@ def build_demo(
         Returns the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and the run details.
         """
         values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        with failures.recorded(request, "transfer"):
-            options = _request(limits, *values)
-            allow = options.pop("allow_no_face")
+        uploads = _uploads(identity_image, expression_image)
+        with failures.recorded(request, "transfer"), files.request(_session(request), uploads) as run:
+            settings = _request(limits, *values)
+            allow = settings.pop("allow_no_face")
             result = _run(
                 lambda: pipeline.transfer_expression(
                     _uploaded_path(identity_image, "identity photo"),
                     _uploaded_path(expression_image, "expression photo"),
-                    pipeline.settings(**options),
+                    pipeline.settings(**settings),
                     allow_no_face=allow,
                     progress=_progress_bar(progress, _watch(demo, request)),
-                )
+                ),
+                admission,
             )
-        folder = outputs.new_run(_session(request))
-        files = export_downloads(result, folder, "transfer")
-        outputs.release(folder)
+            downloads = export_downloads(result, run.folder(), "transfer")
         return_freed_memory()
-        return files[0], files, result.seed, run_details(result)
+        return downloads[0], downloads, result.seed, run_details(result)
 
-    def require_photo(image: dict[str, Any] | None, *settings: Any) -> list[dict]:
-        return [gr.validate(image is not None, "Please upload a photo first.")] + _checked(limits, settings)
+    def admitted(request: gr.Request | None, checks: list[dict], photos: tuple[Any, ...]) -> list[dict]:
+        """The validator's answer, one check per input: refused for a bad value, or because the server is busy
+        (said at the first photo); else the request is admitted and its uploads are held until it is over."""
+        if not all(check["is_valid"] for check in checks):
+            return checks
+        busy = admission.refusal()
+        if busy is not None:
+            return [gr.validate(False, busy), *checks[1:]]
+        files.hold(_session(request), _uploads(*photos))
+        return checks
+
+    def require_photo(
+        image: dict[str, Any] | None,
+        seed: Any,
+        randomize_seed: Any,
+        steps: Any,
+        guidance_scale: Any,
+        resolution: Any,
+        samples: Any,
+        allow_no_face: Any,
+        request: gr.Request,
+    ) -> list[dict]:
+        settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
+        photo = gr.validate(image is not None, "Please upload a photo first.")
+        return admitted(request, [photo, *_checked(limits, settings)], (image,))
 
     def require_photos(
-        identity: dict[str, Any] | None, expression: dict[str, Any] | None, *settings: Any
+        identity: dict[str, Any] | None,
+        expression: dict[str, Any] | None,
+        seed: Any,
+        randomize_seed: Any,
+        steps: Any,
+        guidance_scale: Any,
+        resolution: Any,
+        samples: Any,
+        allow_no_face: Any,
+        request: gr.Request,
     ) -> list[dict]:
-        return [
+        settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
+        photos = [
             gr.validate(identity is not None, "Please upload the photo whose head you want."),
             gr.validate(expression is not None, "Please upload the photo whose expression you want."),
-        ] + _checked(limits, settings)
+        ]
+        return admitted(request, [*photos, *_checked(limits, settings)], (identity, expression))
 
-    with gr.Blocks(title=TITLE, delete_cache=(OUTPUT_MAX_AGE_S // 2, OUTPUT_MAX_AGE_S)) as demo:
-        gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{limits.describe(pipeline.default_resolution, QUEUE_SIZE)}")
+    with gr.Blocks(title=TITLE, delete_cache=(int(options.max_age_s // 2), int(options.max_age_s))) as demo:
+        gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{limits.describe(pipeline.default_resolution, options.queue_size)}")
         with gr.Tab("Reconstruct"):
             with gr.Row(variant="panel"):
                 with gr.Column():
@@ -166,7 +209,7 @@ def build_demo(
                     status = _status("reconstruct_status")
                 with gr.Column():
                     head = _viewer("head_model")
-                    downloads, details = _result_panel()
+                    downloads, details = _result_panel("head_downloads")
             inputs = [photo, *settings, no_face]
             results = [crop, head, downloads, settings[0], details]
             gr.Examples(
@@ -204,7 +247,7 @@ def build_demo(
                     transfer_status = _status("transfer_status")
                 with gr.Column():
                     transfer_head = _viewer("transfer_model")
-                    transfer_downloads, transfer_details = _result_panel()
+                    transfer_downloads, transfer_details = _result_panel("transfer_downloads")
             transfer_outputs = [transfer_head, transfer_downloads, transfer_settings[0], transfer_details]
             gr.Examples(
                 [[str(example_photos.portrait), str(example_photos.expression), 0, False]],
@@ -229,10 +272,14 @@ def build_demo(
             )
             _status_outcome(event, transfer_status, transfer_details, failures)
 
-        def end_session(request: gr.Request) -> None:
-            outputs.end_session(_session(request))
+        def page_opened(request: gr.Request) -> None:
+            files.page_opened(_session(request))
 
-        demo.unload(end_session)
+        def page_closed(request: gr.Request) -> None:
+            files.page_closed(_session(request))
+
+        demo.load(page_opened, None, None, queue=False, api_visibility="private")
+        demo.unload(page_closed)
     return demo
 
 
@@ -284,8 +331,8 @@ def _viewer(elem_id: str) -> gr.Model3D:
     )
 
 
-def _result_panel() -> tuple[gr.File, gr.JSON]:
-    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
+def _result_panel(downloads_id: str) -> tuple[gr.File, gr.JSON]:
+    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id=downloads_id)
     details = gr.JSON(label="Run details")
     return downloads, details
 
@@ -304,6 +351,27 @@ def _request(limits: ServingLimits, *values: Any) -> dict[str, Any]:
         raise _user_error(str(error), "Cannot use these settings") from error
 
 
+def _uploads(*uploads: dict[str, Any] | str | None) -> list[str]:
+    """The server-side files of the photos a request names (none for a missing photo)."""
+    paths = [upload.get("path") if isinstance(upload, dict) else upload for upload in uploads]
+    return [path for path in paths if isinstance(path, str) and path]
+
+
+def _is_upload(demo: gr.Blocks, path: str) -> bool:
+    """Whether `path` came in through Gradio's upload route and no component keeps it (example photos do): only
+    such files are ever deleted for a user. Reads Gradio's `upload_file_set` and `keep_in_cache`, which its own
+    cache sweep reads the same way (gradio is pinned in requirements.txt)."""
+    if path not in getattr(demo, "upload_file_set", ()):
+        return False
+    return not any(path in getattr(block, "keep_in_cache", ()) for block in demo.blocks.values())
+
+
+def _waiting(demo: gr.Blocks) -> int:
+    """Requests in Gradio's queue not yet started (`Blocks._queue`'s length; no public way to ask)."""
+    queue = getattr(demo, "_queue", None)
+    return len(queue) if queue is not None else 0
+
+
 def _uploaded_path(upload: dict[str, Any] | str | None, what: str) -> str:
     """The server-side file of an upload (events run with preprocess=False, so uploads arrive as FileData)."""
     path = upload.get("path") if isinstance(upload, dict) else upload
@@ -312,8 +380,10 @@ def _uploaded_path(upload: dict[str, Any] | str | None, what: str) -> str:
     return path
 
 
-def _run(work: Callable[[], Reconstruction]) -> Reconstruction:
-    """Run the pipeline, turning mistakes a person can fix into a message in the UI."""
+def _run(work: Callable[[], Reconstruction], admission: QueueAdmission) -> Reconstruction:
+    """Run the pipeline, turning mistakes a person can fix into a message in the UI; a result's time goes to
+    `admission`, whose busy message says how long the wait is."""
+    started = time.monotonic()
     try:
         result = work()
     except RequestCancelled as error:
@@ -324,6 +394,7 @@ def _run(work: Callable[[], Reconstruction]) -> Reconstruction:
         raise _user_error(str(error), "Cannot use this image") from error
     except ValueError as error:
         raise _user_error(str(error), "Cannot reconstruct") from error
+    admission.record(time.monotonic() - started)
     for warning in result.warnings:
         gr.Warning(warning)
     return result
@@ -411,6 +482,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=ServerOptions.queue_size,
+        help="requests that may wait; the next is told the server is busy (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-results-s",
+        type=float,
+        default=ServerOptions.keep_results_s,
+        help="seconds an API caller's results and uploads stay after the answer (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -418,12 +501,17 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    root = Path(tempfile.mkdtemp(prefix="diffnphr-app-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    examples = root / "examples"
-    examples.mkdir()
-    demo = build_demo(pipeline, OutputFolders(root / "sessions", OUTPUT_MAX_AGE_S), write_example_photos(examples))
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    options = ServerOptions(args.queue_size, args.keep_results_s)
+    # Results live in Gradio's own cache folder, so they are served from where they are written, not copied.
+    cache = Path(gr.utils.get_upload_folder())
+    cache.mkdir(parents=True, exist_ok=True)
+    results = Path(tempfile.mkdtemp(prefix="diffnphr-results-", dir=cache))
+    examples = Path(tempfile.mkdtemp(prefix="diffnphr-examples-"))
+    for folder in (results, examples):
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    demo = build_demo(pipeline, results, write_example_photos(examples), options)
+    # Gradio's own bound stays as a backstop behind the app's busy sentence (admission is checked, then queued).
+    demo.queue(max_size=options.queue_size + 8, default_concurrency_limit=1)
     # Stop on SIGTERM (how containers and Spaces stop apps) as on Ctrl-C: Gradio closes the
     # server and the output folder is removed on exit.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -3,6 +3,7 @@ a tiny random-weights pipeline folder; and the Gradio app serving it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -164,11 +165,33 @@ def app_workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("app")  # the app writes .gradio/ (example cache) under its cwd
 
 
+# API callers' results and uploads go this long after the answer (60 s when served for people).
+KEEP_RESULTS_S = 2.0
+
+
+@pytest.fixture(scope="session")
+def app_keep_results_s() -> float:
+    """Seconds the served app keeps an API caller's results and uploads after the answer."""
+    return KEEP_RESULTS_S
+
+
 @pytest.fixture(scope="session")
 def app_url(tiny_weights_dir, app_workdir):
     """`python app.py` serving the tiny weights on a free local port; yields its URL, stops it after."""
+    with _served_app(tiny_weights_dir, app_workdir, "--keep-results-s", str(KEEP_RESULTS_S)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def one_waiting_app_url(tiny_weights_dir, tmp_path_factory):
+    """A second app whose queue holds one waiting request (so a third is told the server is busy)."""
+    with _served_app(tiny_weights_dir, tmp_path_factory.mktemp("busy_app"), "--queue-size", "1") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _served_app(weights: Path, workdir: Path, *options: str):
     repo = Path(__file__).resolve().parents[1]
-    workdir = app_workdir
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -182,7 +205,7 @@ def app_url(tiny_weights_dir, app_workdir):
     }
     log = (workdir / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, str(repo / "app.py"), "--weights", str(tiny_weights_dir)],
+        [sys.executable, str(repo / "app.py"), "--weights", str(weights), *options],
         cwd=workdir,
         env=env,
         stdout=log,

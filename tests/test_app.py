@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import trimesh
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, ValidationError
 from gradio_client.utils import Status
+from PIL import Image
 
 # image, seed, randomize seed, DDIM steps, guidance, mesh resolution, samples averaged, use the centre if no face
 SETTINGS = (4, False, 2, 1.0, 32, 2, False)
@@ -164,3 +166,53 @@ def test_a_request_whose_client_leaves_is_stopped_and_the_next_one_is_served(
     assert "the client that asked for it went away" in log.read_text()
     _, glb, _, seed, _ = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
     assert seed == 4 and glb.endswith(".glb")
+
+
+def _files_named(folder: Path, *needles: str) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file() and any(needle in path.name for needle in needles)]
+
+
+def test_an_api_callers_photos_and_results_are_removed_soon_after_the_answer(
+    client, app_workdir, app_keep_results_s, face_photo_file, no_face_photo_file, tmp_path
+):
+    cache = app_workdir / "gradio-cache"
+    photo = tmp_path / "only_in_this_test.png"
+    Image.open(face_photo_file).save(photo)
+    blank = tmp_path / "blank_for_this_test.png"
+    Image.open(no_face_photo_file).save(blank)
+    settings = (424242, *SETTINGS[1:])
+    crop, glb, downloads, *_ = client.predict(handle_file(photo), *settings, api_name="/reconstruct")
+    assert Path(glb).is_file() and Path(crop).is_file() and all(Path(path).is_file() for path in downloads)
+    served = _files_named(cache, "seed424242", "face_crop", photo.name)
+    # the mesh in three formats and the crop, served where they were written (not copied), and the photo
+    assert {path.suffix for path in served} >= {".glb", ".obj", ".ply", ".png"}, served
+    assert not any("seed424242" in path.name for path in cache.rglob("*") if "diffnphr-results-" not in str(path))
+    with pytest.raises(AppError, match="No face was found"):
+        client.predict(handle_file(blank), *settings, api_name="/reconstruct")
+    deadline = time.monotonic() + app_keep_results_s + 10
+    while left := _files_named(cache, "seed424242", photo.name, blank.name):
+        assert time.monotonic() < deadline, f"still there {app_keep_results_s} s after the answer: {left}"
+        time.sleep(0.2)
+
+
+def test_a_full_queue_is_refused_in_words(one_waiting_app_url, face_photo_file, tmp_path):
+    running, waiting = (
+        Client(one_waiting_app_url, download_files=str(tmp_path), verbose=False).submit(
+            handle_file(face_photo_file), *SLOW_SETTINGS, api_name="/reconstruct"
+        )
+        for _ in range(2)
+    )
+    try:
+        _processing(running)
+        deadline = time.monotonic() + 60
+        while waiting.status().code != Status.IN_QUEUE:
+            assert time.monotonic() < deadline, f"the second request never queued ({waiting.status().code})"
+            time.sleep(0.05)
+        late = Client(one_waiting_app_url, download_files=str(tmp_path), verbose=False)
+        with pytest.raises(ValidationError, match="The server is busy: 1 request is already waiting"):
+            late.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
+        with pytest.raises(ValidationError, match="The server is busy"):
+            late.predict(handle_file(face_photo_file), handle_file(face_photo_file), *SETTINGS, api_name="/transfer")
+    finally:
+        waiting.cancel()
+        running.cancel()

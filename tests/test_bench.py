@@ -38,7 +38,8 @@ def test_the_app_row_reconstructs_through_the_served_app_and_reports_its_peak_me
 def test_the_load_row_answers_every_request_and_counts_what_is_left():
     from diffnphr.bench.served import bench_load
 
-    row = bench_load(torch.device("cpu"), quick=False, clients=2, requests=1)
+    row = bench_load(torch.device("cpu"), quick=False, clients=2, requests=1, keep_results_s=2.0)
     assert row["requests"] == 2 and row["answered"] == 2 and row["failed"] == 0, row["messages"]
     assert 0 < row["latency_p50_s"] <= row["latency_p95_s"] <= row["wall_s"]
-    assert set(row["files_left"]) == {"result_folders", "gradio_cache"}
+    # every client is done: once the app's keep time has passed, no photo and no result of theirs is left
+    assert row["files_held_after_keep"]["results"] == 0 and row["files_held_after_keep"]["uploads"] == 0, row

@@ -45,7 +45,9 @@ def _share_of_mesh_pixels(png: Path) -> float:
     return float((distances.min(axis=-1) > 30).mean())
 
 
-def test_upload_reconstruct_and_see_the_head(app_url, face_photo_file):
+def test_upload_reconstruct_and_see_the_head(app_url, app_workdir, app_keep_results_s, face_photo_file):
+    """The head shows in the viewer; its downloads still work after an API caller's would be gone, and go
+    with the page."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -71,6 +73,19 @@ def test_upload_reconstruct_and_see_the_head(app_url, face_photo_file):
                     break
                 time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "browser_reconstruct_page.png"), full_page=True)
+
+            links = page.locator("#head_downloads a[href]")
+            links.first.wait_for(timeout=30_000)
+            glb_url = next(url for url in links.evaluate_all("(as) => as.map((a) => a.href)") if ".glb" in url)
+            glb_name = glb_url.rsplit("/", 1)[-1]
+            time.sleep(app_keep_results_s + 2)
+            assert page.request.get(glb_url).status == 200, "the open page's download went away"
+            page.close()  # the page's session ends: its results go
+            deadline = time.monotonic() + 30
+            cache = app_workdir / "gradio-cache"
+            while left := [path for path in cache.rglob(glb_name) if "diffnphr-results-" in str(path)]:
+                assert time.monotonic() < deadline, f"the closed page's results are still there: {left}"
+                time.sleep(0.2)
         finally:
             browser.close()
     assert covered > 0.05, f"the viewer shows no head; see {viewer_png}"

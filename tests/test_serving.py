@@ -1,10 +1,12 @@
-"""What a server accepts from untrusted callers, and the files it keeps for them (no models needed)."""
+"""What a server accepts from untrusted callers, when it says it is busy, and the files it keeps for them (no
+models needed)."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +14,10 @@ from diffnphr.serving import (
     CPU_MAX_RESOLUTION,
     GPU_MAX_RESOLUTION,
     ClientWatch,
-    OutputFolders,
+    QueueAdmission,
     RequestCancelled,
     RequestError,
+    ServedFiles,
     ServingLimits,
     read_request,
     request_problems,
@@ -92,27 +95,125 @@ def test_long_values_are_not_echoed_whole():
     assert len(str(refused.value)) < 140 and "server.png" not in str(refused.value)
 
 
-def test_output_folders_belong_to_a_session_and_go_with_it_or_with_age(tmp_path):
-    folders = OutputFolders(tmp_path, max_age_s=60)
-    mine, theirs = folders.new_run("mine"), folders.new_run("theirs")
-    assert mine.parent.name == "mine" and mine.is_dir() and theirs.is_dir()
-    folders.end_session("mine")
-    assert not mine.exists() and theirs.exists()
-    old = time.time() - 120
-    os.utime(theirs, (old, old))
-    folders.new_run("another")  # every new result sweeps what has grown old
-    assert not theirs.exists()
+def _served(tmp_path, keep_s=0.05, max_age_s=3600):
+    """ServedFiles over `tmp_path`, with uploads in `tmp_path/uploads/<hash>/` as Gradio lays them out."""
+    uploads = tmp_path / "uploads"
+    files = ServedFiles(tmp_path / "results", keep_s, max_age_s, lambda path: Path(path).is_relative_to(uploads))
+    return files, uploads
 
 
-def test_a_released_result_folder_goes_soon_after_it_is_served(tmp_path):
-    folders = OutputFolders(tmp_path, max_age_s=3600)
-    run = folders.new_run("api-user")
-    (run / "head.glb").write_bytes(b"glb")
-    folders.release(run, after_s=0.05)
-    deadline = time.monotonic() + 5
-    while run.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not run.exists()
+def _upload(uploads: Path, name: str) -> str:
+    path = uploads / f"hash-{name}" / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"photo")
+    return str(path)
+
+
+def _gone_soon(*paths, within_s=5.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while any(Path(path).exists() for path in paths) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not any(Path(path).exists() for path in paths)
+
+
+def test_an_api_callers_result_and_upload_go_soon_after_the_answer(tmp_path):
+    files, uploads = _served(tmp_path)
+    photo = _upload(uploads, "me.png")
+    files.hold("api", [photo])
+    with files.request("api", [photo]) as run:
+        (run.folder() / "head.glb").write_bytes(b"glb")
+    assert _gone_soon(run.made, photo)
+    assert not Path(photo).parent.exists()  # Gradio's per-upload folder too
+
+
+def test_an_upload_stays_while_another_admitted_request_uses_it(tmp_path):
+    files, uploads = _served(tmp_path)
+    photo = _upload(uploads, "shared.png")  # the same photo from two callers is one file
+    files.hold("first", [photo])
+    files.hold("second", [photo])
+    files.finished("first", [photo], None)
+    time.sleep(0.3)
+    assert Path(photo).exists() and files.held(photo)
+    files.finished("second", [photo], None)
+    assert _gone_soon(photo)
+
+
+def test_a_photo_uploaded_again_is_not_removed_before_its_request_is_admitted(tmp_path):
+    files, uploads = _served(tmp_path, keep_s=0.5)
+    photo = _upload(uploads, "again.png")
+    files.hold("first", [photo])
+    files.finished("first", [photo], None)  # its removal is due in 0.5 s
+    time.sleep(0.4)
+    Path(photo).write_bytes(b"photo")  # the same photo uploaded again (same hash, same path), not yet asked for
+    time.sleep(0.3)
+    assert Path(photo).exists(), "a stale removal took a photo uploaded a moment ago"
+    assert _gone_soon(photo)  # nobody asked for it: it goes once it is as old as any other
+
+
+def test_work_that_was_never_admitted_gives_back_no_hold(tmp_path):
+    files, uploads = _served(tmp_path)
+    photo = _upload(uploads, "queued.png")
+    files.hold("waiting", [photo])
+    files.finished("example-run", [photo], None)  # e.g. an example run, which no validator admitted
+    time.sleep(0.3)
+    assert Path(photo).exists()
+
+
+def test_a_pages_results_and_uploads_stay_until_the_page_closes(tmp_path):
+    files, uploads = _served(tmp_path)
+    photo = _upload(uploads, "page.png")
+    files.page_opened("page")
+    files.hold("page", [photo])
+    with files.request("page", [photo]) as run:
+        (run.folder() / "head.glb").write_bytes(b"glb")
+    time.sleep(0.3)
+    assert run.made.exists() and Path(photo).exists()  # its download links and its photo still work
+    files.page_closed("page")
+    assert not run.made.exists()
+    assert _gone_soon(photo)
+
+
+def test_a_refused_request_leaves_no_folder_and_files_that_are_not_uploads_are_never_deleted(tmp_path):
+    files, _ = _served(tmp_path)
+    example = tmp_path / "examples" / "astronaut.png"
+    example.parent.mkdir()
+    example.write_bytes(b"example")
+    files.hold("api", [str(example)])
+    with pytest.raises(ValueError), files.request("api", [str(example)]):
+        raise ValueError("No face was found")
+    time.sleep(0.3)
+    assert example.exists()
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*"))
+
+
+def test_results_older_than_the_limit_go_with_the_next_one(tmp_path):
+    files, _ = _served(tmp_path, max_age_s=60)
+    files.page_opened("page")
+    old = files.new_run("page")
+    past = time.time() - 120
+    os.utime(old, (past, past))
+    files.new_run("another")  # every new result sweeps what has grown old, open page or not
+    assert not old.exists()
+
+
+def test_the_busy_sentence_says_how_many_wait_and_for_how_long():
+    waiting = [0]
+    admission = QueueAdmission(2, lambda: waiting[0])
+    waiting[0] = 1
+    assert admission.refusal() is None
+    waiting[0] = 2
+    assert admission.refusal() == (
+        "The server is busy: 2 requests are already waiting. Please try again in a few minutes."
+    )
+    for seconds in (5.0, 6.0, 100.0):
+        admission.record(seconds)
+    assert admission.refusal() == (
+        "The server is busy: 2 requests are already waiting (about 12 s at 6 s each). "
+        "Please try again in a few minutes."
+    )
+    waiting[0] = 40
+    assert "40 requests are already waiting (about 4 min at 6 s each)" in admission.refusal()
+    assert QueueAdmission(1, lambda: 1).refusal().startswith("The server is busy: 1 request is already waiting.")
 
 
 def test_a_watched_request_stops_once_its_clients_job_is_dead_or_dropped_and_not_for_others():

@@ -1,7 +1,7 @@
 """The `app` and `load` rows: `app.py` as people run it, reached through `gradio_client`.
 
 The app runs in its own process with its temporary folders inside the row's own, so the row can
-count the result files left behind; its peak RSS is read after it exits (`RUSAGE_CHILDREN`).
+count the files left behind; its peak RSS is read after it exits (`RUSAGE_CHILDREN`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from diffnphr.bench.common import face_photo
+from diffnphr.serving.options import ServerOptions
 
 APP_FILE = Path(__file__).resolve().parents[2] / "app.py"
 
@@ -43,16 +44,21 @@ class ServedApp:
 
         return Client(self.url, verbose=False)
 
-    def result_files(self) -> dict[str, int]:
-        """Files the app holds for its users: its own result folders, and Gradio's cache of what it served."""
-        sessions = sum(1 for path in self.temporary.glob("diffnphr-app-*/sessions/**/*") if path.is_file())
-        gradio = sum(1 for path in (self.temporary / "gradio").rglob("*") if path.is_file())
-        return {"result_folders": sessions, "gradio_cache": gradio}
+    def files_held(self) -> dict[str, int]:
+        """Files the app still holds for its users, by kind: result meshes and crops, and uploaded photos (the
+        row's own photo, whatever folder Gradio put it in); `other` counts the rest of Gradio's cache (the example
+        photos it keeps for the page)."""
+        cache = self.temporary / "gradio"
+        files = [path for path in cache.rglob("*") if path.is_file()]
+        results = [path for path in files if any(part.startswith("diffnphr-results-") for part in path.parts)]
+        uploads = [path for path in files if path.name == self.photo.name and path not in results]
+        return {"results": len(results), "uploads": len(uploads), "other": len(files) - len(results) - len(uploads)}
 
 
 @contextmanager
-def served_app(device: torch.device) -> Iterator[ServedApp]:
-    """Start `app.py` on a free port (models on `device`), yield it once it serves, stop it after."""
+def served_app(device: torch.device, keep_results_s: float = ServerOptions.keep_results_s) -> Iterator[ServedApp]:
+    """Start `app.py` on a free port (models on `device`; API callers' files kept `keep_results_s` after their
+    answer), yield it once it serves, stop it after."""
     if not APP_FILE.is_file():
         raise FileNotFoundError(f"this row needs the repository's app.py, not found at {APP_FILE}")
     photo, crop_note = face_photo()
@@ -77,7 +83,11 @@ def served_app(device: torch.device) -> Iterator[ServedApp]:
         log_path = folder / "app.log"
         with log_path.open("w") as log:
             app = subprocess.Popen(
-                [sys.executable, str(APP_FILE), "--device", device.type], env=env, stdout=log, stderr=log, cwd=folder
+                [sys.executable, str(APP_FILE), "--device", device.type, "--keep-results-s", str(keep_results_s)],
+                env=env,
+                stdout=log,
+                stderr=log,
+                cwd=folder,
             )
         try:
             started = time.perf_counter()
@@ -117,15 +127,22 @@ def bench_app(device: torch.device, quick: bool) -> dict[str, Any]:
     }
 
 
-def bench_load(device: torch.device, quick: bool, clients: int = 8, requests: int = 10) -> dict[str, Any]:
+def bench_load(
+    device: torch.device,
+    quick: bool,
+    clients: int = 8,
+    requests: int = 10,
+    keep_results_s: float = ServerOptions.keep_results_s,
+) -> dict[str, Any]:
     """The app under load: `clients` API users at once, `requests` reconstructions each at the app's defaults
     (2 each when quick). Every request must come back with a mesh or be refused with words; reports latency
-    p50 / p95, the app's peak RSS and the files the app still holds once every client is done."""
+    p50 / p95, the app's peak RSS, and the files the app still holds right after the last answer and once
+    `keep_results_s` (how long the app keeps an API caller's files) has passed since then."""
     from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
+    from gradio_client.exceptions import AppError, ValidationError
 
     requests = 2 if quick else requests
-    with served_app(device) as served:
+    with served_app(device, keep_results_s) as served:
 
         def one_user(index: int) -> list[tuple[str, float, str]]:
             client, outcomes = served.client(), []
@@ -134,7 +151,7 @@ def bench_load(device: torch.device, quick: bool, clients: int = 8, requests: in
                 try:
                     client.predict(handle_file(str(served.photo)), index, False, api_name="/reconstruct")
                     outcomes.append(("answered", time.perf_counter() - start, ""))
-                except AppError as error:  # the app said no, in words (a full queue, a bad request)
+                except (AppError, ValidationError) as error:  # the app said no, in words (busy, a bad request)
                     outcomes.append(("refused" if str(error).strip() else "failed", 0.0, str(error)[:200]))
                 except Exception as error:
                     outcomes.append(("failed", 0.0, f"{type(error).__name__}: {error}"[:200]))
@@ -145,7 +162,9 @@ def bench_load(device: torch.device, quick: bool, clients: int = 8, requests: in
             outcomes = [outcome for user in pool.map(one_user, range(clients)) for outcome in user]
         wall_s = time.perf_counter() - started
         time.sleep(2.0)
-        left = served.result_files()
+        right_after = served.files_held()
+        time.sleep(keep_results_s + 3.0)
+        after_keep = served.files_held()
     answered = sorted(seconds for kind, seconds, _ in outcomes if kind == "answered")
     return {
         "clients": clients,
@@ -157,7 +176,9 @@ def bench_load(device: torch.device, quick: bool, clients: int = 8, requests: in
         "latency_p50_s": round(statistics.median(answered), 2) if answered else None,
         "latency_p95_s": round(answered[round(0.95 * (len(answered) - 1))], 2) if answered else None,
         "wall_s": round(wall_s, 1),
-        "files_left": left,
+        "keep_results_s": keep_results_s,
+        "files_held_2s_after": right_after,
+        "files_held_after_keep": after_keep,
         "app_peak_rss_mib": _app_peak_rss_mib(),
     }
 
