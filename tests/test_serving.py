@@ -138,15 +138,25 @@ def test_an_upload_stays_while_another_admitted_request_uses_it(tmp_path):
     assert _gone_soon(photo)
 
 
+def test_an_upload_goes_at_once_when_its_request_is_over_if_it_is_old_enough(tmp_path):
+    files, uploads = _served(tmp_path, keep_s=60)
+    photo = _upload(uploads, "old.png")
+    past = time.time() - 61
+    os.utime(photo, (past, past))  # uploaded over keep_s ago
+    files.hold("api", [photo])
+    files.finished("api", [photo], None)
+    assert not Path(photo).exists()
+
+
 def test_a_photo_uploaded_again_is_not_removed_before_its_request_is_admitted(tmp_path):
     files, uploads = _served(tmp_path, keep_s=0.5)
     photo = _upload(uploads, "again.png")
     files.hold("first", [photo])
-    files.finished("first", [photo], None)  # its removal is due in 0.5 s
-    time.sleep(0.4)
-    Path(photo).write_bytes(b"photo")  # the same photo uploaded again (same hash, same path), not yet asked for
+    files.finished("first", [photo], None)  # uploaded just now: it goes when it is 0.5 s old
     time.sleep(0.3)
-    assert Path(photo).exists(), "a stale removal took a photo uploaded a moment ago"
+    Path(photo).write_bytes(b"photo")  # the same photo uploaded again (same hash, same path), not yet asked for
+    time.sleep(0.4)
+    assert Path(photo).exists(), "a removal due for the first upload took the second"
     assert _gone_soon(photo)  # nobody asked for it: it goes once it is as old as any other
 
 
@@ -171,6 +181,17 @@ def test_a_pages_results_and_uploads_stay_until_the_page_closes(tmp_path):
     files.page_closed("page")
     assert not run.made.exists()
     assert _gone_soon(photo)
+
+
+def test_a_closed_page_gives_back_the_photo_of_a_request_that_was_still_waiting(tmp_path):
+    files, uploads = _served(tmp_path, keep_s=60)
+    photo = _upload(uploads, "waiting.png")
+    past = time.time() - 61
+    os.utime(photo, (past, past))
+    files.page_opened("page")
+    files.hold("page", [photo])  # admitted, still in the queue when the tab closes: it will never run
+    files.page_closed("page")
+    assert not Path(photo).exists() and not files.held(photo)
 
 
 def test_a_refused_request_leaves_no_folder_and_files_that_are_not_uploads_are_never_deleted(tmp_path):

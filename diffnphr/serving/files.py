@@ -8,9 +8,9 @@ Each file then has one owner and one lifetime:
   returned: time enough for its client to download it;
 - a result for a page stays while the page is open (its download links point at it) and goes
   when the page closes;
-- an upload goes once no waiting or running request and no open page uses it, `keep_s` later, and
-  never less than `keep_s` after it was (last) uploaded: a client that has just uploaded the same
-  photo again, and not yet asked, is not caught out;
+- an upload goes as soon as no admitted request and no open page uses it, but never less than
+  `keep_s` after it was (last) uploaded: the same photo uploaded again lands on the same path, and
+  a client that has just uploaded it, and not yet asked, is not caught out;
 - anything older than `max_age_s` goes whatever holds it.
 
 A request that is refused or stopped leaves nothing: its folder is made only for a result.
@@ -42,10 +42,11 @@ class ServedFiles:
     `is_upload(path)` says whether a path is a user's upload that this server may delete (the
     app asks Gradio; example photos and anything else are never touched). A request's hold is
     taken when it is admitted (`hold`) and given back when it is over (`finished`), both under
-    its session, so work that was never admitted (an example run) gives back nothing. Holds of
-    requests dropped from the queue before they started are never given back: Gradio's own age
-    sweep removes those uploads. Thread-safe: requests finish on worker threads while pages open
-    and close on the event loop.
+    its session, so work that was never admitted (an example run) gives back nothing. A page that
+    closes gives back its session's holds too (its requests still waiting will never be answered);
+    an API caller that cancels while waiting gives back nothing, and Gradio's own age sweep removes
+    that upload. Thread-safe: requests finish on worker threads while pages open and close on the
+    event loop.
     """
 
     def __init__(self, root: Path, keep_s: float, max_age_s: float, is_upload: Callable[[str], bool]) -> None:
@@ -60,13 +61,18 @@ class ServedFiles:
             self._pages.setdefault(session or ANONYMOUS, set())
 
     def page_closed(self, session: str | None) -> None:
-        """The page is gone: remove its results now and its uploads once nothing else holds them."""
+        """The page is gone: remove its results now and its uploads once nothing else holds them (its requests that
+        were still waiting hold nothing any more)."""
         session = session or ANONYMOUS
         with self._lock:
             uploads = self._pages.pop(session, set())
+            waiting = [key for key in self._requests if key[0] == session]
+            for key in waiting:
+                del self._requests[key]
+            uploads |= {path for _, path in waiting}
         shutil.rmtree(self.root / session, ignore_errors=True)
         for path in uploads:
-            self._later(self._remove_upload_unless_held, path)
+            self._remove_upload_unless_held(path)
 
     def hold(self, session: str | None, uploads: Iterable[str]) -> None:
         """A request of `session` that will read `uploads` was admitted: keep them until it has `finished`."""
@@ -92,7 +98,8 @@ class ServedFiles:
 
     def finished(self, session: str | None, uploads: Iterable[str], folder: Path | None) -> None:
         """A request of `session` is over (answered, refused or stopped; `folder` None when it has no result).
-        An open page keeps its result and uploads; for anyone else they go `keep_s` from now."""
+        An open page keeps its result and uploads; for anyone else the result goes `keep_s` from now (time to
+        download it) and the uploads as soon as nothing else holds them."""
         session, uploads = session or ANONYMOUS, set(uploads)
         with self._lock:
             for path in uploads:
@@ -107,7 +114,7 @@ class ServedFiles:
         if page is not None:
             return
         for path in uploads:
-            self._later(self._remove_upload_unless_held, path)
+            self._remove_upload_unless_held(path)
         if folder is not None:
             self._later(shutil.rmtree, folder, ignore_errors=True)
 
