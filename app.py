@@ -1,11 +1,12 @@
-"""Gradio app: one face photo -> a 3D head you can turn and download (UI only).
+"""Gradio app: one face photo -> a 3D head you can turn and download (the layout and the two endpoints).
 
-The work lives in `diffnphr.pipeline`, what a server accepts and keeps in `diffnphr.serving`; this
-file lays out two tabs (Reconstruct, Expression transfer), each with a status line that keeps the
-last request's outcome, and turns user errors into `gr.Error` toasts that stay until closed. Exactly two API
-endpoints are public: `/reconstruct` and `/transfer`.
+The work lives in `diffnphr.pipeline`; what a server accepts and keeps in `diffnphr.serving`; what
+the app reads of Gradio and how each outcome reaches a person in `diffnphr.webapp`. This file lays
+out two tabs (Reconstruct, Expression transfer), each with a status line that keeps the last
+request's outcome, and joins them to those. Exactly two API endpoints are public: `/reconstruct`
+and `/transfer`.
 
-    python app.py [--weights DIR_OR_HUB_ID] [--share]
+    python app.py [--weights DIR_OR_HUB_ID] [--device cpu|cuda] [--share] [--queue-size N] [--keep-results-s S]
 
 Host and port follow Gradio's `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT`.
 """
@@ -14,47 +15,43 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import logging
 import shutil
 import signal
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from diffnphr.face import ImageInputError, NoFaceError
-from diffnphr.pipeline import MAX_SEED, HeadReconstructionPipeline, PipelineDefaults, Reconstruction
+from diffnphr.pipeline import MAX_SEED, HeadReconstructionPipeline, PipelineDefaults
 from diffnphr.serving import (
-    REQUEST_PARAMETERS,
-    ClientWatch,
     ExamplePhotos,
     QueueAdmission,
-    RequestCancelled,
-    RequestError,
     ServedFiles,
     ServerOptions,
     ServingLimits,
-    done_status,
     export_crop,
     export_downloads,
-    read_request,
-    request_problems,
     return_freed_memory,
     run_details,
     write_example_photos,
 )
+from diffnphr.webapp.checks import request_settings, settings_checks, uploaded_path
+from diffnphr.webapp.gradio_state import client_watch, is_upload, session, upload_paths, waiting
+from diffnphr.webapp.outcomes import (
+    NO_FACE_CHOICE,
+    Failures,
+    progress_bar,
+    run_request,
+    status_outcome,
+    status_working,
+)
 from diffnphr.weights import WeightsNotFoundError
 
-logger = logging.getLogger("diffnphr.app")
 TITLE = "diffnphr: one photo to a 3D head"
 MAX_FILE_SIZE = "20mb"
-_CANCELLED = "Cancelled"
-NO_FACE_CHOICE = "Use the centre of the image if no face is found"
 DESCRIPTION = """\
 Upload a photo with one clearly visible face. The app crops the head, embeds it with an image
 encoder of FaRL's architecture, samples MonoNPHM head codes with a 1D diffusion model and
@@ -74,9 +71,9 @@ def build_demo(
     Gradio's cache folder (`gradio.utils.get_upload_folder()`) so they are served from there, not copied."""
     defaults = pipeline.defaults
     limits = ServingLimits.for_device(pipeline.device.type)
-    failures = _Failures()
-    admission = QueueAdmission(options.queue_size, lambda: _waiting(demo))
-    files = ServedFiles(results_root, options.keep_results_s, options.max_age_s, lambda path: _is_upload(demo, path))
+    failures = Failures()
+    admission = QueueAdmission(options.queue_size, lambda: waiting(demo))
+    files = ServedFiles(results_root, options.keep_results_s, options.max_age_s, lambda path: is_upload(demo, path))
 
     def reconstruct(
         image: dict[str, Any] | None,
@@ -96,15 +93,15 @@ def build_demo(
         the run details (seconds per stage, mesh size, how the face was found, warnings).
         """
         values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        with failures.recorded(request, "reconstruct"), files.request(_session(request), _uploads(image)) as run:
-            settings = _request(limits, *values)
+        with failures.recorded(request, "reconstruct"), files.request(session(request), upload_paths(image)) as run:
+            settings = request_settings(limits, *values)
             allow = settings.pop("allow_no_face")
-            result = _run(
+            result = run_request(
                 lambda: pipeline(
-                    _uploaded_path(image, "photo"),
+                    uploaded_path(image, "photo"),
                     pipeline.settings(**settings),
                     allow_no_face=allow,
-                    progress=_progress_bar(progress, _watch(demo, request)),
+                    progress=progress_bar(progress, client_watch(demo, request)),
                 ),
                 admission,
             )
@@ -132,17 +129,17 @@ def build_demo(
         Returns the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and the run details.
         """
         values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        uploads = _uploads(identity_image, expression_image)
-        with failures.recorded(request, "transfer"), files.request(_session(request), uploads) as run:
-            settings = _request(limits, *values)
+        photos = upload_paths(identity_image, expression_image)
+        with failures.recorded(request, "transfer"), files.request(session(request), photos) as run:
+            settings = request_settings(limits, *values)
             allow = settings.pop("allow_no_face")
-            result = _run(
+            result = run_request(
                 lambda: pipeline.transfer_expression(
-                    _uploaded_path(identity_image, "identity photo"),
-                    _uploaded_path(expression_image, "expression photo"),
+                    uploaded_path(identity_image, "identity photo"),
+                    uploaded_path(expression_image, "expression photo"),
                     pipeline.settings(**settings),
                     allow_no_face=allow,
-                    progress=_progress_bar(progress, _watch(demo, request)),
+                    progress=progress_bar(progress, client_watch(demo, request)),
                 ),
                 admission,
             )
@@ -158,7 +155,7 @@ def build_demo(
         busy = admission.refusal()
         if busy is not None:
             return [gr.validate(False, busy), *checks[1:]]
-        files.hold(_session(request), _uploads(*photos))
+        files.hold(session(request), upload_paths(*photos))
         return checks
 
     def require_photo(
@@ -174,7 +171,7 @@ def build_demo(
     ) -> list[dict]:
         settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
         photo = gr.validate(image is not None, "Please upload a photo first.")
-        return admitted(request, [photo, *_checked(limits, settings)], (image,))
+        return admitted(request, [photo, *settings_checks(limits, settings)], (image,))
 
     def require_photos(
         identity: dict[str, Any] | None,
@@ -193,7 +190,7 @@ def build_demo(
             gr.validate(identity is not None, "Please upload the photo whose head you want."),
             gr.validate(expression is not None, "Please upload the photo whose expression you want."),
         ]
-        return admitted(request, [*photos, *_checked(limits, settings)], (identity, expression))
+        return admitted(request, [*photos, *settings_checks(limits, settings)], (identity, expression))
 
     with gr.Blocks(title=TITLE, delete_cache=(int(options.max_age_s // 2), int(options.max_age_s))) as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{limits.describe(pipeline.default_resolution, options.queue_size)}")
@@ -223,7 +220,7 @@ def build_demo(
                 visible_columns=[0],
                 label="Example (NASA's public-domain astronaut portrait; seed 0)",
             )
-            _status_working(run, status)
+            status_working(run, status)
             event = run.click(
                 reconstruct,
                 inputs,
@@ -233,7 +230,7 @@ def build_demo(
                 validator=require_photo,
                 concurrency_id="model",
             )
-            _status_outcome(event, status, details, failures)
+            status_outcome(event, status, details, failures)
 
         with gr.Tab("Expression transfer"):
             with gr.Row(variant="panel"):
@@ -260,7 +257,7 @@ def build_demo(
                 visible_columns=[0, 1],
                 label="Example (the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0; seed 0)",
             )
-            _status_working(transfer_run, transfer_status)
+            status_working(transfer_run, transfer_status)
             event = transfer_run.click(
                 transfer,
                 [identity, expression, *transfer_settings, transfer_no_face],
@@ -270,13 +267,13 @@ def build_demo(
                 validator=require_photos,
                 concurrency_id="model",
             )
-            _status_outcome(event, transfer_status, transfer_details, failures)
+            status_outcome(event, transfer_status, transfer_details, failures)
 
         def page_opened(request: gr.Request) -> None:
-            files.page_opened(_session(request))
+            files.page_opened(session(request))
 
         def page_closed(request: gr.Request) -> None:
-            files.page_closed(_session(request))
+            files.page_closed(session(request))
 
         demo.load(page_opened, None, None, queue=False, api_visibility="private")
         demo.unload(page_closed)
@@ -335,143 +332,6 @@ def _result_panel(downloads_id: str) -> tuple[gr.File, gr.JSON]:
     downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id=downloads_id)
     details = gr.JSON(label="Run details")
     return downloads, details
-
-
-def _checked(limits: ServingLimits, settings: tuple) -> list[dict]:
-    """One `gr.validate` per setting (the validator's answer, before the request is queued)."""
-    problems = request_problems(limits, **dict(zip(REQUEST_PARAMETERS, settings)))
-    return [gr.validate(name not in problems, problems.get(name, "")) for name in REQUEST_PARAMETERS]
-
-
-def _request(limits: ServingLimits, *values: Any) -> dict[str, Any]:
-    """The pipeline settings and the centre-crop choice of one request, or a persistent error naming the bad one."""
-    try:
-        return read_request(limits, **dict(zip(REQUEST_PARAMETERS, values)))
-    except RequestError as error:
-        raise _user_error(str(error), "Cannot use these settings") from error
-
-
-def _uploads(*uploads: dict[str, Any] | str | None) -> list[str]:
-    """The server-side files of the photos a request names (none for a missing photo)."""
-    paths = [upload.get("path") if isinstance(upload, dict) else upload for upload in uploads]
-    return [path for path in paths if isinstance(path, str) and path]
-
-
-def _is_upload(demo: gr.Blocks, path: str) -> bool:
-    """Whether `path` came in through Gradio's upload route and no component keeps it (example photos do): only
-    such files are ever deleted for a user. Reads Gradio's `upload_file_set` and `keep_in_cache`, which its own
-    cache sweep reads the same way (gradio is pinned in requirements.txt)."""
-    if path not in getattr(demo, "upload_file_set", ()):
-        return False
-    return not any(path in getattr(block, "keep_in_cache", ()) for block in demo.blocks.values())
-
-
-def _waiting(demo: gr.Blocks) -> int:
-    """Requests in Gradio's queue not yet started (`Blocks._queue`'s length; no public way to ask)."""
-    queue = getattr(demo, "_queue", None)
-    return len(queue) if queue is not None else 0
-
-
-def _uploaded_path(upload: dict[str, Any] | str | None, what: str) -> str:
-    """The server-side file of an upload (events run with preprocess=False, so uploads arrive as FileData)."""
-    path = upload.get("path") if isinstance(upload, dict) else upload
-    if not path:
-        raise _user_error(f"Please upload the {what} first.", "Missing photo")
-    return path
-
-
-def _run(work: Callable[[], Reconstruction], admission: QueueAdmission) -> Reconstruction:
-    """Run the pipeline, turning mistakes a person can fix into a message in the UI; a result's time goes to
-    `admission`, whose busy message says how long the wait is."""
-    started = time.monotonic()
-    try:
-        result = work()
-    except RequestCancelled as error:
-        raise _user_error(f"Stopped {error}.", _CANCELLED) from error
-    except NoFaceError as error:
-        raise _user_error(f"{error} Or tick “{NO_FACE_CHOICE}”.", "No face found") from error
-    except ImageInputError as error:
-        raise _user_error(str(error), "Cannot use this image") from error
-    except ValueError as error:
-        raise _user_error(str(error), "Cannot reconstruct") from error
-    admission.record(time.monotonic() - started)
-    for warning in result.warnings:
-        gr.Warning(warning)
-    return result
-
-
-def _progress_bar(progress: gr.Progress, watch: ClientWatch) -> Callable[[str, float], None]:
-    """The pipeline's progress callback, shown on Gradio's progress bar; it stops the work once the client is gone."""
-
-    def report(stage: str, fraction: float) -> None:
-        watch.check()
-        progress(fraction, desc=stage)
-
-    return report
-
-
-def _watch(demo: gr.Blocks, request: gr.Request | None) -> ClientWatch:
-    """A `ClientWatch` on this request's session, reading the jobs Gradio's queue is running.
-
-    Gradio (pinned in requirements.txt) keeps them in `Blocks._queue.active_jobs`, one list of
-    events per worker, each with its `session_hash` and `alive`; there is no public way to ask.
-    """
-
-    def running() -> list[tuple[str, bool]]:
-        jobs = getattr(getattr(demo, "_queue", None), "active_jobs", None) or []
-        return [(event.session_hash, event.alive) for job in jobs if job for event in job]
-
-    return ClientWatch(running, _session(request))
-
-
-def _user_error(message: str, title: str) -> gr.Error:
-    """An error toast that stays until it is closed (the status line keeps it too), logged in one line."""
-    return gr.Error(message, title=title, duration=None, print_exception=False)
-
-
-class _Failures:
-    """The last refused request's sentence per session, for the status line (Gradio's failure event gets no
-    message), and one log line per refusal instead of a traceback."""
-
-    kept = 256  # API sessions have no browser to read their status: keep only the newest refusals
-
-    def __init__(self) -> None:
-        self.messages: dict[str, str] = {}
-
-    @contextlib.contextmanager
-    def recorded(self, request: gr.Request | None, endpoint: str) -> Iterator[None]:
-        session = _session(request)
-        self.messages.pop(session, None)
-        try:
-            yield
-        except gr.Error as error:
-            self.messages[session] = str(error.message)
-            while len(self.messages) > self.kept:
-                self.messages.pop(next(iter(self.messages)))
-            outcome = "stopped" if error.title == _CANCELLED else "refused"
-            logger.warning("%s /%s: %s", outcome, endpoint, error.message)
-            raise
-
-    def status(self, request: gr.Request) -> str:
-        """The status line after a failed request."""
-        message = self.messages.pop(_session(request), "the request failed; see the message above.")
-        return f"**Not done:** {message}"
-
-
-def _status_working(button: gr.Button, status: gr.Markdown) -> None:
-    """The status line says "Working…" as soon as the button is pressed (registered before the request itself,
-    whose outcome then replaces it)."""
-    button.click(lambda: "Working…", None, status, queue=False, api_visibility="private")
-
-
-def _status_outcome(event: Any, status: gr.Markdown, details: gr.JSON, failures: _Failures) -> None:
-    """After the request the status line says it is done (with its time) or why not, until the next one."""
-    event.success(done_status, details, status, queue=False, api_visibility="private")
-    event.failure(failures.status, None, status, queue=False, api_visibility="private")
-
-
-def _session(request: gr.Request | None) -> str:
-    return request.session_hash if request is not None and request.session_hash else "anonymous"
 
 
 def main(argv: list[str] | None = None) -> int:

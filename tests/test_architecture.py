@@ -96,7 +96,7 @@ def test_library_code_logs_instead_of_printing():
     assert not printing, printing
 
 
-def test_the_app_imports_only_the_inference_path():
+def test_the_app_imports_only_the_inference_path_serving_and_the_webapp():
     forbidden = ("diffnphr.train", "diffnphr.eval", "diffnphr.bench", "diffnphr.baselines", "diffnphr.data")
     graph = _import_graph()
     reached, frontier = (
@@ -112,3 +112,24 @@ def test_the_app_imports_only_the_inference_path():
         reached.add(name)
         frontier |= graph.get(name, set()) - reached
     assert not [name for name in reached if name.startswith(forbidden)], sorted(reached)
+
+
+def _imports_gradio(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        else:
+            continue
+        if any(name == "gradio" or name.startswith("gradio.") for name in names):
+            return True
+    return False
+
+
+def test_only_the_webapp_package_imports_gradio():
+    """The rules of serving (limits, refusals, file lifetimes) stay testable and reusable without the web framework."""
+    importing = sorted(
+        name for name, path in _modules().items() if not name.startswith("diffnphr.webapp") and _imports_gradio(path)
+    )
+    assert not importing, importing

@@ -1,0 +1,37 @@
+"""A request's values checked before it is queued (Gradio's validator), and read into settings when it runs.
+
+The sentences come from `diffnphr.serving.requests`; here they become what Gradio shows: one
+`gr.validate` per input before the queue, or an error that stays once the request runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from diffnphr.serving.requests import REQUEST_PARAMETERS, RequestError, ServingLimits, read_request, request_problems
+from diffnphr.webapp.outcomes import user_error
+
+
+def settings_checks(limits: ServingLimits, settings: tuple) -> list[dict]:
+    """One `gr.validate` per setting, in `REQUEST_PARAMETERS` order (the validator's answer before queueing)."""
+    problems = request_problems(limits, **dict(zip(REQUEST_PARAMETERS, settings)))
+    return [gr.validate(name not in problems, problems.get(name, "")) for name in REQUEST_PARAMETERS]
+
+
+def request_settings(limits: ServingLimits, *values: Any) -> dict[str, Any]:
+    """The pipeline settings and the centre-crop choice of one request (values in `REQUEST_PARAMETERS` order), or
+    an error that stays, naming the bad one (for work that no validator saw, such as an example run)."""
+    try:
+        return read_request(limits, **dict(zip(REQUEST_PARAMETERS, values)))
+    except RequestError as error:
+        raise user_error(str(error), "Cannot use these settings") from error
+
+
+def uploaded_path(upload: dict[str, Any] | str | None, what: str) -> str:
+    """The server-side file of an upload, or an error asking for the `what` (e.g. "identity photo")."""
+    path = upload.get("path") if isinstance(upload, dict) else upload
+    if not path:
+        raise user_error(f"Please upload the {what} first.", "Missing photo")
+    return path

@@ -1,0 +1,54 @@
+"""What the app reads of Gradio's own state, in one place: sessions, uploads, the queue's waiting and running jobs.
+
+Gradio (pinned in requirements.txt) has no public way to ask how many requests wait, which jobs run for
+which client, or which files came in through its upload route; these functions read its `Blocks`
+attributes the way its own queue and cache sweep do, and fall back to "nothing" if an attribute is
+missing. After a Gradio upgrade, this module is the one to check (tests/test_app.py exercises each).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from diffnphr.serving.files import ANONYMOUS
+from diffnphr.serving.queue import ClientWatch
+
+
+def session(request: gr.Request | None) -> str:
+    """The session a request belongs to (one per open page or API client; "anonymous" outside a request)."""
+    return request.session_hash if request is not None and request.session_hash else ANONYMOUS
+
+
+def upload_paths(*photos: dict[str, Any] | str | None) -> list[str]:
+    """The server-side files of the photos a request names (none for a missing photo); events run with
+    preprocess=False, so uploads arrive as FileData dicts."""
+    paths = [photo.get("path") if isinstance(photo, dict) else photo for photo in photos]
+    return [path for path in paths if isinstance(path, str) and path]
+
+
+def is_upload(demo: gr.Blocks, path: str) -> bool:
+    """Whether `path` came in through Gradio's upload route and no component keeps it (example photos do): only
+    such files are ever deleted for a user. Reads `Blocks.upload_file_set` and each block's `keep_in_cache`, as
+    Gradio's own cache sweep does."""
+    if path not in getattr(demo, "upload_file_set", ()):
+        return False
+    return not any(path in getattr(block, "keep_in_cache", ()) for block in demo.blocks.values())
+
+
+def waiting(demo: gr.Blocks) -> int:
+    """Requests in Gradio's queue not yet started (`Blocks._queue`'s length)."""
+    queue = getattr(demo, "_queue", None)
+    return len(queue) if queue is not None else 0
+
+
+def client_watch(demo: gr.Blocks, request: gr.Request | None) -> ClientWatch:
+    """A `ClientWatch` on this request's session, reading the jobs Gradio's queue is running: its
+    `Blocks._queue.active_jobs`, one list of events per worker, each with its `session_hash` and `alive`."""
+
+    def running() -> list[tuple[str, bool]]:
+        jobs = getattr(getattr(demo, "_queue", None), "active_jobs", None) or []
+        return [(event.session_hash, event.alive) for job in jobs if job for event in job]
+
+    return ClientWatch(running, session(request))

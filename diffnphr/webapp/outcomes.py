@@ -1,0 +1,102 @@
+"""Each request's outcome as a person meets it: errors that stay until closed, a status line under the button that
+keeps the last outcome until the next request, one log line per refusal (no traceback), and progress that stops
+the work once its client has gone."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from diffnphr.face import ImageInputError, NoFaceError
+from diffnphr.serving.queue import ClientWatch, QueueAdmission, RequestCancelled
+from diffnphr.serving.results import done_status
+from diffnphr.webapp.gradio_state import session
+
+if TYPE_CHECKING:
+    from diffnphr.pipeline import Reconstruction
+
+logger = logging.getLogger("diffnphr.app")
+CANCELLED = "Cancelled"
+NO_FACE_CHOICE = "Use the centre of the image if no face is found"
+
+
+def user_error(message: str, title: str) -> gr.Error:
+    """An error toast that stays until it is closed (the status line keeps it too), logged in one line."""
+    return gr.Error(message, title=title, duration=None, print_exception=False)
+
+
+def run_request(work: Callable[[], Reconstruction], admission: QueueAdmission) -> Reconstruction:
+    """Run the pipeline, turning mistakes a person can fix into an error that says what to do; a result's time goes
+    to `admission`, whose busy sentence says how long the wait is. The result's warnings show as toasts."""
+    started = time.monotonic()
+    try:
+        result = work()
+    except RequestCancelled as error:
+        raise user_error(f"Stopped {error}.", CANCELLED) from error
+    except NoFaceError as error:
+        raise user_error(f"{error} Or tick “{NO_FACE_CHOICE}”.", "No face found") from error
+    except ImageInputError as error:
+        raise user_error(str(error), "Cannot use this image") from error
+    except ValueError as error:
+        raise user_error(str(error), "Cannot reconstruct") from error
+    admission.record(time.monotonic() - started)
+    for warning in result.warnings:
+        gr.Warning(warning)
+    return result
+
+
+def progress_bar(progress: gr.Progress, watch: ClientWatch) -> Callable[[str, float], None]:
+    """The pipeline's progress callback, shown on Gradio's progress bar; it stops the work once the client is gone."""
+
+    def report(stage: str, fraction: float) -> None:
+        watch.check()
+        progress(fraction, desc=stage)
+
+    return report
+
+
+class Failures:
+    """The last refused request's sentence per session, for the status line (Gradio's failure event gets no
+    message), and one log line per refusal instead of a traceback."""
+
+    kept = 256  # API sessions have no browser to read their status: keep only the newest refusals
+
+    def __init__(self) -> None:
+        self.messages: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def recorded(self, request: gr.Request | None, endpoint: str) -> Iterator[None]:
+        """The span of one request to `endpoint`: a `gr.Error` raised in it is kept for the status line and logged."""
+        key = session(request)
+        self.messages.pop(key, None)
+        try:
+            yield
+        except gr.Error as error:
+            self.messages[key] = str(error.message)
+            while len(self.messages) > self.kept:
+                self.messages.pop(next(iter(self.messages)))
+            outcome = "stopped" if error.title == CANCELLED else "refused"
+            logger.warning("%s /%s: %s", outcome, endpoint, error.message)
+            raise
+
+    def status(self, request: gr.Request) -> str:
+        """The status line after a failed request."""
+        message = self.messages.pop(session(request), "the request failed; see the message above.")
+        return f"**Not done:** {message}"
+
+
+def status_working(button: gr.Button, status: gr.Markdown) -> None:
+    """The status line says "Working…" as soon as the button is pressed (registered before the request itself,
+    whose outcome then replaces it)."""
+    button.click(lambda: "Working…", None, status, queue=False, api_visibility="private")
+
+
+def status_outcome(event: Any, status: gr.Markdown, details: gr.JSON, failures: Failures) -> None:
+    """After the request the status line says it is done (with its time) or why not, until the next one."""
+    event.success(done_status, details, status, queue=False, api_visibility="private")
+    event.failure(failures.status, None, status, queue=False, api_visibility="private")
