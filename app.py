@@ -38,7 +38,7 @@ from diffnphr.serving import (
     run_details,
     write_example_photos,
 )
-from diffnphr.webapp.checks import request_settings, settings_checks, uploaded_path
+from diffnphr.webapp.checks import admission_checks, request_settings, settings_checks, uploaded_path
 from diffnphr.webapp.gradio_state import client_watch, is_upload, session, upload_paths, waiting
 from diffnphr.webapp.outcomes import (
     NO_FACE_CHOICE,
@@ -147,16 +147,18 @@ def build_demo(
         return_freed_memory()
         return downloads[0], downloads, result.seed, run_details(result)
 
-    def admitted(request: gr.Request | None, checks: list[dict], photos: tuple[Any, ...]) -> list[dict]:
-        """The validator's answer, one check per input: refused for a bad value, or because the server is busy
-        (said at the first photo); else the request is admitted and its uploads are held until it is over."""
-        if not all(check["is_valid"] for check in checks):
-            return checks
-        busy = admission.refusal()
-        if busy is not None:
-            return [gr.validate(False, busy), *checks[1:]]
-        files.hold(session(request), upload_paths(*photos))
-        return checks
+    def reconstruct_checks(image: dict[str, Any] | None, *settings: Any) -> list[dict]:
+        photo = gr.validate(image is not None, "Please upload a photo first.")
+        return admission_checks([photo, *settings_checks(limits, settings)], admission)
+
+    def transfer_checks(
+        identity: dict[str, Any] | None, expression: dict[str, Any] | None, *settings: Any
+    ) -> list[dict]:
+        photos = [
+            gr.validate(identity is not None, "Please upload the photo whose head you want."),
+            gr.validate(expression is not None, "Please upload the photo whose expression you want."),
+        ]
+        return admission_checks([*photos, *settings_checks(limits, settings)], admission)
 
     def require_photo(
         image: dict[str, Any] | None,
@@ -169,9 +171,13 @@ def build_demo(
         allow_no_face: Any,
         request: gr.Request,
     ) -> list[dict]:
-        settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        photo = gr.validate(image is not None, "Please upload a photo first.")
-        return admitted(request, [photo, *settings_checks(limits, settings)], (image,))
+        """The validator of /reconstruct: one check per input; an admitted request's photo is held until it is over."""
+        checks = reconstruct_checks(
+            image, seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face
+        )
+        if all(check["is_valid"] for check in checks):
+            files.hold(session(request), upload_paths(image))
+        return checks
 
     def require_photos(
         identity: dict[str, Any] | None,
@@ -185,12 +191,12 @@ def build_demo(
         allow_no_face: Any,
         request: gr.Request,
     ) -> list[dict]:
+        """The validator of /transfer, as `require_photo` for its two photos."""
         settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        photos = [
-            gr.validate(identity is not None, "Please upload the photo whose head you want."),
-            gr.validate(expression is not None, "Please upload the photo whose expression you want."),
-        ]
-        return admitted(request, [*photos, *settings_checks(limits, settings)], (identity, expression))
+        checks = transfer_checks(identity, expression, *settings)
+        if all(check["is_valid"] for check in checks):
+            files.hold(session(request), upload_paths(identity, expression))
+        return checks
 
     with gr.Blocks(title=TITLE, delete_cache=(int(options.max_age_s // 2), int(options.max_age_s))) as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{limits.describe(pipeline.default_resolution, options.queue_size)}")
@@ -220,7 +226,7 @@ def build_demo(
                 visible_columns=[0],
                 label="Example (NASA's public-domain astronaut portrait; seed 0)",
             )
-            status_working(run, status)
+            status_working(run, inputs, status, reconstruct_checks)
             event = run.click(
                 reconstruct,
                 inputs,
@@ -257,10 +263,11 @@ def build_demo(
                 visible_columns=[0, 1],
                 label="Example (the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0; seed 0)",
             )
-            status_working(transfer_run, transfer_status)
+            transfer_inputs = [identity, expression, *transfer_settings, transfer_no_face]
+            status_working(transfer_run, transfer_inputs, transfer_status, transfer_checks)
             event = transfer_run.click(
                 transfer,
-                [identity, expression, *transfer_settings, transfer_no_face],
+                transfer_inputs,
                 transfer_outputs,
                 api_name="transfer",
                 preprocess=False,

@@ -113,3 +113,43 @@ def test_an_error_stays_readable_until_the_next_request(app_url, no_face_photo_f
             assert page.get_by_text("No face was found").count() >= 2, "the toast should still be open too"
         finally:
             browser.close()
+
+
+def test_a_request_refused_before_the_queue_says_why_in_the_status_line(one_waiting_app_url, face_photo_file, tmp_path):
+    """No photo, then a full queue: the status line says why at once (it used to say "Working…" for ever), and the
+    busy sentence shows at the photo."""
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+    from playwright.sync_api import sync_playwright
+
+    slow = (4, False, 100, 1.0, 192, 32, False)  # seconds on the tiny weights: the queue stays full meanwhile
+    jobs = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(one_waiting_app_url)
+            status = page.locator("#reconstruct_status")
+            page.locator("#reconstruct_button").click()
+            status.get_by_text("Not done: Please upload a photo first.").wait_for(timeout=30_000)
+
+            jobs = [
+                Client(one_waiting_app_url, download_files=str(tmp_path), verbose=False).submit(
+                    handle_file(face_photo_file), *slow, api_name="/reconstruct"
+                )
+                for _ in range(2)
+            ]
+            deadline = time.monotonic() + 60
+            while jobs[1].status().code != Status.IN_QUEUE:
+                assert time.monotonic() < deadline, "the second request never queued"
+                time.sleep(0.05)
+            upload = page.locator("#photo input[type=file]")
+            upload.set_input_files(str(face_photo_file))
+            page.locator("#reconstruct_button").click()
+            status.get_by_text("Not done: The server is busy: 1 request is already waiting").wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_busy.png"), full_page=True)
+            assert page.get_by_text("The server is busy").count() >= 2, "the sentence should show at the photo too"
+        finally:
+            for job in jobs:
+                job.cancel()
+            browser.close()

@@ -6,18 +6,30 @@ The sentences come from `diffnphr.serving.requests`; here they become what Gradi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from diffnphr.serving.requests import REQUEST_PARAMETERS, RequestError, ServingLimits, read_request, request_problems
 from diffnphr.webapp.outcomes import user_error
 
+if TYPE_CHECKING:
+    from diffnphr.serving.queue import QueueAdmission
+
 
 def settings_checks(limits: ServingLimits, settings: tuple) -> list[dict]:
     """One `gr.validate` per setting, in `REQUEST_PARAMETERS` order (the validator's answer before queueing)."""
     problems = request_problems(limits, **dict(zip(REQUEST_PARAMETERS, settings)))
     return [gr.validate(name not in problems, problems.get(name, "")) for name in REQUEST_PARAMETERS]
+
+
+def admission_checks(checks: list[dict], admission: QueueAdmission) -> list[dict]:
+    """`checks` (one `gr.validate` per input, the first for the first photo) when any fails; else the same with the
+    busy sentence at the first photo if the queue is full. All valid: the request may be queued."""
+    if not all(check["is_valid"] for check in checks):
+        return checks
+    busy = admission.refusal()
+    return checks if busy is None else [gr.validate(False, busy), *checks[1:]]
 
 
 def request_settings(limits: ServingLimits, *values: Any) -> dict[str, Any]:

@@ -90,10 +90,18 @@ class Failures:
         return f"**Not done:** {message}"
 
 
-def status_working(button: gr.Button, status: gr.Markdown) -> None:
-    """The status line says "Working…" as soon as the button is pressed (registered before the request itself,
-    whose outcome then replaces it)."""
-    button.click(lambda: "Working…", None, status, queue=False, api_visibility="private")
+def status_working(
+    button: gr.Button, inputs: list[Any], status: gr.Markdown, checks: Callable[..., list[dict]]
+) -> None:
+    """The status line as soon as the button is pressed: "Working…", or why the request is not taken (a missing
+    photo, a bad setting, a full queue: the validator's own `checks` of the same `inputs`, whose refusal Gradio
+    shows at the input but reports to no event). Registered before the request itself, whose outcome replaces it."""
+
+    def line(*values: Any) -> str:
+        refused = next((check["message"] for check in checks(*values) if not check["is_valid"]), None)
+        return "Working…" if refused is None else f"**Not done:** {refused}"
+
+    button.click(line, inputs, status, queue=False, api_visibility="private")
 
 
 def status_outcome(event: Any, status: gr.Markdown, details: gr.JSON, failures: Failures) -> None:
