@@ -39,7 +39,7 @@ from diffnphr.serving import (
     write_example_photos,
 )
 from diffnphr.webapp.checks import admission_checks, request_settings, settings_checks, uploaded_path
-from diffnphr.webapp.gradio_state import client_watch, is_upload, session, upload_paths, waiting
+from diffnphr.webapp.gradio_state import client_watch, is_upload, queued_sessions, session, upload_paths, waiting
 from diffnphr.webapp.outcomes import (
     NO_FACE_CHOICE,
     Failures,
@@ -73,7 +73,13 @@ def build_demo(
     limits = ServingLimits.for_device(pipeline.device.type)
     failures = Failures()
     admission = QueueAdmission(options.queue_size, lambda: waiting(demo))
-    files = ServedFiles(results_root, options.keep_results_s, options.max_age_s, lambda path: is_upload(demo, path))
+    files = ServedFiles(
+        results_root,
+        options.keep_results_s,
+        options.max_age_s,
+        is_upload=lambda path: is_upload(demo, path),
+        queued_sessions=lambda: queued_sessions(demo),
+    )
 
     def reconstruct(
         image: dict[str, Any] | None,

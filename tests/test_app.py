@@ -195,6 +195,34 @@ def test_an_api_callers_photos_and_results_are_removed_soon_after_the_answer(
         time.sleep(0.2)
 
 
+def test_the_photo_of_a_request_cancelled_while_waiting_is_removed(
+    app_url, app_workdir, app_keep_results_s, face_photo_file, tmp_path
+):
+    photo = tmp_path / "cancelled_while_waiting.png"
+    pixels = Image.open(face_photo_file).convert("RGB")
+    pixels.putpixel((0, 0), (1, 2, 3))  # content of its own: no other test uploads the same file
+    pixels.save(photo)
+    running = Client(app_url, download_files=str(tmp_path), verbose=False).submit(
+        handle_file(face_photo_file), *SLOW_SETTINGS, api_name="/reconstruct"
+    )
+    _processing(running)
+    waiting = Client(app_url, download_files=str(tmp_path), verbose=False).submit(
+        handle_file(photo), *SETTINGS, api_name="/reconstruct"
+    )
+    deadline = time.monotonic() + 60
+    while waiting.status().code != Status.IN_QUEUE:
+        assert time.monotonic() < deadline, f"the second request never queued ({waiting.status().code})"
+        time.sleep(0.05)
+    cache = app_workdir / "gradio-cache"
+    assert _files_named(cache, photo.name), "the waiting request's photo should be in the cache"
+    waiting.cancel()  # Gradio drops it from the queue without ever running it
+    running.cancel()
+    deadline = time.monotonic() + 3 * app_keep_results_s + 15
+    while left := _files_named(cache, photo.name):
+        assert time.monotonic() < deadline, f"the cancelled request's photo is still there: {left}"
+        time.sleep(0.2)
+
+
 def test_a_full_queue_is_refused_in_words(one_waiting_app_url, face_photo_file, tmp_path):
     running, waiting = (
         Client(one_waiting_app_url, download_files=str(tmp_path), verbose=False).submit(

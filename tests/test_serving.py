@@ -194,6 +194,41 @@ def test_a_closed_page_gives_back_the_photo_of_a_request_that_was_still_waiting(
     assert not Path(photo).exists() and not files.held(photo)
 
 
+def _old_upload(uploads: Path, name: str) -> str:
+    path = _upload(uploads, name)
+    past = time.time() - 3600
+    os.utime(path, (past, past))
+    return path
+
+
+def test_a_session_whose_request_left_the_queue_unanswered_gives_back_its_photo(tmp_path):
+    queued = {"running-client"}
+    uploads = tmp_path / "uploads"
+    files = ServedFiles(
+        tmp_path / "results", 0.3, 3600, lambda path: Path(path).is_relative_to(uploads), lambda: set(queued)
+    )
+    photo, theirs = _old_upload(uploads, "cancelled.png"), _old_upload(uploads, "running.png")
+    files.hold("cancelled-client", [photo])  # admitted, then cancelled while waiting: Gradio never runs it
+    files.hold("running-client", [theirs])
+    files.give_back_abandoned()  # first look: missing from the queue, but maybe only for a moment
+    assert Path(photo).exists()
+    assert _gone_soon(photo, within_s=3)  # the timer's second look, keep_s later, gives it back
+    assert Path(theirs).exists() and files.held(theirs)
+
+
+def test_a_session_missing_from_the_queue_for_a_moment_keeps_its_photo(tmp_path):
+    looks = iter([set(), {"moving-client"}, {"moving-client"}, {"moving-client"}])
+    uploads = tmp_path / "uploads"
+    files = ServedFiles(
+        tmp_path / "results", 0.2, 3600, lambda path: Path(path).is_relative_to(uploads), lambda: next(looks)
+    )
+    photo = _old_upload(uploads, "moving.png")
+    files.hold("moving-client", [photo])
+    files.give_back_abandoned()  # caught between the validator and the queue (or the queue and a worker)
+    time.sleep(0.6)  # the timer's second look finds it queued
+    assert Path(photo).exists() and files.held(photo)
+
+
 def test_a_refused_request_leaves_no_folder_and_files_that_are_not_uploads_are_never_deleted(tmp_path):
     files, _ = _served(tmp_path)
     example = tmp_path / "examples" / "astronaut.png"

@@ -11,6 +11,8 @@ Each file then has one owner and one lifetime:
 - an upload goes as soon as no admitted request and no open page uses it, but never less than
   `keep_s` after it was (last) uploaded: the same photo uploaded again lands on the same path, and
   a client that has just uploaded it, and not yet asked, is not caught out;
+- a request that never runs (its page closed, or its API caller cancelled, while it waited) gives
+  its uploads back, so they go too;
 - anything older than `max_age_s` goes whatever holds it.
 
 A request that is refused or stopped leaves nothing: its folder is made only for a result.
@@ -43,16 +45,27 @@ class ServedFiles:
     app asks Gradio; example photos and anything else are never touched). A request's hold is
     taken when it is admitted (`hold`) and given back when it is over (`finished`), both under
     its session, so work that was never admitted (an example run) gives back nothing. A page that
-    closes gives back its session's holds too (its requests still waiting will never be answered);
-    an API caller that cancels while waiting gives back nothing, and Gradio's own age sweep removes
-    that upload. Thread-safe: requests finish on worker threads while pages open and close on the
-    event loop.
+    closes gives back its session's holds too (its requests still waiting will never be answered),
+    and so does a session that `queued_sessions()` (the sessions with a request waiting or running;
+    None when that cannot be told) has not listed for `keep_s`: an API caller that cancelled while
+    waiting, whose request Gradio drops without running it. Thread-safe: requests finish on worker
+    threads while pages open and close on the event loop.
     """
 
-    def __init__(self, root: Path, keep_s: float, max_age_s: float, is_upload: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        keep_s: float,
+        max_age_s: float,
+        is_upload: Callable[[str], bool],
+        queued_sessions: Callable[[], set[str] | None] = lambda: None,
+    ) -> None:
         self.root, self.keep_s, self.max_age_s, self._is_upload = root, keep_s, max_age_s, is_upload
+        self._queued_sessions = queued_sessions
         self._requests: Counter[tuple[str, str]] = Counter()  # (session, upload) -> admitted requests using it
         self._pages: dict[str, set[str]] = {}  # open page's session -> the uploads it has used
+        self._missing_since: dict[str, float] = {}  # holding session seen in no queue -> since when (monotonic)
+        self._recheck_due = False
         self._lock = threading.Lock()
 
     def page_opened(self, session: str | None) -> None:
@@ -111,12 +124,49 @@ class ServedFiles:
             page = self._pages.get(session)
             if page is not None:
                 page |= uploads
-        if page is not None:
-            return
-        for path in uploads:
+        if page is None:
+            for path in uploads:
+                self._remove_upload_unless_held(path)
+            if folder is not None:
+                self._later(shutil.rmtree, folder, ignore_errors=True)
+        self.give_back_abandoned()
+
+    def give_back_abandoned(self) -> None:
+        """Give back the holds of sessions with no request waiting or running for `keep_s`, and remove their uploads
+        once nothing else holds them. A session is taken for gone only when it is missing from the queue twice,
+        `keep_s` apart (a request between its admission and its place in the queue, or between the queue and a
+        worker, is missing for a moment); the second look is made by a timer if nothing else makes it first."""
+        with self._lock:
+            released = self._abandoned()
+        for path in released:
             self._remove_upload_unless_held(path)
-        if folder is not None:
-            self._later(shutil.rmtree, folder, ignore_errors=True)
+
+    def _abandoned(self) -> set[str]:
+        """The uploads whose holds were given back now (called with the lock held)."""
+        holding = {session for session, _ in self._requests}
+        queued = self._queued_sessions() if holding else set()
+        if queued is None:
+            return set()
+        now = time.monotonic()
+        self._missing_since = {
+            session: since for session, since in self._missing_since.items() if session in holding - queued
+        }
+        released = set()
+        for session in holding - queued:
+            if now - self._missing_since.setdefault(session, now) >= self.keep_s:
+                for key in [key for key in self._requests if key[0] == session]:
+                    del self._requests[key]
+                    released.add(key[1])
+                del self._missing_since[session]
+        if self._missing_since and not self._recheck_due:
+            self._recheck_due = True
+            self._later(self._recheck, after_s=self.keep_s + 0.05)
+        return released
+
+    def _recheck(self) -> None:
+        with self._lock:
+            self._recheck_due = False
+        self.give_back_abandoned()
 
     def held(self, path: str) -> bool:
         """Whether an admitted request or an open page still uses the upload at `path`."""

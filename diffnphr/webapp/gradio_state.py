@@ -43,6 +43,18 @@ def waiting(demo: gr.Blocks) -> int:
     return len(queue) if queue is not None else 0
 
 
+def queued_sessions(demo: gr.Blocks) -> set[str] | None:
+    """The sessions with a request waiting in Gradio's queue or running on one of its workers (its
+    `event_queue_per_concurrency_id` and `active_jobs`); None when the queue cannot be read."""
+    queue = getattr(demo, "_queue", None)
+    try:
+        waiting = [event for line in list(queue.event_queue_per_concurrency_id.values()) for event in list(line.queue)]
+        running = [event for job in list(queue.active_jobs) if job for event in job]
+    except (AttributeError, RuntimeError, TypeError):  # no queue yet, or it changed while being read
+        return None
+    return {event.session_hash for event in waiting + running}
+
+
 def client_watch(demo: gr.Blocks, request: gr.Request | None) -> ClientWatch:
     """A `ClientWatch` on this request's session, reading the jobs Gradio's queue is running: its
     `Blocks._queue.active_jobs`, one list of events per worker, each with its `session_hash` and `alive`."""
