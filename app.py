@@ -166,6 +166,12 @@ def build_demo(
         ]
         return admission_checks([*photos, *settings_checks(limits, settings)], admission)
 
+    def admitted(checks: list[dict], request: gr.Request, *photos: dict[str, Any] | None) -> list[dict]:
+        """A validator's answer: `checks` as they are; when all pass, the request's photos are held until it is over."""
+        if all(check["is_valid"] for check in checks):
+            files.hold(session(request), upload_paths(*photos))
+        return checks
+
     def require_photo(
         image: dict[str, Any] | None,
         seed: Any,
@@ -178,12 +184,8 @@ def build_demo(
         request: gr.Request,
     ) -> list[dict]:
         """The validator of /reconstruct: one check per input; an admitted request's photo is held until it is over."""
-        checks = reconstruct_checks(
-            image, seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face
-        )
-        if all(check["is_valid"] for check in checks):
-            files.hold(session(request), upload_paths(image))
-        return checks
+        settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
+        return admitted(reconstruct_checks(image, *settings), request, image)
 
     def require_photos(
         identity: dict[str, Any] | None,
@@ -199,10 +201,7 @@ def build_demo(
     ) -> list[dict]:
         """The validator of /transfer, as `require_photo` for its two photos."""
         settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        checks = transfer_checks(identity, expression, *settings)
-        if all(check["is_valid"] for check in checks):
-            files.hold(session(request), upload_paths(identity, expression))
-        return checks
+        return admitted(transfer_checks(identity, expression, *settings), request, identity, expression)
 
     with gr.Blocks(title=TITLE, delete_cache=(int(options.max_age_s // 2), int(options.max_age_s))) as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{limits.describe(pipeline.default_resolution, options.queue_size)}")

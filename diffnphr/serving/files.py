@@ -35,8 +35,6 @@ from diffnphr.mesh.export import EXPORT_FORMATS, export_mesh
 if TYPE_CHECKING:
     from diffnphr.pipeline.pipeline import Reconstruction
 
-ANONYMOUS = "anonymous"
-
 
 class ServedFiles:
     """Result folders per session under `root`, and holds on uploads, removed as the module docstring says.
@@ -68,15 +66,14 @@ class ServedFiles:
         self._recheck_due = False
         self._lock = threading.Lock()
 
-    def page_opened(self, session: str | None) -> None:
+    def page_opened(self, session: str) -> None:
         """A browser page of `session` is open: its results and uploads stay until `page_closed`."""
         with self._lock:
-            self._pages.setdefault(session or ANONYMOUS, set())
+            self._pages.setdefault(session, set())
 
-    def page_closed(self, session: str | None) -> None:
+    def page_closed(self, session: str) -> None:
         """The page is gone: remove its results now and its uploads once nothing else holds them (its requests that
         were still waiting hold nothing any more)."""
-        session = session or ANONYMOUS
         with self._lock:
             uploads = self._pages.pop(session, set())
             waiting = [key for key in self._requests if key[0] == session]
@@ -87,20 +84,20 @@ class ServedFiles:
         for path in uploads:
             self._remove_upload_unless_held(path)
 
-    def hold(self, session: str | None, uploads: Iterable[str]) -> None:
+    def hold(self, session: str, uploads: Iterable[str]) -> None:
         """A request of `session` that will read `uploads` was admitted: keep them until it has `finished`."""
         with self._lock:
-            self._requests.update((session or ANONYMOUS, path) for path in set(uploads))
+            self._requests.update((session, path) for path in set(uploads))
 
-    def new_run(self, session: str | None) -> Path:
+    def new_run(self, session: str) -> Path:
         """A fresh folder for one result of `session` (results older than `max_age_s`, of any session, are swept)."""
         self._remove_older_than(self.max_age_s)
-        folder = self.root / (session or ANONYMOUS) / uuid.uuid4().hex
+        folder = self.root / session / uuid.uuid4().hex
         folder.mkdir(parents=True)
         return folder
 
     @contextlib.contextmanager
-    def request(self, session: str | None, uploads: Iterable[str]) -> Iterator[ResultRun]:
+    def request(self, session: str, uploads: Iterable[str]) -> Iterator[ResultRun]:
         """The span of one admitted request: its result folder is made on first use (`ResultRun.folder`), and on
         the way out, however it ends, the request has `finished`."""
         run = ResultRun(self, session)
@@ -109,11 +106,11 @@ class ServedFiles:
         finally:
             self.finished(session, uploads, run.made)
 
-    def finished(self, session: str | None, uploads: Iterable[str], folder: Path | None) -> None:
+    def finished(self, session: str, uploads: Iterable[str], folder: Path | None) -> None:
         """A request of `session` is over (answered, refused or stopped; `folder` None when it has no result).
         An open page keeps its result and uploads; for anyone else the result goes `keep_s` from now (time to
         download it) and the uploads as soon as nothing else holds them."""
-        session, uploads = session or ANONYMOUS, set(uploads)
+        uploads = set(uploads)
         with self._lock:
             for path in uploads:
                 key = (session, path)
@@ -221,7 +218,7 @@ class ServedFiles:
 class ResultRun:
     """One request's result folder, made only when a result is written (a refused request leaves none)."""
 
-    def __init__(self, files: ServedFiles, session: str | None) -> None:
+    def __init__(self, files: ServedFiles, session: str) -> None:
         self._files, self._session = files, session
         self.made: Path | None = None
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from diffnphr.serving.requests import REQUEST_PARAMETERS, RequestError, ServingLimits, read_request, request_problems
+from diffnphr.webapp.gradio_state import upload_paths
 from diffnphr.webapp.outcomes import user_error
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def request_settings(limits: ServingLimits, *values: Any) -> dict[str, Any]:
 
 def uploaded_path(upload: dict[str, Any] | str | None, what: str) -> str:
     """The server-side file of an upload, or an error asking for the `what` (e.g. "identity photo")."""
-    path = upload.get("path") if isinstance(upload, dict) else upload
-    if not path:
+    paths = upload_paths(upload)
+    if not paths:
         raise user_error(f"Please upload the {what} first.", "Missing photo")
-    return path
+    return paths[0]

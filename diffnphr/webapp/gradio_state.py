@@ -12,8 +12,9 @@ from typing import Any
 
 import gradio as gr
 
-from diffnphr.serving.files import ANONYMOUS
 from diffnphr.serving.queue import ClientWatch
+
+ANONYMOUS = "anonymous"  # the session of work outside a request (an example run)
 
 
 def session(request: gr.Request | None) -> str:
