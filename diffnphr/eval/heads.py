@@ -1,10 +1,14 @@
 """Ground-truth ICT heads and how a decoded head is compared with one: what every evaluation shares.
 
-Ground truth is the decoder's own training surface (`diffnphr.data.heads`): the skin and the
-eyeballs, only the triangles exposed on that head, in the canonical frame. Both surfaces are
-cropped to y ≥ `frame.FLOOR_Y`, the extraction box's floor (the neck below it is never
-extracted), by sampling each whole surface and keeping the points above the floor: the kept
-points are uniform by area on the cropped surface. The face region is the ICT `face` part.
+Ground truth is the decoder's own training surface (`diffnphr.data.head_geometry`): skin with
+hair and beard, eyeballs, teeth, the long-hair curtain and the bun, only the triangles exposed
+on that head, in the canonical frame. Both surfaces are cropped to y ≥ `frame.FLOOR_Y`, the
+extraction box's floor (the neck below it is never extracted), by sampling each whole surface
+and keeping the points above the floor: the kept points are uniform by area on the cropped
+surface. Regions: the face (ICT's `face` part, the eyeballs and teeth) and the hair (skin the
+hair covers, the curtain and the bun). Every metric is reported raw and after a similarity
+alignment of the prediction to the ground truth (`eval.metrics.similarity_alignment`), as
+"aligned_<region>".
 """
 
 from __future__ import annotations
@@ -14,53 +18,36 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from diffnphr.data.appearance import appearance_basis, vertex_colours
-from diffnphr.data.heads import exposed_faces
-from diffnphr.data.sampling import HeadSampler
-from diffnphr.eval.metrics import SurfaceSamples, head_and_face_metrics, sample_surface
+from diffnphr.eval.metrics import SurfaceSamples, region_metrics, sample_surface, similarity_alignment
 from diffnphr.frame import FLOOR_Y
 
 if TYPE_CHECKING:
-    from diffnphr.data.ict import ICTFaceModel
+    from diffnphr.data.head_geometry import HeadGeometry
     from diffnphr.heads.split import HeadSplit
     from diffnphr.nphm.decoder import MonoNPHM
 
+REGIONS = ("face", "hair")
+
 
 class GroundTruthHeads:
-    """Ground-truth training surfaces (exposed skin + eyeballs) of ICT heads, with face labels and colours."""
+    """Ground-truth surfaces of ICT heads with hair (exposed triangles), with region labels and colours."""
 
-    def __init__(self, model: ICTFaceModel, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self._sampler = HeadSampler(model, self.device)
-        surface = self._sampler.surface
-        self._faces = torch.as_tensor(surface.faces, device=self.device)
-        self._face_region = torch.as_tensor(surface.face_region, device=self.device)
-        self._tests = [
-            (torch.as_tensor(q, device=self.device), torch.as_tensor(s, device=self.device))
-            for q, s in surface.exposure_tests
-        ]
-        self._cap_loop = torch.as_tensor(surface.cap_loop_rows, device=self.device)
-        self._appearance = appearance_basis(model).rows(surface.vertex_ids).to(self.device)
+    def __init__(self, geometry: HeadGeometry):
+        self.device = geometry.device
+        self._geometry = geometry
 
     def mesh(
         self, split: HeadSplit, identity: int, slot: int, expression_identity: int | None = None
     ) -> dict[str, Tensor]:
-        """The head of split row `identity` with expression `slot`: vertices (N+1, 3), faces (F', 3)
-        of its exposed triangles, face_region (F',) bool, colours (N+1, 3) sRGB in [0, 1].
-        With `expression_identity`, the expression is that row's slot instead (expression transfer)."""
-        coefficients = split.identity_coefficients[identity][None].to(self.device)
-        expression_row = identity if expression_identity is None else expression_identity
-        weights = split.expression_weights[expression_row, slot][None].to(self.device)
-        vertices = self._sampler.head_vertices(coefficients, weights)
-        exposed = exposed_faces(vertices, self._faces, self._tests)[0]
-        colours = vertex_colours(self._appearance, split.appearance(torch.tensor([identity])).to(self.device))
-        colours = torch.cat([colours, colours[:, self._cap_loop].mean(dim=1, keepdim=True)], dim=1)
-        return {
-            "vertices": vertices[0],
-            "faces": self._faces[exposed],
-            "face_region": self._face_region[exposed],
-            "colours": colours[0].clamp(0, 1),
-        }
+        """The head of split row `identity` with expression `slot`: vertices (N, 3), faces (F', 3)
+        of its exposed triangles, face_region and hair_region (F',) bool, colours (N, 3) sRGB in
+        [0, 1]. With `expression_identity`, the expression is that row's slot instead (expression
+        transfer)."""
+        factors = split.factors(torch.tensor([identity]), torch.tensor([slot]))
+        if expression_identity is not None:
+            moved = split.factors(torch.tensor([expression_identity]), torch.tensor([slot]))
+            factors = type(factors)(factors.identity, moved.expression, factors.appearance, factors.hair)
+        return self._geometry.build(factors).head(0)
 
 
 def decode_mesh(
@@ -103,8 +90,10 @@ def sample_above_floor(
 def compare_head(
     pred_vertices: Tensor, pred_faces: Tensor, truth: dict[str, Tensor], points: int, seed: int, with_floor: bool = True
 ) -> dict[str, dict[str, float]]:
-    """Head and face metrics (`diffnphr.eval`) of a predicted mesh against a `GroundTruthHeads.mesh`,
-    both cropped to y ≥ -0.5, `points` samples per side; with `with_floor`, also "floor_head" and
+    """Head and region metrics (`diffnphr.eval.metrics`) of a predicted mesh against a
+    `GroundTruthHeads.mesh`, both cropped to y ≥ -0.5, `points` samples per side, raw ("head",
+    "face", "hair" where the head has hair) and after a similarity alignment ("aligned_head",
+    ...; its scale as "alignment": {"scale": s}); with `with_floor`, also "floor_head" and
     "floor_face": the ground truth against itself resampled with another seed."""
     device = truth["vertices"].device
     gt = sample_above_floor(truth["vertices"], truth["faces"], points, seed)
@@ -114,9 +103,14 @@ def compare_head(
         points,
         seed + 1000,
     )
-    metrics = head_and_face_metrics(pred, gt, truth["face_region"])
+    regions = {name: truth[f"{name}_region"] for name in REGIONS}
+    metrics = region_metrics(pred, gt, regions)
+    scale, shift = similarity_alignment(pred.points, gt.points)
+    aligned = SurfaceSamples(scale * pred.points + shift, pred.normals, pred.face_index)
+    metrics.update({f"aligned_{name}": value for name, value in region_metrics(aligned, gt, regions).items()})
+    metrics["alignment"] = {"scale": scale}
     if with_floor:
         again = sample_above_floor(truth["vertices"], truth["faces"], points, seed + 2000)
-        floor = head_and_face_metrics(again, gt, truth["face_region"])
+        floor = region_metrics(again, gt, {"face": truth["face_region"]})
         metrics.update({"floor_head": floor["head"], "floor_face": floor["face"]})
     return metrics
