@@ -49,6 +49,7 @@ from diffnphr.webapp.outcomes import (
     run_request,
     status_outcome,
     status_working,
+    upload_status,
 )
 from diffnphr.weights import WeightsNotFoundError
 
@@ -133,7 +134,7 @@ class _Server:
         def validate(request: gr.Request, *values: Any) -> list[dict]:
             checks = endpoint.checks(*values)
             if all(check["is_valid"] for check in checks):
-                self.files.hold(session(request), upload_paths(*values[: endpoint.photos]))
+                self.files.hold(session(request), upload_paths(*values[: len(endpoint.photos)]))
             return checks
 
         return validate
@@ -141,11 +142,11 @@ class _Server:
 
 class _Endpoint(NamedTuple):
     """One public endpoint: its function (whose signature is the API's), the checks of its inputs before the queue
-    (one `gr.validate` per input, without side effects) and how many of its first inputs are photos."""
+    (one `gr.validate` per input, without side effects) and what its first inputs, the photos, are called."""
 
     run: Callable[..., tuple]
     checks: Callable[..., list[dict]]
-    photos: int
+    photos: tuple[str, ...]
 
 
 def _reconstruct_endpoint(server: _Server) -> _Endpoint:
@@ -192,7 +193,7 @@ def _reconstruct_endpoint(server: _Server) -> _Endpoint:
         photo = gr.validate(image is not None, "Please upload a photo first.")
         return admission_checks([photo, *settings_checks(server.limits, settings)], server.admission)
 
-    return _Endpoint(reconstruct, checks, photos=1)
+    return _Endpoint(reconstruct, checks, ("this photo",))
 
 
 def _transfer_endpoint(server: _Server) -> _Endpoint:
@@ -241,7 +242,7 @@ def _transfer_endpoint(server: _Server) -> _Endpoint:
         ]
         return admission_checks([*photos, *settings_checks(server.limits, settings)], server.admission)
 
-    return _Endpoint(transfer, checks, photos=2)
+    return _Endpoint(transfer, checks, ("the identity photo", "the expression photo"))
 
 
 def _reconstruct_tab(server: _Server, endpoint: _Endpoint, example_photos: ExamplePhotos) -> None:
@@ -317,9 +318,11 @@ def _request_wiring(
     status: gr.Markdown,
     details: gr.JSON,
 ) -> None:
-    """A tab's request and its status line: the button says "Working…" at once, or why the request is refused
-    before the queue; the request runs (public as `api_name`, one at a time with the other tab's); then the
-    line says it is done, or why not, until the next request."""
+    """A tab's request and its status line: an upload that is not an image is named at once; the button says
+    "Working…" at once, or why the request is refused before the queue; the request runs (public as `api_name`,
+    one at a time with the other tab's); then the line says it is done, or why not, until the next request."""
+    for photo, what in zip(inputs, endpoint.photos):
+        upload_status(photo, status, what)
     status_working(button, inputs, status, endpoint.checks)
     event = button.click(
         endpoint.run,

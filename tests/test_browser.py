@@ -6,6 +6,8 @@ Screenshots land in `test-artifacts/` (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -153,3 +155,53 @@ def test_a_request_refused_before_the_queue_says_why_in_the_status_line(one_wait
             for job in jobs:
                 job.cancel()
             browser.close()
+
+
+# An absolute path as a log line would show one: a slash after a space, quote, bracket or "=", then folders.
+ABSOLUTE_PATH = re.compile(r"""(?:^|[\s'"(=])/(?:[^/\s'"]+/)+""", re.MULTILINE)
+
+
+def test_a_file_that_is_not_an_image_gets_a_sentence_and_the_log_no_traceback(
+    app_url, app_workdir, face_photo_file, tmp_path
+):
+    """A text file named like a photo: the status line says so as soon as it is uploaded (naming which photo on the
+    transfer tab; a photo uploaded in its place takes it back), and again once Reconstruct refuses it; the server log
+    gets one line, with no traceback and no absolute path (Gradio's image preprocessing of the status handler used
+    to log two and answer 500)."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("these are my notes, not a photo\n")
+    sentence = "'notes.jpg' is not an image we can read"
+    log = app_workdir / "server.log"
+    logged_before = len(log.read_text())
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            upload = page.locator("#photo input[type=file]")
+            upload.wait_for(state="attached", timeout=60_000)
+            upload.set_input_files(str(fake))
+            status = page.locator("#reconstruct_status")
+            status.get_by_text(f"Cannot use this photo: {sentence}").wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_not_an_image_uploaded.png"), full_page=True)
+
+            page.locator("#reconstruct_button").click()
+            status.get_by_text(f"Not done: {sentence}").wait_for(timeout=60_000)
+
+            page.get_by_role("tab", name="Expression transfer").click()
+            page.locator("#expression_photo input[type=file]").set_input_files(str(fake))
+            transfer_status = page.locator("#transfer_status")
+            transfer_status.get_by_text(f"Cannot use the expression photo: {sentence}").wait_for(timeout=30_000)
+            page.locator("#expression_photo input[type=file]").set_input_files(str(face_photo_file))
+            transfer_status.get_by_text("Cannot use").wait_for(state="detached", timeout=30_000)
+        finally:
+            browser.close()
+    logged = log.read_text()[logged_before:]
+    assert "Traceback" not in logged and "Error:" not in logged, logged
+    for folder in (app_workdir, Path(sys.prefix), Path(__file__).resolve().parents[1]):
+        assert str(folder) not in logged, f"the log shows the folder {folder}:\n{logged}"
+    assert not ABSOLUTE_PATH.search(logged), logged
+    assert logged.count(sentence) == 1, f"one line for the one refused request:\n{logged}"

@@ -1,6 +1,6 @@
 """Each request's outcome as a person meets it: errors that stay until closed, a status line under the button that
-keeps the last outcome until the next request, one log line per refusal (no traceback), and progress that stops
-the work once its client has gone."""
+keeps the last outcome until the next request (and names an upload that is not an image at once), one log line per
+refusal (no traceback), and progress that stops the work once its client has gone."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from diffnphr.face import ImageInputError, NoFaceError
+from diffnphr.face import ImageInputError, NoFaceError, load_image
 from diffnphr.serving.queue import ClientWatch, QueueAdmission, RequestCancelled
 from diffnphr.serving.results import done_status
-from diffnphr.webapp.gradio_state import session
+from diffnphr.webapp.gradio_state import session, upload_paths
 
 if TYPE_CHECKING:
     from diffnphr.pipeline import Reconstruction
@@ -101,7 +101,36 @@ def status_working(
         refused = next((check["message"] for check in checks(*values) if not check["is_valid"]), None)
         return "Working…" if refused is None else f"**Not done:** {refused}"
 
-    button.click(line, inputs, status, queue=False, api_visibility="private")
+    # preprocess=False: the values as the validator sees them; Gradio's image preprocessing would open the upload
+    # with PIL and log a traceback (and answer 500) for a file that is not an image.
+    button.click(line, inputs, status, queue=False, preprocess=False, api_visibility="private")
+
+
+def upload_status(photo: gr.Image, status: gr.Markdown, what: str) -> None:
+    """The status line as soon as a photo is uploaded: a file that is not an image we can read is named at once, in
+    the sentence a request would be refused with ("Cannot use `what`: …"); a good photo, or none, takes back what
+    was said of this one (any other line, such as the last request's outcome, stays)."""
+    heading = f"**Cannot use {what}:** "
+
+    def line(upload: dict[str, Any] | None, current: str | None) -> Any:
+        paths = upload_paths(upload)
+        try:
+            if paths:
+                load_image(paths[0])
+        except ImageInputError as error:
+            return heading + str(error)
+        return "" if (current or "").startswith(heading) else gr.skip()
+
+    gr.on(
+        [photo.upload, photo.clear],
+        line,
+        [photo, status],
+        status,
+        queue=False,
+        preprocess=False,
+        show_progress="hidden",
+        api_visibility="private",
+    )
 
 
 def status_outcome(event: Any, status: gr.Markdown, details: gr.JSON, failures: Failures) -> None:
