@@ -41,7 +41,15 @@ from diffnphr.serving import (
     write_example_photos,
 )
 from diffnphr.webapp.checks import admission_checks, request_settings, settings_checks, uploaded_path
-from diffnphr.webapp.gradio_state import client_watch, is_upload, queued_sessions, session, upload_paths, waiting
+from diffnphr.webapp.gradio_state import (
+    client_watch,
+    is_upload,
+    queued_sessions,
+    session,
+    show_progress_only_on,
+    upload_paths,
+    waiting,
+)
 from diffnphr.webapp.outcomes import (
     NO_FACE_CHOICE,
     Failures,
@@ -257,23 +265,15 @@ def _reconstruct_tab(server: _Server, endpoint: _Endpoint, example_photos: Examp
             no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
             settings = _settings(pipeline.defaults, pipeline.default_resolution, server.limits)
             button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct_button")
-            status = _status("reconstruct_status")
+            status = gr.Markdown("", elem_id="reconstruct_status")  # the status line
         with gr.Column():
             head = _viewer("head_model")
             downloads, details = _result_panel("head_downloads")
     results = [crop, head, downloads, settings[0], details]
-    gr.Examples(
-        [[str(example_photos.portrait), 0, False]],
-        [photo, settings[0], settings[1]],
-        results,
-        fn=endpoint.run,
-        cache_examples=True,
-        cache_mode="lazy",
-        preprocess=False,
-        visible_columns=[0],
-        label="Example (NASA's public-domain astronaut portrait; seed 0)",
-    )
-    _request_wiring(server, endpoint, "reconstruct", button, [photo, *settings, no_face], results, status, details)
+    about = "NASA's public-domain astronaut portrait"
+    _example(endpoint, [str(example_photos.portrait)], [photo, settings[0], settings[1]], results, head, about)
+    inputs = [photo, *settings, no_face]
+    _request_wiring(server, endpoint, "reconstruct", button, inputs, results, status, details, head)
 
 
 def _transfer_tab(server: _Server, endpoint: _Endpoint, example_photos: ExamplePhotos) -> None:
@@ -288,24 +288,35 @@ def _transfer_tab(server: _Server, endpoint: _Endpoint, example_photos: ExampleP
             no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
             settings = _settings(pipeline.defaults, pipeline.default_resolution, server.limits)
             button = gr.Button("Transfer expression", variant="primary", elem_id="transfer_button")
-            status = _status("transfer_status")
+            status = gr.Markdown("", elem_id="transfer_status")
         with gr.Column():
             head = _viewer("transfer_model")
             downloads, details = _result_panel("transfer_downloads")
     results = [head, downloads, settings[0], details]
-    gr.Examples(
-        [[str(example_photos.portrait), str(example_photos.expression), 0, False]],
-        [identity, expression, settings[0], settings[1]],
+    photos = [str(example_photos.portrait), str(example_photos.expression)]
+    about = "the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0"
+    _example(endpoint, photos, [identity, expression, settings[0], settings[1]], results, head, about)
+    inputs = [identity, expression, *settings, no_face]
+    _request_wiring(server, endpoint, "transfer", button, inputs, results, status, details, head)
+
+
+def _example(
+    endpoint: _Endpoint, photos: list[str], inputs: list[Any], results: list[Any], head: gr.Model3D, about: str
+) -> None:
+    """A tab's example row (the photos, seed 0, no randomizing): run on its first click and cached, its progress
+    drawn over the 3D `head` only, as a request's is."""
+    example = gr.Examples(
+        [[*photos, 0, False]],
+        inputs,
         results,
         fn=endpoint.run,
         cache_examples=True,
         cache_mode="lazy",
         preprocess=False,
-        visible_columns=[0, 1],
-        label="Example (the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0; seed 0)",
+        visible_columns=list(range(len(photos))),
+        label=f"Example ({about}; seed 0)",
     )
-    inputs = [identity, expression, *settings, no_face]
-    _request_wiring(server, endpoint, "transfer", button, inputs, results, status, details)
+    show_progress_only_on(example.cache_event, head)
 
 
 def _request_wiring(
@@ -317,10 +328,12 @@ def _request_wiring(
     results: list[Any],
     status: gr.Markdown,
     details: gr.JSON,
+    head: gr.Model3D,
 ) -> None:
     """A tab's request and its status line: an upload that is not an image is named at once; the button says
     "Working…" at once, or why the request is refused before the queue; the request runs (public as `api_name`,
-    one at a time with the other tab's); then the line says it is done, or why not, until the next request."""
+    one at a time with the other tab's) with its progress, stage by stage, drawn once: over the 3D `head`; then
+    the line says it is done, or why not, until the next request."""
     for photo, what in zip(inputs, endpoint.photos):
         upload_status(photo, status, what)
     status_working(button, inputs, status, endpoint.checks)
@@ -332,6 +345,7 @@ def _request_wiring(
         preprocess=False,
         validator=server.validator(endpoint),
         concurrency_id="model",
+        show_progress_on=head,
     )
     status_outcome(event, status, details, server.failures)
 
@@ -366,11 +380,6 @@ def _settings(defaults: PipelineDefaults, resolution: int, limits: ServingLimits
             label="Samples averaged (1: one sample, with the model's variation; more: closer to the likeliest head)",
         )
     return [seed, randomize, steps, guidance, resolution, samples]
-
-
-def _status(elem_id: str) -> gr.Markdown:
-    """The line under the button that says how the last request went, and keeps saying it until the next one."""
-    return gr.Markdown("", elem_id=elem_id)
 
 
 def _viewer(elem_id: str) -> gr.Model3D:

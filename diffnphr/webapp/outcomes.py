@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("diffnphr.app")
 CANCELLED = "Cancelled"
 NO_FACE_CHOICE = "Use the centre of the image if no face is found"
+WORKING = "Working… its progress, stage by stage, shows over the 3D head."
 
 
 def user_error(message: str, title: str) -> gr.Error:
@@ -93,17 +94,18 @@ class Failures:
 def status_working(
     button: gr.Button, inputs: list[Any], status: gr.Markdown, checks: Callable[..., list[dict]]
 ) -> None:
-    """The status line as soon as the button is pressed: "Working…", or why the request is not taken (a missing
-    photo, a bad setting, a full queue: the validator's own `checks` of the same `inputs`, whose refusal Gradio
-    shows at the input but reports to no event). Registered before the request itself, whose outcome replaces it."""
+    """The status line as soon as the button is pressed: "Working…" (and where the progress shows), or why the
+    request is not taken (a missing photo, a bad setting, a full queue: the validator's own `checks` of the same
+    `inputs`, whose refusal Gradio shows at the input but reports to no event). Registered before the request
+    itself, whose outcome replaces it."""
 
     def line(*values: Any) -> str:
         refused = next((check["message"] for check in checks(*values) if not check["is_valid"]), None)
-        return "Working…" if refused is None else f"**Not done:** {refused}"
+        return WORKING if refused is None else f"**Not done:** {refused}"
 
     # preprocess=False: the values as the validator sees them; Gradio's image preprocessing would open the upload
     # with PIL and log a traceback (and answer 500) for a file that is not an image.
-    button.click(line, inputs, status, queue=False, preprocess=False, api_visibility="private")
+    button.click(line, inputs, status, queue=False, preprocess=False, show_progress="hidden", api_visibility="private")
 
 
 def upload_status(photo: gr.Image, status: gr.Markdown, what: str) -> None:
@@ -135,5 +137,5 @@ def upload_status(photo: gr.Image, status: gr.Markdown, what: str) -> None:
 
 def status_outcome(event: Any, status: gr.Markdown, details: gr.JSON, failures: Failures) -> None:
     """After the request the status line says it is done (with its time) or why not, until the next one."""
-    event.success(done_status, details, status, queue=False, api_visibility="private")
-    event.failure(failures.status, None, status, queue=False, api_visibility="private")
+    event.success(done_status, details, status, queue=False, show_progress="hidden", api_visibility="private")
+    event.failure(failures.status, None, status, queue=False, show_progress="hidden", api_visibility="private")
