@@ -14,7 +14,7 @@ import gradio as gr
 
 from diffnphr.face import ImageInputError, NoFaceError, load_image
 from diffnphr.serving.queue import ClientWatch, QueueAdmission, RequestCancelled
-from diffnphr.serving.results import done_status
+from diffnphr.serving.results import done_status, named_warnings
 from diffnphr.webapp.gradio_state import session, upload_paths
 
 if TYPE_CHECKING:
@@ -33,7 +33,8 @@ def user_error(message: str, title: str) -> gr.Error:
 
 def run_request(work: Callable[[], Reconstruction], admission: QueueAdmission) -> Reconstruction:
     """Run the pipeline, turning mistakes a person can fix into an error that says what to do; a result's time goes
-    to `admission`, whose busy sentence says how long the wait is. The result's warnings show as toasts."""
+    to `admission`, whose busy sentence says how long the wait is. The result's warnings show as toasts, each naming
+    its photo in a transfer."""
     started = time.monotonic()
     try:
         result = work()
@@ -46,7 +47,7 @@ def run_request(work: Callable[[], Reconstruction], admission: QueueAdmission) -
     except ValueError as error:
         raise user_error(str(error), "Cannot reconstruct") from error
     admission.record(time.monotonic() - started)
-    for warning in result.warnings:
+    for warning in named_warnings(result):
         gr.Warning(warning)
     return result
 
