@@ -166,8 +166,8 @@ def test_a_file_that_is_not_an_image_gets_a_sentence_and_the_log_no_traceback(
 ):
     """A text file named like a photo: the status line says so as soon as it is uploaded (naming which photo on the
     transfer tab; a photo uploaded in its place takes it back), and again once Reconstruct refuses it; the server log
-    gets one line, with no traceback and no absolute path (Gradio's image preprocessing of the status handler used
-    to log two and answer 500)."""
+    gets one line, with no traceback and no absolute path, and the browser no server error (Gradio's image
+    preprocessing of the status handler used to log two and answer 500)."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -180,6 +180,8 @@ def test_a_file_that_is_not_an_image_gets_a_sentence_and_the_log_no_traceback(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            server_errors = []
+            page.on("response", lambda response: response.status >= 500 and server_errors.append(response.url))
             page.goto(app_url)
             upload = page.locator("#photo input[type=file]")
             upload.wait_for(state="attached", timeout=60_000)
@@ -199,6 +201,7 @@ def test_a_file_that_is_not_an_image_gets_a_sentence_and_the_log_no_traceback(
             transfer_status.get_by_text("Cannot use").wait_for(state="detached", timeout=30_000)
         finally:
             browser.close()
+    assert not server_errors, f"the browser got server errors from {server_errors}"
     logged = log.read_text()[logged_before:]
     assert "Traceback" not in logged and "Error:" not in logged, logged
     for folder in (app_workdir, Path(sys.prefix), Path(__file__).resolve().parents[1]):
