@@ -24,6 +24,7 @@ from diffnphr.serving.requests import (
 from diffnphr.serving.results import (
     ExamplePhotos,
     done_status,
+    named_warnings,
     return_freed_memory,
     run_details,
     write_example_photos,
@@ -44,6 +45,7 @@ __all__ = [
     "done_status",
     "export_crop",
     "export_downloads",
+    "named_warnings",
     "read_request",
     "request_problems",
     "return_freed_memory",
