@@ -14,7 +14,7 @@ from diffnphr.eval.reconstruction.renders import CHUNK, render_scenes
 from diffnphr.eval.reconstruction.report import headline
 
 if TYPE_CHECKING:
-    from diffnphr.eval.reconstruction.run import Work
+    from diffnphr.eval.reconstruction.work import Work
 
 
 def write_figures(directory: Path, report: dict[str, Any], work: Work, count: int, resolution: int) -> dict[str, Any]:
