@@ -13,7 +13,6 @@ MAX_LINES = 400
 MAX_IMPORT_DEPTH = 5
 # Modules allowed past MAX_LINES, and why (docs/ARCHITECTURE.md repeats these).
 LONG_MODULES = {
-    "diffnphr.__main__": "the argparse tree of every subcommand and nothing else",
     "diffnphr.data.ict_convert": "one converter from the ICT-FaceKit repository's OBJ files to the archive",
 }
 
@@ -87,7 +86,7 @@ def test_the_runtime_import_graph_is_acyclic_and_at_most_five_levels_deep():
 def test_library_code_logs_instead_of_printing():
     printing = []
     for name, path in _modules().items():
-        if name == "diffnphr.__main__":  # the command line's output is its job
+        if name == "diffnphr.__main__" or name.startswith("diffnphr.cli"):  # the command line's output is its job
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
