@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffnphr.eval.reconstruction.methods import BASELINES, DIFFUSION_SEED, DIFFUSION_STEPS, GUIDANCE_SCALES
-from diffnphr.eval.reconstruction.renders import CHUNK, render_scenes
+from diffnphr.eval.reconstruction.methods import BASELINES, DIFFUSION_STEPS, GUIDANCE_SCALES
+from diffnphr.eval.reconstruction.renders import CHUNK, DIFFUSION_SEED, render_scenes
 from diffnphr.eval.reconstruction.report import headline
 
 if TYPE_CHECKING:
-    from diffnphr.eval.reconstruction.run import Work
+    from diffnphr.eval.reconstruction.work import Work
 
 
 def write_figures(directory: Path, report: dict[str, Any], work: Work, count: int, resolution: int) -> dict[str, Any]:
@@ -26,7 +26,6 @@ def write_figures(directory: Path, report: dict[str, Any], work: Work, count: in
     directory.mkdir(parents=True, exist_ok=True)
     written, notes = [], []
     models = work.models
-    default = models.default_method
     for index in range(count):
         chunk = work.renders.chunk_of(index)
         rows = work.renders.chunk_rows(chunk)
@@ -41,7 +40,7 @@ def write_figures(directory: Path, report: dict[str, Any], work: Work, count: in
         at = index - chunk * CHUNK
         frame = models.renderer.render_frames(scenes)[at]
         crop = models.renderer.render_crops(scenes)[at]
-        mesh = work.mesh(work.latent(default, index), colours=True)
+        mesh = work.mesh(work.latent(work.default, index), colours=True)
         truth = work.truth(index)
         panels = [
             _image_panel(frame),

@@ -1,4 +1,4 @@
-"""The methods `eval reconstruction` compares, as typed objects, and the models they read.
+"""The methods `eval reconstruction` compares, as typed objects (the models they read are `models`'s).
 
 Every method turns a chunk of evaluation renders into padded latents [B, 4456] (`Method.latents`);
 its `name` keys its cached results, so names never change:
@@ -30,8 +30,6 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from diffnphr.eval.reconstruction.models import ChunkInputs, EvalModels
-
-DIFFUSION_SEED = 0
 
 
 class Method(ABC):

@@ -1,4 +1,7 @@
-"""The models and baselines the evaluation's methods read, and a chunk of renders as a method sees it."""
+"""The models and baselines the evaluation's methods read, and a chunk of renders as a method sees it.
+
+Below `methods`: a method reads `EvalModels` and `ChunkInputs`; nothing here knows the methods.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from diffnphr.eval.reconstruction.methods import DIFFUSION_SEED, Method, default_method
-from diffnphr.eval.reconstruction.renders import CHUNK, SECOND_VIEW_OFFSET, EvalRenders, render_scenes
+from diffnphr.eval.reconstruction.renders import CHUNK, EvalRenders, render_scenes
 from diffnphr.nphm.latents import pack
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ class ChunkInputs:
 
 
 class EvalModels:
-    """The trained models and baselines the methods read; turns one chunk of renders into methods' latents."""
+    """The trained models and baselines the methods read, and one chunk of renders as `ChunkInputs`."""
 
     def __init__(
         self,
@@ -55,7 +57,6 @@ class EvalModels:
         self._neighbours = None
         self._last_conditions: tuple[tuple[int, int] | None, Any] = (None, None)
         self._fitted_row = {int(identity): row for row, identity in enumerate(fitted.identities.tolist())}
-        self.default_method = default_method(pipeline)
 
     def crops(self, chunk: int, view: int) -> Tensor:
         """The chunk's encoder inputs (B, 3, S, S) in [0, 1]."""
@@ -70,24 +71,17 @@ class EvalModels:
         )
         return self.renderer.render_crops(scenes)
 
-    @torch.inference_mode()
-    def latents(self, chunk: int, methods: list[Method], view: int = 0) -> dict[str, Tensor]:
-        """Padded raw latents (B, 4456) on the CPU per method name for one chunk (view 1: the second renders)."""
+    def chunk(self, chunk: int, view: int = 0) -> ChunkInputs:
+        """One chunk of renders as a method sees it (view 1: the second renders); crops and embeddings on demand."""
         rows = self.renders.chunk_rows(chunk)
-        inputs = ChunkInputs(
+        return ChunkInputs(
             rows=rows,
             identities=self.renders.identities[rows],
             slots=self.renders.slots[rows],
-            seed=DIFFUSION_SEED + chunk + view * SECOND_VIEW_OFFSET,
+            seed=self.renders.noise_seed(chunk, view),
             crops=lambda: self._conditions(chunk, view)[0],
             z_cond=lambda: self._conditions(chunk, view)[1],
         )
-        out: dict[str, Tensor] = {}
-        for method in methods:
-            latent = method.latents(self, inputs)
-            if latent is not None:
-                out[method.name] = latent.float().cpu()
-        return out
 
     def _conditions(self, chunk: int, view: int) -> tuple[Tensor, Tensor]:
         """A chunk's crops and their embeddings, kept for the methods that follow on the same chunk."""

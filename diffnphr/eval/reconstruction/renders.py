@@ -4,7 +4,8 @@ Every held-out identity of the split × 3 expression slots (slot 0 neutral and t
 that have fitted latents, drawn by a fixed seed), each rendered twice by `HeadRenderer` with
 seeds no training step uses (`EVAL_RENDER_SEED` + chunk; the second view, for the consistency
 check, `SECOND_VIEW_OFFSET` further). Renders go in fixed chunks of `CHUNK`, so a render and its
-diffusion noise never depend on which subset a call evaluates.
+diffusion noise (seeded from `DIFFUSION_SEED` + chunk, the second view's `SECOND_VIEW_OFFSET`
+further) never depend on which subset a call evaluates.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SLOT_DRAW_SEED = 5
 CHUNK = 50
 EVAL_RENDER_SEED = 1_000_000_000  # training steps use seeds below 10^8, validation 2^40 and up
 SECOND_VIEW_OFFSET = 100_000
+DIFFUSION_SEED = 0  # the methods' sampling noise; the astronaut figure uses it too
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class EvalRenders:
     def seed(self, chunk: int, view: int) -> int:
         """The scene seed of a chunk's renders (view 0: the evaluated render; view 1: the second one)."""
         return EVAL_RENDER_SEED + view * SECOND_VIEW_OFFSET + chunk
+
+    def noise_seed(self, chunk: int, view: int) -> int:
+        """The seed of the diffusion noise for a chunk's renders (view 0 or 1, as `seed`)."""
+        return DIFFUSION_SEED + chunk + view * SECOND_VIEW_OFFSET
 
     def fingerprint(self) -> str:
         """A short hash of the split, the renders and their seeds (files made for this set carry it)."""

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,13 +26,18 @@ from diffnphr.devices import resolve_device
 from diffnphr.eval.heads import GroundTruthHeads
 from diffnphr.eval.reconstruction.cache import ResultCache, digest
 from diffnphr.eval.reconstruction.figures import write_figures
-from diffnphr.eval.reconstruction.methods import AVERAGED_METHOD, METHODS, METHODS_BY_NAME, Method
+from diffnphr.eval.reconstruction.methods import AVERAGED_METHOD, METHODS, METHODS_BY_NAME, Method, default_method
 from diffnphr.eval.reconstruction.models import EvalModels
 from diffnphr.eval.reconstruction.renders import CHUNK, SLOTS_PER_IDENTITY, default_renderer, eval_renders
 from diffnphr.eval.reconstruction.report import build_report, format_reconstruction_summary
 from diffnphr.eval.reconstruction.work import Work
 from diffnphr.heads.latents import CODEBOOKS_NAME, FITTED_HELDOUT_NAME, load_head_latents
 from diffnphr.heads.split import load_head_split
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from diffnphr.eval.reconstruction.renders import EvalRenders
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 
@@ -97,35 +102,17 @@ def evaluate_reconstruction(
         renderer = default_renderer(model, device, pipeline.encoder.model.config.image_size, backgrounds)
     truth_heads = GroundTruthHeads(HeadGeometry(model, device))
 
-    chosen, notes = _choose_methods(methods, regression_dir, landmarks_file)
-    conditional_mean = METHODS_BY_NAME["diffusion_conditional_mean"]
-    if conditional_mean in chosen and pipeline.diffusion.mean_head is None:
-        if methods is not None:
-            raise ValueError(
-                f"the method {conditional_mean.name} needs a diffusion model with a mean head; {weights_dir} has none"
-            )
-        chosen.remove(conditional_mean)
-        notes.append(f"{conditional_mean.name} omitted: the diffusion model has no mean head")
-    names = {method.name for method in chosen}
+    mean_head = pipeline.diffusion.mean_head is not None
+    chosen, notes = _choose_methods(methods, regression_dir, landmarks_file, mean_head, weights_dir)
     if shard is not None:  # the shards share the machine's cores: one process's threads would oversubscribe them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // shard[1]))
-    regressor = landmark_latents = None
-    if "regression" in names:
-        from diffnphr.baselines.regression import LatentRegressor
-
-        regressor = LatentRegressor.from_pretrained(regression_dir, device=device)
-    if "landmark_ridge" in names:
-        from diffnphr.baselines.landmarks import load_landmark_predictions
-
-        landmark_latents, detected, details = load_landmark_predictions(landmarks_file, renders.fingerprint())
-        notes.append(
-            f"landmark_ridge: Face Mesh found no face in {int((~detected).sum())} of {len(detected)} "
-            f"evaluation renders (those get the mean latent); ridge alpha {details.get('alpha')}"
-        )
+    regressor, landmark_latents = _load_baselines(
+        {method.name for method in chosen}, regression_dir, landmarks_file, renders, device, notes
+    )
     models = EvalModels(
         pipeline, split, renders, renderer, fitted, codebooks, regressor, landmark_latents, neighbour_heads, device
     )
-    default = models.default_method
+    default = default_method(pipeline)
     if methods is None and default not in chosen:  # a pipeline with other defaults: evaluate its setting too
         chosen.insert(chosen.index(AVERAGED_METHOD) + 1, default)
     identities = len(split.heldout_identities) if count is None else min(count, len(split.heldout_identities))
@@ -151,12 +138,12 @@ def evaluate_reconstruction(
         settings["methods"]["landmark_ridge"] = digest(landmarks_file)
     cache = ResultCache(Path(out_dir), settings, shard)
 
-    work = Work(cache, models, truth_heads, split, renders, pipeline.decoder, resolution, points, seed)
+    work = Work(cache, models, truth_heads, split, renders, pipeline.decoder, resolution, points, seed, default)
     deadline = None if max_minutes is None else started + 60.0 * max_minutes
     part = (
         scope if shard is None else scope[shard[0] * len(scope) // shard[1] : (shard[0] + 1) * len(scope) // shard[1]]
     )
-    stopped = work.run(part, chosen, default, deadline)
+    stopped = work.run(part, chosen, deadline)
 
     report = build_report(cache, renders, scope, [m.name for m in chosen], default, settings, notes)
     report["complete"] = not stopped
@@ -168,8 +155,11 @@ def evaluate_reconstruction(
     return report
 
 
-def _choose_methods(methods: Sequence[str] | None, regression_dir, landmarks_file) -> tuple[list[Method], list[str]]:
-    """The methods named (default: all), less those whose inputs were not given (with a note saying so)."""
+def _choose_methods(
+    methods: Sequence[str] | None, regression_dir, landmarks_file, mean_head: bool, weights_dir: Path
+) -> tuple[list[Method], list[str]]:
+    """The methods named (default: all), less those whose inputs were not given or whose model part is missing
+    (`mean_head`: the diffusion model has one), with a note saying so; a method named but unavailable is an error."""
     unknown = sorted(set(methods or ()) - set(METHODS_BY_NAME))
     if unknown:
         raise ValueError(f"unknown methods {', '.join(unknown)}; choose from {', '.join(METHODS_BY_NAME)}")
@@ -183,4 +173,33 @@ def _choose_methods(methods: Sequence[str] | None, regression_dir, landmarks_fil
                 raise ValueError(f"the method {method} needs {how}")
             chosen.remove(METHODS_BY_NAME[method])
             notes.append(f"{method} omitted: no {how} given")
+    conditional_mean = METHODS_BY_NAME["diffusion_conditional_mean"]
+    if conditional_mean in chosen and not mean_head:
+        if methods is not None:
+            raise ValueError(
+                f"the method {conditional_mean.name} needs a diffusion model with a mean head; {weights_dir} has none"
+            )
+        chosen.remove(conditional_mean)
+        notes.append(f"{conditional_mean.name} omitted: the diffusion model has no mean head")
     return chosen, notes
+
+
+def _load_baselines(
+    names: set[str], regression_dir, landmarks_file, renders: EvalRenders, device: torch.device, notes: list[str]
+) -> tuple[Any, Tensor | None]:
+    """The regression baseline and the landmark ridge's predicted latents, each only when its method is chosen
+    (None otherwise); the landmark file's detection count joins `notes`."""
+    regressor = landmark_latents = None
+    if "regression" in names:
+        from diffnphr.baselines.regression import LatentRegressor
+
+        regressor = LatentRegressor.from_pretrained(regression_dir, device=device)
+    if "landmark_ridge" in names:
+        from diffnphr.baselines.landmarks import load_landmark_predictions
+
+        landmark_latents, detected, details = load_landmark_predictions(landmarks_file, renders.fingerprint())
+        notes.append(
+            f"landmark_ridge: Face Mesh found no face in {int((~detected).sum())} of {len(detected)} "
+            f"evaluation renders (those get the mean latent); ridge alpha {details.get('alpha')}"
+        )
+    return regressor, landmark_latents

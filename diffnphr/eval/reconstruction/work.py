@@ -52,9 +52,11 @@ class Work:
         resolution: int,
         points: int,
         seed: int,
+        default: DiffusionSampling,
     ):
         self.cache, self.models, self.truth_heads, self.split = cache, models, truth_heads, split
         self.renders, self.decoder, self.resolution, self.points, self.seed = renders, decoder, resolution, points, seed
+        self.default = default  # the pipeline's own setting: consistency, transfer and figures use it
         self._latents: dict[tuple[int, int, str], dict[str, Tensor]] = {}
 
     def latent(self, method: Method, index: int, view: int = 0) -> Tensor:
@@ -62,8 +64,16 @@ class Work:
         chunk = self.renders.chunk_of(index)
         key = (chunk, view, method.name)
         if key not in self._latents:
-            self._latents[key] = self.models.latents(chunk, [method], view)[method.name]
+            self._latents[key] = self._chunk_latents(method, chunk, view)
         return self._latents[key][index - chunk * CHUNK]
+
+    @torch.inference_mode()
+    def _chunk_latents(self, method: Method, chunk: int, view: int) -> Tensor:
+        """One method's padded latents (B, 4456) for a whole chunk, on the CPU."""
+        latent = method.latents(self.models, self.models.chunk(chunk, view))
+        if latent is None:
+            raise TypeError(f"the method {method.name} gives no latent to decode")
+        return latent.float().cpu()
 
     def mesh(self, latent: Tensor, colours: bool = False):
         """The decoder's mesh of a padded latent."""
@@ -87,9 +97,9 @@ class Work:
         except ValueError as error:
             return {"error": str(error)}
 
-    def run(self, scope: range, methods: Sequence[Method], default: DiffusionSampling, deadline: float | None) -> bool:
+    def run(self, scope: range, methods: Sequence[Method], deadline: float | None) -> bool:
         """Do every pending item in `scope`; True when the deadline stopped it first."""
-        done = 0
+        done, default = 0, self.default
         for index in scope:
             pending = [m for m in methods if result_key("recon", m.name, index) not in self.cache]
             # Consistency and transfer use the default diffusion setting; they run when diffusion is evaluated.
@@ -146,7 +156,7 @@ class Work:
         expression_index = (index + SLOTS_PER_IDENTITY + 1) % len(self.renders)
         donor = int(self.renders.identities[expression_index])
         donor_slot = int(self.renders.slots[expression_index])
-        source = DecoderFit() if method == "decoder_fit" else self.models.default_method
+        source = DecoderFit() if method == "decoder_fit" else self.default
         z_geo, _, z_app = unpack(self.latent(source, index))
         if method == "diffusion_without_transfer":
             latent = self.latent(source, index)
