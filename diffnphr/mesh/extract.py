@@ -130,8 +130,8 @@ def extract_mesh_with_stats(
     surface. ``progress(stage, fraction)`` follows the work: ``"extraction"`` as SDF queries are
     answered (against `expected_queries`) and marching cubes ends, then ``"colour"`` by chunk.
     """
-    box_min, box_max = _checked_box(bbox)
-    _check_settings(resolution, method, chunk_size, coarse_resolution)
+    box_min, box_max = checked_box(bbox)
+    check_settings(resolution, method, chunk_size, coarse_resolution)
     resolution, chunk_size = int(resolution), int(chunk_size)
     device = torch.device(device) if device is not None else torch.get_default_device()
     spacing = (box_max - box_min) / (resolution - 1)
@@ -148,33 +148,53 @@ def extract_mesh_with_stats(
                 sdf_fn, box_min, spacing, resolution, max(2, coarse), chunk_size, device
             )
         grid = grid[:resolution, :resolution, :resolution]
-        inside_everywhere = bool((grid < 0).all())
-        if close_at_box and not inside_everywhere:
-            close_at_box_faces(grid)
+        inside_everywhere = close_grid(grid, close_at_box)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     seconds_sdf = time.perf_counter() - start
 
     start = time.perf_counter()
-    mesh = marching_cubes(grid, box_min, spacing, keep_largest_component)
+    mesh = grid_mesh(grid, inside_everywhere, (box_min, box_max), spacing, keep_largest_component)
     seconds_mcubes = time.perf_counter() - start
     if progress is not None:
         progress("extraction", 1.0)
-    if len(mesh.faces) == 0:
-        sign = "negative (inside)" if inside_everywhere else "positive (outside)"
-        raise ValueError(
-            f"No surface found in the box {box_min.tolist()}..{box_max.tolist()} at resolution "
-            f"{resolution}: the SDF is {sign} at every grid node, so the shape misses the box "
-            "or the latent code does not describe a head."
-        )
 
     start = time.perf_counter()
     if color_fn is not None:
         with torch.inference_mode():
-            colors = _vertex_colors(color_fn, mesh.vertices, chunk_size, device, progress)
+            colors = vertex_colors(color_fn, mesh.vertices, chunk_size, device, progress)
         mesh.visual.vertex_colors = colors
     seconds_color = time.perf_counter() - start
     return MeshExtraction(mesh, num_queries, seconds_sdf, seconds_mcubes, seconds_color)
+
+
+class NoSurfaceError(ValueError):
+    """The box holds no surface of the field (its sign is the same at every grid node)."""
+
+
+def close_grid(grid: Tensor, close_at_box: bool) -> bool:
+    """Close the surface where the box cuts it (`close_at_box_faces`, in place) unless the grid is inside everywhere;
+    return whether it is."""
+    inside_everywhere = bool((grid < 0).all())
+    if close_at_box and not inside_everywhere:
+        close_at_box_faces(grid)
+    return inside_everywhere
+
+
+def grid_mesh(
+    grid: Tensor, inside_everywhere: bool, box: tuple[np.ndarray, np.ndarray], spacing: np.ndarray, largest: bool
+) -> trimesh.Trimesh:
+    """Marching cubes on one head's grid; `NoSurfaceError`, in a sentence, when it holds no face."""
+    box_min, box_max = box
+    mesh = marching_cubes(grid, box_min, spacing, largest)
+    if len(mesh.faces) == 0:
+        sign = "negative (inside)" if inside_everywhere else "positive (outside)"
+        raise NoSurfaceError(
+            f"No surface found in the box {box_min.tolist()}..{box_max.tolist()} at resolution "
+            f"{grid.shape[0]}: the SDF is {sign} at every grid node, so the shape misses the box "
+            "or the latent code does not describe a head."
+        )
+    return mesh
 
 
 def expected_queries(resolution: int, method: str) -> int:
@@ -197,7 +217,7 @@ def _counting(sdf_fn: SdfFn, expected: int, progress: ProgressFn) -> SdfFn:
     return counted
 
 
-def _checked_box(bbox: Box) -> tuple[np.ndarray, np.ndarray]:
+def checked_box(bbox: Box) -> tuple[np.ndarray, np.ndarray]:
     """Return the box corners as float64 arrays, refusing a box that is not min < max in 3D."""
     try:
         box_min, box_max = (np.asarray(corner, dtype=np.float64) for corner in bbox)
@@ -208,7 +228,7 @@ def _checked_box(bbox: Box) -> tuple[np.ndarray, np.ndarray]:
     return box_min, box_max
 
 
-def _check_settings(resolution: int, method: str, chunk_size: int, coarse_resolution: int | None) -> None:
+def check_settings(resolution: int, method: str, chunk_size: int, coarse_resolution: int | None) -> None:
     """Refuse extraction settings that cannot give a mesh, with a sentence saying why."""
     if method not in METHODS:
         raise ValueError(f"Unknown extraction method '{method}': choose 'narrow_band' or 'dense'.")
@@ -220,7 +240,7 @@ def _check_settings(resolution: int, method: str, chunk_size: int, coarse_resolu
         raise ValueError(f"coarse_resolution must be an integer of at least 2; got {coarse_resolution!r}.")
 
 
-def _vertex_colors(
+def vertex_colors(
     color_fn: ColorFn, vertices: np.ndarray, chunk_size: int, device: torch.device, progress: ProgressFn | None
 ) -> np.ndarray:
     """Query ``color_fn`` at the vertices in chunks; return uint8 RGBA (alpha 255)."""
