@@ -22,17 +22,16 @@ import trimesh
 from torch import Tensor
 
 from diffnphr.frame import BOX_MAX, BOX_MIN
-from diffnphr.mesh.extract import (
+from diffnphr.mesh.grid import (
     DEFAULT_CHUNK_SIZE,
     Box,
-    NoSurfaceError,
     check_settings,
     checked_box,
-    close_grid,
+    dense_grids,
     expected_queries,
-    grid_mesh,
+    narrow_band_grids,
 )
-from diffnphr.mesh.grid import dense_grids, narrow_band_grids
+from diffnphr.mesh.marching import NoSurfaceError, close_grid, grid_mesh
 
 BatchSdfFn = Callable[[Tensor], Tensor]  # points [H, N, 3] -> [H, N]
 BatchColorFn = Callable[[Tensor], Tensor]  # points [H, N, 3] -> [H, N, 3] in [0, 1]
@@ -51,11 +50,11 @@ class BatchExtraction:
 
 
 class HeadSurfaceError(NoSurfaceError):
-    """One head of a batch has no surface in the box; `head` is its index in the batch."""
+    """One head of a batch has no surface in the box: `head` is its index in the batch, `reason` the sentence why."""
 
-    def __init__(self, head: int, message: str) -> None:
-        super().__init__(message)
-        self.head = head
+    def __init__(self, head: int, heads: int, reason: str) -> None:
+        super().__init__(f"Head {head + 1} of {heads}: {reason}")
+        self.head, self.reason = head, reason
 
 
 def extract_meshes(
@@ -108,7 +107,7 @@ def extract_meshes(
         try:
             meshes.append(grid_mesh(grid, inside_everywhere, (box_min, box_max), spacing, keep_largest_component))
         except NoSurfaceError as error:
-            raise HeadSurfaceError(head, f"Head {head + 1} of {heads}: {error}") from error
+            raise HeadSurfaceError(head, heads, str(error)) from error
     seconds_mcubes = time.perf_counter() - start
     if progress is not None:
         progress("extraction", 1.0)

@@ -18,9 +18,8 @@ surface where it leaves them; see
 
 from __future__ import annotations
 
-import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,16 +28,33 @@ import trimesh
 from torch import Tensor
 
 from diffnphr.frame import BOX_MAX, BOX_MIN
-from diffnphr.mesh.grid import dense_grid, narrow_band_grid
-from diffnphr.mesh.marching import close_at_box_faces, marching_cubes
+from diffnphr.mesh.grid import (
+    DEFAULT_CHUNK_SIZE,
+    METHODS,
+    Box,
+    check_settings,
+    checked_box,
+    dense_grid,
+    expected_queries,
+    narrow_band_grid,
+)
+from diffnphr.mesh.marching import NoSurfaceError, close_grid, grid_mesh
 
-METHODS: tuple[str, ...] = ("dense", "narrow_band")
-DEFAULT_CHUNK_SIZE = 65_536
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "METHODS",
+    "MeshExtraction",
+    "NoSurfaceError",
+    "expected_queries",
+    "extract_mesh",
+    "extract_mesh_with_stats",
+    "vertex_colors",
+]
+
 
 SdfFn = Callable[[Tensor], Tensor]
 ColorFn = Callable[[Tensor], Tensor]
 ProgressFn = Callable[[str, float], None]
-Box = tuple[Sequence[float], Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -168,41 +184,6 @@ def extract_mesh_with_stats(
     return MeshExtraction(mesh, num_queries, seconds_sdf, seconds_mcubes, seconds_color)
 
 
-class NoSurfaceError(ValueError):
-    """The box holds no surface of the field (its sign is the same at every grid node)."""
-
-
-def close_grid(grid: Tensor, close_at_box: bool) -> bool:
-    """Close the surface where the box cuts it (`close_at_box_faces`, in place) unless the grid is inside everywhere;
-    return whether it is."""
-    inside_everywhere = bool((grid < 0).all())
-    if close_at_box and not inside_everywhere:
-        close_at_box_faces(grid)
-    return inside_everywhere
-
-
-def grid_mesh(
-    grid: Tensor, inside_everywhere: bool, box: tuple[np.ndarray, np.ndarray], spacing: np.ndarray, largest: bool
-) -> trimesh.Trimesh:
-    """Marching cubes on one head's grid; `NoSurfaceError`, in a sentence, when it holds no face."""
-    box_min, box_max = box
-    mesh = marching_cubes(grid, box_min, spacing, largest)
-    if len(mesh.faces) == 0:
-        sign = "negative (inside)" if inside_everywhere else "positive (outside)"
-        raise NoSurfaceError(
-            f"No surface found in the box {box_min.tolist()}..{box_max.tolist()} at resolution "
-            f"{grid.shape[0]}: the SDF is {sign} at every grid node, so the shape misses the box "
-            "or the latent code does not describe a head."
-        )
-    return mesh
-
-
-def expected_queries(resolution: int, method: str) -> int:
-    """About how many SDF queries an extraction makes: every node of the dense grid; for the narrow band, about
-    7.5 × resolution² for a head (28.5k at 64³, 120k at 128³, 278k at 192³, 505k at 256³ were measured)."""
-    return resolution**3 if method == "dense" else round(7.5 * resolution**2)
-
-
 def _counting(sdf_fn: SdfFn, expected: int, progress: ProgressFn) -> SdfFn:
     """`sdf_fn`, reporting after each call the share of the expected queries answered (kept under 0.95)."""
     answered = 0
@@ -215,29 +196,6 @@ def _counting(sdf_fn: SdfFn, expected: int, progress: ProgressFn) -> SdfFn:
         return values
 
     return counted
-
-
-def checked_box(bbox: Box) -> tuple[np.ndarray, np.ndarray]:
-    """Return the box corners as float64 arrays, refusing a box that is not min < max in 3D."""
-    try:
-        box_min, box_max = (np.asarray(corner, dtype=np.float64) for corner in bbox)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"bbox must be (min_xyz, max_xyz), two triples of numbers; got {bbox!r}.") from error
-    if box_min.shape != (3,) or box_max.shape != (3,) or not np.all(box_min < box_max):
-        raise ValueError(f"bbox must be (min_xyz, max_xyz) with min < max on every axis; got {bbox!r}.")
-    return box_min, box_max
-
-
-def check_settings(resolution: int, method: str, chunk_size: int, coarse_resolution: int | None) -> None:
-    """Refuse extraction settings that cannot give a mesh, with a sentence saying why."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown extraction method '{method}': choose 'narrow_band' or 'dense'.")
-    if not isinstance(resolution, numbers.Integral) or resolution < 3:
-        raise ValueError(f"resolution must be an integer of at least 3 samples per axis; got {resolution!r}.")
-    if not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
-    if coarse_resolution is not None and (not isinstance(coarse_resolution, numbers.Integral) or coarse_resolution < 2):
-        raise ValueError(f"coarse_resolution must be an integer of at least 2; got {coarse_resolution!r}.")
 
 
 def vertex_colors(
