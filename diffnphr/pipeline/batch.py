@@ -134,7 +134,7 @@ def _meshes(
     pipeline: HeadReconstructionPipeline,
     latents: list[HeadLatents],
     resolutions: list[int],
-    labels: list[str],
+    labels: list[str | None],
     timer: StageTimer,
     tracker: StageProgress,
 ) -> list[trimesh.Trimesh]:
@@ -169,7 +169,7 @@ def _extract_part(
     latents: list[HeadLatents],
     rows: list[int],
     resolution: int,
-    labels: list[str],
+    labels: list[str | None],
     meshes: list[trimesh.Trimesh | None],
     progress: Callable[[str, float], None],
 ) -> Callable[[Callable[[str, float], None]], None]:

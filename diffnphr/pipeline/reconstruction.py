@@ -40,16 +40,22 @@ class Reconstruction:
 
 
 @contextmanager
-def naming_the_photo(label: str) -> Iterator[None]:
-    """Errors about a photo (unreadable, no face, no surface in its head) say which photo they are about: `label`."""
+def naming_the_photo(label: str | None) -> Iterator[None]:
+    """Errors about a photo (unreadable, no face, no surface in its head) say which photo they are about: `label`
+    (None: the error as it is)."""
     try:
         yield
     except (ImageInputError, NoSurfaceError) as error:
+        if label is None:
+            raise
         raise type(error)(f"{label}: {error}") from error
 
 
-def photo_label(index: int, count: int, image: object) -> str:
-    """How an error names photo `index` of `count`: its place, and its file name when it came as a path."""
+def photo_label(index: int, count: int, image: object) -> str | None:
+    """How an error names photo `index` of `count`: its place, and its file name when it came as a path (None for
+    the only photo of a call: there is nothing to tell it from)."""
+    if count == 1:
+        return None
     label = f"Photo {index + 1} of {count}"
     if isinstance(image, (str, Path)):
         label += f" ({Path(image).name})"
