@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from diffnphr.bench.batch import bench_batch
 from diffnphr.bench.blocks import (
     bench_baseline,
     bench_ddim,
@@ -26,7 +27,7 @@ from diffnphr.bench.served import bench_app, bench_load
 from diffnphr.devices import resolve_device
 
 logger = logging.getLogger(__name__)
-OPT_IN = ("load",)
+OPT_IN = ("load", "batch_extraction_together", "batch_extraction_head_by_head")
 
 
 def _cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], dict[str, Any]]]:
@@ -53,6 +54,10 @@ def _cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], dict[s
     if not quick:
         cases.append(("pipeline_default", bench_pipeline, {"resolution": None}))
     cases.append(("pipeline_128", bench_pipeline, {"resolution": 128}))
+    cases.append(("batch", bench_batch, {}))  # heads/s at batch 1, 4, 16 (64³ on a CPU)
+    # the two ways of extracting a batch, whichever the device would choose: opt-in, to compare them
+    cases.append(("batch_extraction_together", bench_batch, {"batch_extraction": True}))
+    cases.append(("batch_extraction_head_by_head", bench_batch, {"batch_extraction": False}))
     cases.append(("app", bench_app, {}))
     cases.append(("load", bench_load, {}))  # minutes of requests: runs only when named (OPT_IN)
     return cases
@@ -92,7 +97,8 @@ def run_benchmarks(device: str | None = None, quick: bool = False, only: Sequenc
     """Time every block (decoder, extraction, U-Net, DDIM, FaRL) and whole reconstructions, with peak memory.
 
     `only` names the cases to run (default all but those in `OPT_IN`, which take minutes: the `load` row,
-    8 clients × 10 requests to the served app), e.g. just the whole pipeline on a machine with little time.
+    8 clients × 10 requests to the served app, and the batch rows with either extraction forced), e.g. just the
+    whole pipeline on a machine with little time.
 
     Returns {"device": ..., "torch": ..., "threads": ..., "results": [{"name": ..., ...}, ...]}.
     """
