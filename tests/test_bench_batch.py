@@ -1,0 +1,27 @@
+"""The bench's batch row: heads per second through one pipeline call of several photos, and the mesh unmoved."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from diffnphr.bench import batch
+
+
+def test_the_batch_row_reports_heads_per_second_and_that_batching_keeps_the_mesh(monkeypatch):
+    models = batch.bench_pipeline_models
+
+    def fewer_steps(device):  # the shipped weights with 2 steps of 2 samples, so the row runs in seconds
+        pipeline, weights = models(device)
+        pipeline.defaults = dataclasses.replace(pipeline.defaults, steps=2, samples=2)
+        return pipeline, weights
+
+    monkeypatch.setattr(batch, "bench_pipeline_models", fewer_steps)
+    row = batch.bench_batch(torch.device("cpu"), quick=True, resolution=24, batch_sizes=(1, 2))
+    assert row["weights"] == "trained" and row["extraction"] == "head by head" and row["samples"] == 2
+    assert [one["heads"] for one in row["batches"]] == [1, 2]
+    for one in row["batches"]:
+        assert one["heads_per_s"] == round(one["heads"] / one["seconds"], 3) > 0
+        assert set(one["seconds_per_stage"]) == {"crop", "encode", "diffusion", "extraction", "colour", "total"}
+    assert row["head0_offset_from_alone_mm"] is not None and row["head0_offset_from_alone_mm"] <= 0.05
