@@ -4,7 +4,9 @@ Each batch size runs `pipeline([photo] * heads, settings)` with the example port
 seed per head (0, 1, ...): a warm-up call, then the call with the median time of 3 (1 when
 quick). On a CPU at 64³ (so that 16 heads finish in a bench run), on a GPU at the pipeline's
 default resolution. The row also says how far head 0 of the largest batch lies from the same
-head reconstructed alone (the same photo and seed): batching must not move the mesh.
+head reconstructed alone (the same photo and seed): batching must not move the mesh. Besides the
+wall-clock seconds, the process's CPU seconds per head (all its threads): on a machine shared with
+other work, the work a head costs, which the wall clock there does not show.
 """
 
 from __future__ import annotations
@@ -53,24 +55,25 @@ def bench_batch(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        def reconstruct(settings: list = settings, heads: int = heads) -> tuple[float, list]:
+        def reconstruct(settings: list = settings, heads: int = heads) -> tuple[float, list, float]:
             synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 results = pipeline([photo] * heads, settings)
             except NoSurfaceError as error:
                 raise RuntimeError(f"a head of the batch had no surface: {error}") from error
             synchronize(device)
-            return time.perf_counter() - start, results
+            return time.perf_counter() - start, results, time.process_time() - cpu_start
 
-        first_s, _ = reconstruct()
+        first_s, *_ = reconstruct()
         calls = sorted((reconstruct() for _ in range(1 if quick else 3)), key=lambda call: call[0])
-        seconds, results = calls[len(calls) // 2]
+        seconds, results, cpu_seconds = calls[len(calls) // 2]
         meshes[heads] = results[0].mesh
         row = {
             "heads": heads,
             "seconds": round(seconds, 3),
             "heads_per_s": round(heads / seconds, 3),
+            "cpu_s_per_head": round(cpu_seconds / heads, 3),
             "seconds_per_stage": results[0].timings,
             "timed_calls_s": [round(call[0], 3) for call in calls],
             "first_call_s": round(first_s, 3),

@@ -99,7 +99,9 @@ def dense_grids(
     step = _per_head_chunk(chunk_size, heads)
     for begin in range(0, total, step):
         flat = torch.arange(begin, min(begin + step, total), device=device)
-        values[:, begin : begin + len(flat)] = _query(sdf_fn, _node_points(axes, flat).expand(heads, -1, -1))
+        values[:, begin : begin + len(flat)] = _query(
+            sdf_fn, _node_points(axes, flat).expand(heads, -1, -1).contiguous()
+        )
     _check_finite(values)
     return values.view(heads, resolution, resolution, resolution), [total] * heads
 
