@@ -44,8 +44,10 @@ def test_bf16_autocast_only_for_the_stages_named_and_only_on_cuda():
     assert options.in_autocast(fn, CUDA, "sdf") is not fn
     with pytest.raises(ValueError, match="unknown stages"):
         ExecutionOptions(bf16=frozenset({"marching"}))
-    with pytest.raises(ValueError, match="max_batch_nodes must be at least 1"):
+    with pytest.raises(ValueError, match="max_batch_nodes must be a whole number of at least 1"):
         ExecutionOptions(max_batch_nodes=0)
+    with pytest.raises(ValueError, match="chunk_size must be a whole number of at least 1"):
+        ExecutionOptions(chunk_size=2.5)
 
 
 def test_a_cpu_pipeline_ignores_the_gpu_precision_options(tiny_weights_dir, face_photo_file):

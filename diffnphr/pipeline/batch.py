@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from diffnphr.mesh.batch import HeadSurfaceError, batch_vertex_colors, extract_meshes
-from diffnphr.mesh.extract import DEFAULT_CHUNK_SIZE, NoSurfaceError, extract_mesh_with_stats, vertex_colors
+from diffnphr.mesh.extract import NoSurfaceError, extract_mesh_with_stats, vertex_colors
 from diffnphr.nphm.latents import HeadLatents, unpack
 from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
 from diffnphr.pipeline.reconstruction import Reconstruction, naming_the_photo, photo_label, usable_copy
@@ -184,6 +184,7 @@ def _extract_part(
                 meshes[row] = extract_mesh_with_stats(
                     execution.in_autocast(head.point_sdf, device, "sdf"),
                     resolution=resolution,
+                    chunk_size=execution.chunk_size,
                     device=device,
                     progress=progress,
                 ).mesh
@@ -193,7 +194,7 @@ def _extract_part(
             for row, head in zip(rows, heads):
                 point_colour = execution.in_autocast(head.point_colour, device, "colour")
                 meshes[row].visual.vertex_colors = vertex_colors(
-                    point_colour, meshes[row].vertices, DEFAULT_CHUNK_SIZE, device, follow
+                    point_colour, meshes[row].vertices, execution.chunk_size, device, follow
                 )
 
         return colour_each
@@ -206,6 +207,7 @@ def _extract_part(
             execution.in_autocast(field.sdf, device, "sdf"),
             len(rows),
             resolution=resolution,
+            chunk_size=execution.chunk_size,
             device=device,
             progress=progress,
         )
@@ -220,7 +222,7 @@ def _extract_part(
 
         vertices = [meshes[row].vertices for row in rows]
         colours = batch_vertex_colors(
-            execution.in_autocast(colour, device, "colour"), vertices, DEFAULT_CHUNK_SIZE, device, follow
+            execution.in_autocast(colour, device, "colour"), vertices, execution.chunk_size, device, follow
         )
         for row, rgba in zip(rows, colours):
             meshes[row].visual.vertex_colors = rgba

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffnphr.mesh.grid import DEFAULT_CHUNK_SIZE
+
 logger = logging.getLogger(__name__)
 
 BF16_STAGES = ("encode", "diffusion", "sdf", "colour")
@@ -32,6 +34,8 @@ class ExecutionOptions:
     `batch_extraction`: the heads of one call extracted together (`mesh.batch`), each grid level
     of all of them in one query, at most `max_batch_nodes` grid nodes at a time; `None` (the
     default) batches on CUDA only: on the CPU it did not pay (`docs/RESULTS.md`).
+    `chunk_size`: points per decoder call in the extraction and the colours (all heads of a
+    batched extraction together), for one head as for several.
     `tf32`: on CUDA, `True` lets matrix products and convolutions use TF32, `False` keeps both in
     full float32; `None` (the default) leaves torch's own setting (convolutions in TF32, matrix
     products not). `bf16`: the stages run under bfloat16 autocast on CUDA, any of
@@ -41,6 +45,7 @@ class ExecutionOptions:
 
     batch_extraction: bool | None = None
     max_batch_nodes: int = MAX_BATCH_NODES
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     tf32: bool | None = None
     bf16: frozenset[str] = frozenset()
 
@@ -49,10 +54,10 @@ class ExecutionOptions:
         if unknown:
             raise ValueError(f"bf16 names unknown stages {unknown}; choose from {list(BF16_STAGES)}.")
         object.__setattr__(self, "bf16", frozenset(self.bf16))
-        if isinstance(self.max_batch_nodes, bool) or not isinstance(self.max_batch_nodes, int):
-            raise ValueError(f"max_batch_nodes must be a whole number; got {self.max_batch_nodes!r}.")
-        if self.max_batch_nodes < 1:
-            raise ValueError(f"max_batch_nodes must be at least 1; got {self.max_batch_nodes}.")
+        for name in ("max_batch_nodes", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1; got {value!r}.")
 
     def batches_extraction(self, device: torch.device) -> bool:
         """Whether the heads of one call are extracted together on `device`."""

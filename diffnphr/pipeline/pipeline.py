@@ -328,6 +328,7 @@ class HeadReconstructionPipeline:
             execution.in_autocast(head.point_sdf, device, "sdf"),
             resolution=resolution,
             color_fn=execution.in_autocast(head.point_colour, device, "colour"),
+            chunk_size=execution.chunk_size,
             device=device,
             progress=progress,
         )
