@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import logging
 import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gradio as gr
 
@@ -39,7 +41,15 @@ from diffnphr.serving import (
     write_example_photos,
 )
 from diffnphr.webapp.checks import admission_checks, request_settings, settings_checks, uploaded_path
-from diffnphr.webapp.gradio_state import client_watch, is_upload, queued_sessions, session, upload_paths, waiting
+from diffnphr.webapp.gradio_state import (
+    client_watch,
+    is_upload,
+    queued_sessions,
+    session,
+    show_progress_only_on,
+    upload_paths,
+    waiting,
+)
 from diffnphr.webapp.outcomes import (
     NO_FACE_CHOICE,
     Failures,
@@ -47,8 +57,12 @@ from diffnphr.webapp.outcomes import (
     run_request,
     status_outcome,
     status_working,
+    upload_status,
 )
 from diffnphr.weights import WeightsNotFoundError
+
+if TYPE_CHECKING:
+    from diffnphr.serving.files import ResultRun
 
 TITLE = "diffnphr: one photo to a 3D head"
 MAX_FILE_SIZE = "20mb"
@@ -69,17 +83,83 @@ def build_demo(
 ) -> gr.Blocks:
     """The two-tab Blocks app around a loaded pipeline; results go under `results_root`, which must lie in
     Gradio's cache folder (`gradio.utils.get_upload_folder()`) so they are served from there, not copied."""
-    defaults = pipeline.defaults
-    limits = ServingLimits.for_device(pipeline.device.type)
-    failures = Failures()
-    admission = QueueAdmission(options.queue_size, lambda: waiting(demo))
-    files = ServedFiles(
-        results_root,
-        options.keep_results_s,
-        options.max_age_s,
-        is_upload=lambda path: is_upload(demo, path),
-        queued_sessions=lambda: queued_sessions(demo),
-    )
+    server = _Server(pipeline, results_root, options)
+    with gr.Blocks(title=TITLE, delete_cache=(int(options.max_age_s // 2), int(options.max_age_s))) as demo:
+        server.demo = demo
+        gr.Markdown(
+            f"# {TITLE}\n{DESCRIPTION}\n{server.limits.describe(pipeline.default_resolution, options.queue_size)}"
+        )
+        with gr.Tab("Reconstruct"):
+            _reconstruct_tab(server, _reconstruct_endpoint(server), example_photos)
+        with gr.Tab("Expression transfer"):
+            _transfer_tab(server, _transfer_endpoint(server), example_photos)
+        demo.load(server.page_opened, None, None, queue=False, api_visibility="private")
+        demo.unload(server.page_closed)
+    return demo
+
+
+class _Server:
+    """What both tabs share: the pipeline, this server's limits, the refusals kept for the status lines, the
+    queue's admission and the files' lifetimes; `demo` is the Blocks once it exists (Gradio's state is read there)."""
+
+    def __init__(self, pipeline: HeadReconstructionPipeline, results_root: Path, options: ServerOptions) -> None:
+        self.pipeline = pipeline
+        self.limits = ServingLimits.for_device(pipeline.device.type)
+        self.failures = Failures()
+        self.demo: gr.Blocks | None = None
+        self.admission = QueueAdmission(options.queue_size, lambda: waiting(self.demo))
+        self.files = ServedFiles(
+            results_root,
+            options.keep_results_s,
+            options.max_age_s,
+            is_upload=lambda path: is_upload(self.demo, path),
+            queued_sessions=lambda: queued_sessions(self.demo),
+        )
+
+    @contextlib.contextmanager
+    def request(self, request: gr.Request | None, endpoint: str, photos: list[str]) -> Iterator[ResultRun]:
+        """The span of one request: a refusal is kept for the status line and logged, its photos are held and its
+        result folder kept as long as its user needs them."""
+        with self.failures.recorded(request, endpoint), self.files.request(session(request), photos) as run:
+            yield run
+
+    def progress(self, progress: gr.Progress, request: gr.Request | None) -> Callable[[str, float], None]:
+        """The pipeline's progress callback for this request (it stops the work once the client has gone)."""
+        return progress_bar(progress, client_watch(self.demo, request))
+
+    def page_opened(self, request: gr.Request) -> None:
+        """A page opened: its session holds its photos and results until it closes."""
+        self.files.page_opened(session(request))
+
+    def page_closed(self, request: gr.Request) -> None:
+        """A page closed: its photos and results go, and the holds of its requests still waiting."""
+        self.files.page_closed(session(request))
+
+    def validator(self, endpoint: _Endpoint) -> Callable[..., list[dict]]:
+        """The validator of `endpoint` (run before the queue): its checks; when all pass, the request's photos are
+        held until it is over."""
+
+        def validate(request: gr.Request, *values: Any) -> list[dict]:
+            checks = endpoint.checks(*values)
+            if all(check["is_valid"] for check in checks):
+                self.files.hold(session(request), upload_paths(*values[: len(endpoint.photos)]))
+            return checks
+
+        return validate
+
+
+class _Endpoint(NamedTuple):
+    """One public endpoint: its function (whose signature is the API's), the checks of its inputs before the queue
+    (one `gr.validate` per input, without side effects) and what its first inputs, the photos, are called."""
+
+    run: Callable[..., tuple]
+    checks: Callable[..., list[dict]]
+    photos: tuple[str, ...]
+
+
+def _reconstruct_endpoint(server: _Server) -> _Endpoint:
+    """`/reconstruct`: one photo to its crop, the head, the downloads, the seed used and the run details."""
+    pipeline, defaults = server.pipeline, server.pipeline.defaults
 
     def reconstruct(
         image: dict[str, Any] | None,
@@ -99,23 +179,34 @@ def build_demo(
         the run details (seconds per stage, mesh size, how the face was found, warnings).
         """
         values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        with failures.recorded(request, "reconstruct"), files.request(session(request), upload_paths(image)) as run:
-            settings = request_settings(limits, *values)
+        with server.request(request, "reconstruct", upload_paths(image)) as run:
+            settings = request_settings(server.limits, *values)
             allow = settings.pop("allow_no_face")
             result = run_request(
                 lambda: pipeline(
                     uploaded_path(image, "photo"),
                     pipeline.settings(**settings),
                     allow_no_face=allow,
-                    progress=progress_bar(progress, client_watch(demo, request)),
+                    progress=server.progress(progress, request),
                 ),
-                admission,
+                server.admission,
             )
             folder = run.folder()
             downloads = export_downloads(result, folder, "head")
             crop = export_crop(result, folder)
         return_freed_memory()
         return crop, downloads[0], downloads, result.seed, run_details(result)
+
+    def checks(image: dict[str, Any] | None, *settings: Any) -> list[dict]:
+        photo = gr.validate(image is not None, "Please upload a photo first.")
+        return admission_checks([photo, *settings_checks(server.limits, settings)], server.admission)
+
+    return _Endpoint(reconstruct, checks, ("this photo",))
+
+
+def _transfer_endpoint(server: _Server) -> _Endpoint:
+    """`/transfer`: the head of one photo wearing the expression of another."""
+    pipeline, defaults = server.pipeline, server.pipeline.defaults
 
     def transfer(
         identity_image: dict[str, Any] | None,
@@ -135,9 +226,8 @@ def build_demo(
         Returns the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and the run details.
         """
         values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        photos = upload_paths(identity_image, expression_image)
-        with failures.recorded(request, "transfer"), files.request(session(request), photos) as run:
-            settings = request_settings(limits, *values)
+        with server.request(request, "transfer", upload_paths(identity_image, expression_image)) as run:
+            settings = request_settings(server.limits, *values)
             allow = settings.pop("allow_no_face")
             result = run_request(
                 lambda: pipeline.transfer_expression(
@@ -145,151 +235,119 @@ def build_demo(
                     uploaded_path(expression_image, "expression photo"),
                     pipeline.settings(**settings),
                     allow_no_face=allow,
-                    progress=progress_bar(progress, client_watch(demo, request)),
+                    progress=server.progress(progress, request),
                 ),
-                admission,
+                server.admission,
             )
             downloads = export_downloads(result, run.folder(), "transfer")
         return_freed_memory()
         return downloads[0], downloads, result.seed, run_details(result)
 
-    def reconstruct_checks(image: dict[str, Any] | None, *settings: Any) -> list[dict]:
-        photo = gr.validate(image is not None, "Please upload a photo first.")
-        return admission_checks([photo, *settings_checks(limits, settings)], admission)
-
-    def transfer_checks(
-        identity: dict[str, Any] | None, expression: dict[str, Any] | None, *settings: Any
-    ) -> list[dict]:
+    def checks(identity: dict[str, Any] | None, expression: dict[str, Any] | None, *settings: Any) -> list[dict]:
         photos = [
             gr.validate(identity is not None, "Please upload the photo whose head you want."),
             gr.validate(expression is not None, "Please upload the photo whose expression you want."),
         ]
-        return admission_checks([*photos, *settings_checks(limits, settings)], admission)
+        return admission_checks([*photos, *settings_checks(server.limits, settings)], server.admission)
 
-    def admitted(checks: list[dict], request: gr.Request, *photos: dict[str, Any] | None) -> list[dict]:
-        """A validator's answer: `checks` as they are; when all pass, the request's photos are held until it is over."""
-        if all(check["is_valid"] for check in checks):
-            files.hold(session(request), upload_paths(*photos))
-        return checks
+    return _Endpoint(transfer, checks, ("the identity photo", "the expression photo"))
 
-    def require_photo(
-        image: dict[str, Any] | None,
-        seed: Any,
-        randomize_seed: Any,
-        steps: Any,
-        guidance_scale: Any,
-        resolution: Any,
-        samples: Any,
-        allow_no_face: Any,
-        request: gr.Request,
-    ) -> list[dict]:
-        """The validator of /reconstruct: one check per input; an admitted request's photo is held until it is over."""
-        settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        return admitted(reconstruct_checks(image, *settings), request, image)
 
-    def require_photos(
-        identity: dict[str, Any] | None,
-        expression: dict[str, Any] | None,
-        seed: Any,
-        randomize_seed: Any,
-        steps: Any,
-        guidance_scale: Any,
-        resolution: Any,
-        samples: Any,
-        allow_no_face: Any,
-        request: gr.Request,
-    ) -> list[dict]:
-        """The validator of /transfer, as `require_photo` for its two photos."""
-        settings = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
-        return admitted(transfer_checks(identity, expression, *settings), request, identity, expression)
+def _reconstruct_tab(server: _Server, endpoint: _Endpoint, example_photos: ExamplePhotos) -> None:
+    """The Reconstruct tab: a photo (and its crop), the settings, the button and its status line; the head, its
+    downloads and the run details; the example portrait."""
+    pipeline = server.pipeline
+    with gr.Row(variant="panel"):
+        with gr.Column():
+            with gr.Row():
+                photo = _photo_input("Photo", "photo")
+                crop = gr.Image(label="Face crop", format="png", interactive=False, elem_id="crop_preview")
+            no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
+            settings = _settings(pipeline.defaults, pipeline.default_resolution, server.limits)
+            button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct_button")
+            status = gr.Markdown("", elem_id="reconstruct_status")  # the status line
+        with gr.Column():
+            head = _viewer("head_model")
+            downloads, details = _result_panel("head_downloads")
+    results = [crop, head, downloads, settings[0], details]
+    about = "NASA's public-domain astronaut portrait"
+    _example(endpoint, [str(example_photos.portrait)], [photo, settings[0], settings[1]], results, head, about)
+    inputs = [photo, *settings, no_face]
+    _request_wiring(server, endpoint, "reconstruct", button, inputs, results, status, details, head)
 
-    with gr.Blocks(title=TITLE, delete_cache=(int(options.max_age_s // 2), int(options.max_age_s))) as demo:
-        gr.Markdown(f"# {TITLE}\n{DESCRIPTION}\n{limits.describe(pipeline.default_resolution, options.queue_size)}")
-        with gr.Tab("Reconstruct"):
-            with gr.Row(variant="panel"):
-                with gr.Column():
-                    with gr.Row():
-                        photo = _photo_input("Photo", "photo")
-                        crop = gr.Image(label="Face crop", format="png", interactive=False, elem_id="crop_preview")
-                    no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
-                    settings = _settings(defaults, pipeline.default_resolution, limits)
-                    run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct_button")
-                    status = _status("reconstruct_status")
-                with gr.Column():
-                    head = _viewer("head_model")
-                    downloads, details = _result_panel("head_downloads")
-            inputs = [photo, *settings, no_face]
-            results = [crop, head, downloads, settings[0], details]
-            gr.Examples(
-                [[str(example_photos.portrait), 0, False]],
-                [photo, settings[0], settings[1]],
-                results,
-                fn=reconstruct,
-                cache_examples=True,
-                cache_mode="lazy",
-                preprocess=False,
-                visible_columns=[0],
-                label="Example (NASA's public-domain astronaut portrait; seed 0)",
-            )
-            status_working(run, inputs, status, reconstruct_checks)
-            event = run.click(
-                reconstruct,
-                inputs,
-                results,
-                api_name="reconstruct",
-                preprocess=False,
-                validator=require_photo,
-                concurrency_id="model",
-            )
-            status_outcome(event, status, details, failures)
 
-        with gr.Tab("Expression transfer"):
-            with gr.Row(variant="panel"):
-                with gr.Column():
-                    with gr.Row():
-                        identity = _photo_input("Head from this photo", "identity_photo")
-                        expression = _photo_input("Expression from this photo", "expression_photo")
-                    transfer_no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
-                    transfer_settings = _settings(defaults, pipeline.default_resolution, limits)
-                    transfer_run = gr.Button("Transfer expression", variant="primary", elem_id="transfer_button")
-                    transfer_status = _status("transfer_status")
-                with gr.Column():
-                    transfer_head = _viewer("transfer_model")
-                    transfer_downloads, transfer_details = _result_panel("transfer_downloads")
-            transfer_outputs = [transfer_head, transfer_downloads, transfer_settings[0], transfer_details]
-            gr.Examples(
-                [[str(example_photos.portrait), str(example_photos.expression), 0, False]],
-                [identity, expression, transfer_settings[0], transfer_settings[1]],
-                transfer_outputs,
-                fn=transfer,
-                cache_examples=True,
-                cache_mode="lazy",
-                preprocess=False,
-                visible_columns=[0, 1],
-                label="Example (the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0; seed 0)",
-            )
-            transfer_inputs = [identity, expression, *transfer_settings, transfer_no_face]
-            status_working(transfer_run, transfer_inputs, transfer_status, transfer_checks)
-            event = transfer_run.click(
-                transfer,
-                transfer_inputs,
-                transfer_outputs,
-                api_name="transfer",
-                preprocess=False,
-                validator=require_photos,
-                concurrency_id="model",
-            )
-            status_outcome(event, transfer_status, transfer_details, failures)
+def _transfer_tab(server: _Server, endpoint: _Endpoint, example_photos: ExamplePhotos) -> None:
+    """The Expression transfer tab: the two photos, the settings, the button and its status line; the head, its
+    downloads and the run details; the example pair."""
+    pipeline = server.pipeline
+    with gr.Row(variant="panel"):
+        with gr.Column():
+            with gr.Row():
+                identity = _photo_input("Head from this photo", "identity_photo")
+                expression = _photo_input("Expression from this photo", "expression_photo")
+            no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
+            settings = _settings(pipeline.defaults, pipeline.default_resolution, server.limits)
+            button = gr.Button("Transfer expression", variant="primary", elem_id="transfer_button")
+            status = gr.Markdown("", elem_id="transfer_status")
+        with gr.Column():
+            head = _viewer("transfer_model")
+            downloads, details = _result_panel("transfer_downloads")
+    results = [head, downloads, settings[0], details]
+    photos = [str(example_photos.portrait), str(example_photos.expression)]
+    about = "the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0"
+    _example(endpoint, photos, [identity, expression, settings[0], settings[1]], results, head, about)
+    inputs = [identity, expression, *settings, no_face]
+    _request_wiring(server, endpoint, "transfer", button, inputs, results, status, details, head)
 
-        def page_opened(request: gr.Request) -> None:
-            files.page_opened(session(request))
 
-        def page_closed(request: gr.Request) -> None:
-            files.page_closed(session(request))
+def _example(
+    endpoint: _Endpoint, photos: list[str], inputs: list[Any], results: list[Any], head: gr.Model3D, about: str
+) -> None:
+    """A tab's example row (the photos, seed 0, no randomizing): run on its first click and cached, its progress
+    drawn over the 3D `head` only, as a request's is."""
+    example = gr.Examples(
+        [[*photos, 0, False]],
+        inputs,
+        results,
+        fn=endpoint.run,
+        cache_examples=True,
+        cache_mode="lazy",
+        preprocess=False,
+        visible_columns=list(range(len(photos))),
+        label=f"Example ({about}; seed 0)",
+    )
+    show_progress_only_on(example.cache_event, head)
 
-        demo.load(page_opened, None, None, queue=False, api_visibility="private")
-        demo.unload(page_closed)
-    return demo
+
+def _request_wiring(
+    server: _Server,
+    endpoint: _Endpoint,
+    api_name: str,
+    button: gr.Button,
+    inputs: list[Any],
+    results: list[Any],
+    status: gr.Markdown,
+    details: gr.JSON,
+    head: gr.Model3D,
+) -> None:
+    """A tab's request and its status line: an upload that is not an image is named at once; the button says
+    "Working…" at once, or why the request is refused before the queue; the request runs (public as `api_name`,
+    one at a time with the other tab's) with its progress, stage by stage, drawn once: over the 3D `head`; then
+    the line says it is done, or why not, until the next request."""
+    for photo, what in zip(inputs, endpoint.photos):
+        upload_status(photo, status, what)
+    status_working(button, inputs, status, endpoint.checks)
+    event = button.click(
+        endpoint.run,
+        inputs,
+        results,
+        api_name=api_name,
+        preprocess=False,
+        validator=server.validator(endpoint),
+        concurrency_id="model",
+        show_progress_on=head,
+    )
+    status_outcome(event, status, details, server.failures)
 
 
 def _photo_input(label: str, elem_id: str) -> gr.Image:
@@ -322,11 +380,6 @@ def _settings(defaults: PipelineDefaults, resolution: int, limits: ServingLimits
             label="Samples averaged (1: one sample, with the model's variation; more: closer to the likeliest head)",
         )
     return [seed, randomize, steps, guidance, resolution, samples]
-
-
-def _status(elem_id: str) -> gr.Markdown:
-    """The line under the button that says how the last request went, and keeps saying it until the next one."""
-    return gr.Markdown("", elem_id=elem_id)
 
 
 def _viewer(elem_id: str) -> gr.Model3D:

@@ -50,6 +50,12 @@ def _train_decoder(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2, default=str))
 
 
+def _slim_run(args: argparse.Namespace) -> None:
+    from diffnphr.train.checkpoints import slim_checkpoint
+
+    print(f"slimmed {slim_checkpoint(args.run_dir)}")
+
+
 def _export_decoder(args: argparse.Namespace) -> None:
     from diffnphr.train.decoder import export_decoder
 
@@ -92,6 +98,7 @@ def _fit(args: argparse.Namespace) -> None:
         expressions=args.expressions,
         steps=args.steps,
         time_budget_s=args.time_budget,
+        factor_map_dir=args.factor_map,
         ict_path=args.ict,
         device=args.device,
     )
@@ -109,12 +116,9 @@ def _eval(args: argparse.Namespace) -> None:
     from diffnphr.eval.decoder import evaluate_decoder, format_summary
 
     report = evaluate_decoder(
-        args.decoder,
-        args.latents,
-        which=args.which,
+        args.weights,
         fitted_dir=args.fitted,
         count=args.count,
-        expressions=args.expressions,
         resolution=args.resolution,
         points=args.points,
         device=args.device,
@@ -340,7 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_train_decoder)
 
     p = sub.add_parser(
-        "export-decoder", help="a training run's newest checkpoint -> decoder/ and decoder_latents/ folders"
+        "slim-run", help="keep a run's newest checkpoint in float16 without optimiser moments (to carry it to a GPU)"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(run=_slim_run)
+
+    p = sub.add_parser(
+        "export-decoder",
+        help="a training run's newest checkpoint -> decoder/, factor_map/ and decoder_latents/ folders",
     )
     p.add_argument("run_dir", type=Path)
     p.add_argument("out_dir", type=Path)
@@ -378,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True, help="folder with split.json and heads.safetensors")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--which", choices=("heldout", "train"), default="heldout")
+    p.add_argument("--factor-map", type=Path, default=None, help="factor map folder: start from its latents")
     p.add_argument("--count", type=int, default=None, help="how many identities (default: all of the split)")
     p.add_argument("--expressions", type=int, default=None, help="expressions per identity (default: all)")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per group")
@@ -401,19 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluations = sub.add_parser("eval", help="measure models against ground-truth ICT heads (mm)").add_subparsers(
         dest="what", required=True
     )
-    p = evaluations.add_parser("decoder", help="the trained decoder against ground-truth ICT heads (mm)")
-    p.add_argument("--decoder", type=Path, default=Path("weights/decoder"), help="decoder weights folder")
-    p.add_argument("--latents", type=Path, default=Path("weights/decoder_latents"), help="split + codebook latents")
-    p.add_argument(
-        "--fitted", type=Path, default=None, help="folder of `fit` (held-out latents); else held-out is skipped"
+    p = evaluations.add_parser(
+        "decoder", help="the decoder and its factor map on held-out heads with hair against ground truth (mm)"
     )
-    p.add_argument("--which", nargs="+", choices=("train", "heldout"), default=["train", "heldout"])
-    p.add_argument("--count", type=int, default=16, help="identities per split")
-    p.add_argument("--expressions", type=int, default=None, help="expression slots per identity (default: all)")
+    p.add_argument(
+        "--weights", type=Path, default=Path("weights"), help="folder with decoder/, factor_map/, decoder_latents/"
+    )
+    p.add_argument(
+        "--fitted", type=Path, default=None, help="folder of `fit` (held-out latents); else 'fitted' is skipped"
+    )
+    p.add_argument("--count", type=int, default=100, help="held-out identities (one expression each)")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--points", type=int, default=200_000, help="surface samples per side")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--renders", type=Path, default=None, help="folder for ground truth | reconstruction PNGs")
+    p.add_argument("--renders", type=Path, default=None, help="folder for ground truth | mapped | fitted PNGs")
     _add_training_data_options(p)
     p.add_argument("--json", action="store_true", help="print the full JSON report instead of a table")
     p.set_defaults(run=_eval)

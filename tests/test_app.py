@@ -119,6 +119,20 @@ def test_the_details_say_how_the_face_was_found(client, face_photo_file):
     assert details["face"]["head_size_px"] > 100
 
 
+def test_the_transfer_details_name_each_photos_face(client, face_photo_file, no_face_photo_file):
+    """The `face` block holds one block per photo, named (it was the identity photo's alone, unnamed), and each
+    warning names its photo (the identity photo's did not)."""
+    *_, details = client.predict(
+        handle_file(no_face_photo_file), handle_file(face_photo_file), *SETTINGS[:-1], True, api_name="/transfer"
+    )
+    assert set(details["face"]) == {"identity_photo", "expression_photo"}
+    identity, expression = details["face"]["identity_photo"], details["face"]["expression_photo"]
+    assert not identity["found"] and identity["head_size_px"] is None  # the centre of the cup photo
+    assert expression["found"] and expression["head_size_px"] > 100
+    assert any("centre" in warning for warning in details["warnings"])
+    assert all(warning.startswith(("Identity photo: ", "Expression photo: ")) for warning in details["warnings"])
+
+
 # Enough work for the tiny model to still be running when its client leaves: 100 steps × 32 samples, 192³.
 SLOW_SETTINGS = (4, False, 100, 1.0, 192, 32, False)
 _VANISHING_CLIENT = """

@@ -6,6 +6,8 @@ Screenshots land in `test-artifacts/` (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -152,4 +154,119 @@ def test_a_request_refused_before_the_queue_says_why_in_the_status_line(one_wait
         finally:
             for job in jobs:
                 job.cancel()
+            browser.close()
+
+
+# An absolute path as a log line would show one: a slash after a space, quote, bracket or "=", then folders.
+ABSOLUTE_PATH = re.compile(r"""(?:^|[\s'"(=])/(?:[^/\s'"]+/)+""", re.MULTILINE)
+
+
+def test_a_file_that_is_not_an_image_gets_a_sentence_and_the_log_no_traceback(
+    app_url, app_workdir, face_photo_file, tmp_path
+):
+    """A text file named like a photo: the status line says so as soon as it is uploaded (naming which photo on the
+    transfer tab; a photo uploaded in its place takes it back), and again once Reconstruct refuses it; the server log
+    gets one line, with no traceback and no absolute path, and the browser no server error (Gradio's image
+    preprocessing of the status handler used to log two and answer 500)."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("these are my notes, not a photo\n")
+    sentence = "'notes.jpg' is not an image we can read"
+    log = app_workdir / "server.log"
+    logged_before = len(log.read_text())
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            server_errors = []
+            page.on("response", lambda response: response.status >= 500 and server_errors.append(response.url))
+            page.goto(app_url)
+            upload = page.locator("#photo input[type=file]")
+            upload.wait_for(state="attached", timeout=60_000)
+            upload.set_input_files(str(fake))
+            status = page.locator("#reconstruct_status")
+            status.get_by_text(f"Cannot use this photo: {sentence}").wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_not_an_image_uploaded.png"), full_page=True)
+
+            page.locator("#reconstruct_button").click()
+            status.get_by_text(f"Not done: {sentence}").wait_for(timeout=60_000)
+
+            page.get_by_role("tab", name="Expression transfer").click()
+            page.locator("#expression_photo input[type=file]").set_input_files(str(fake))
+            transfer_status = page.locator("#transfer_status")
+            transfer_status.get_by_text(f"Cannot use the expression photo: {sentence}").wait_for(timeout=30_000)
+            page.locator("#expression_photo input[type=file]").set_input_files(str(face_photo_file))
+            transfer_status.get_by_text("Cannot use").wait_for(state="detached", timeout=30_000)
+        finally:
+            browser.close()
+    assert not server_errors, f"the browser got server errors from {server_errors}"
+    logged = log.read_text()[logged_before:]
+    assert "Traceback" not in logged and "Error:" not in logged, logged
+    for folder in (app_workdir, Path(sys.prefix), Path(__file__).resolve().parents[1]):
+        assert str(folder) not in logged, f"the log shows the folder {folder}:\n{logged}"
+    assert not ABSOLUTE_PATH.search(logged), logged
+    assert logged.count(sentence) == 1, f"one line for the one refused request:\n{logged}"
+
+
+# Every progress display Gradio draws (its status tracker: a timer, a bar, a stage) in the page, counted at each change
+# of the page, with the stages it showed and the elements it showed them on.
+WATCH_PROGRESS = """() => {
+  const seen = window.progressSeen = {most: 0, stages: [], on: []};
+  const look = () => {
+    const shown = new Set([...document.querySelectorAll('.progress-text, .progress-level, .eta-bar')]
+      .map((part) => part.closest('.wrap')).filter((display) => display && !display.classList.contains('hide')));
+    seen.most = Math.max(seen.most, shown.size);
+    for (const display of shown) {
+      const on = display.closest('[id]')?.id || 'an element without id';
+      if (!seen.on.includes(on)) seen.on.push(on);
+    }
+    for (const level of document.querySelectorAll('.progress-level')) {
+      const stage = level.innerText.split(' - ')[0].trim();
+      if (stage && !seen.stages.includes(stage)) seen.stages.push(stage);
+    }
+  };
+  new MutationObserver(look).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def test_a_request_shows_one_progress_display_moving_through_the_stages(app_url, face_photo_file):
+    """Progress is drawn once, over the 3D view, with the stage (it was drawn over each of the five outputs); the
+    status line says where to look; the example's run (the first click computes it) shows one display too."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            upload = page.locator("#photo input[type=file]")
+            upload.wait_for(state="attached", timeout=60_000)
+            page.evaluate(WATCH_PROGRESS)
+            page.locator("table tbody tr, .gallery-item").first.click()  # the example
+            page.wait_for_selector("#head_model canvas", timeout=120_000)
+            seen = page.evaluate("() => window.progressSeen")
+            assert seen["most"] == 1 and seen["on"] == ["head_model"], f"the example: {seen}"
+
+            upload.set_input_files(str(face_photo_file))
+            # Work for a few seconds on the tiny weights, so that every stage is drawn.
+            page.get_by_text("Advanced").first.click()
+            page.get_by_label("number input for DDIM steps").first.fill("40")
+            page.get_by_label("number input for Mesh resolution").first.fill("160")
+            page.get_by_label("number input for Samples averaged").first.fill("8")
+            page.keyboard.press("Tab")
+            page.evaluate(WATCH_PROGRESS)
+            page.locator("#reconstruct_button").click()
+            status = page.locator("#reconstruct_status")
+            status.get_by_text("stage by stage, shows over the 3D head").wait_for(timeout=30_000)
+            page.locator("#head_model .progress-level").wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_progress.png"), full_page=True)
+            status.get_by_text("Done").wait_for(timeout=120_000)
+            seen = page.evaluate("() => window.progressSeen")
+            assert seen["most"] == 1 and seen["on"] == ["head_model"], seen
+            stages = ["Finding and cropping the face", "Sampling the head latent", "Extracting the surface"]
+            assert all(stage in seen["stages"] for stage in stages), seen
+        finally:
             browser.close()

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffnphr.data.appearance import REGIONS, appearance_basis, appearance_params, vertex_colours
+from diffnphr.data.appearance import (
+    MOUTH_DEPTH_DARKENING,
+    REGIONS,
+    appearance_basis,
+    appearance_params,
+    eye_geometry,
+    vertex_colours,
+)
 from diffnphr.data.ict import load_ict
 
 
@@ -45,7 +52,13 @@ def test_colours_are_srgb_in_range(colours, model):
 
 def test_regions_look_like_a_face(model, basis, colours):
     weights = basis.region_weights.numpy()
-    assert weights.sum(axis=1).max() <= 1 + 1e-6 and weights.sum(axis=1).min() > 0.5
+    mouth = np.zeros(model.num_vertices, dtype=bool)
+    for part in ("mouth_socket", "gums_and_tongue"):
+        mouth[model.part_vertices(part)] = True
+    totals = weights.sum(axis=1)
+    assert totals.max() <= 1 + 1e-6 and totals[~mouth].min() > 0.5  # below 1 only in the limbal ring ...
+    assert totals[mouth].min() == pytest.approx(1 - MOUTH_DEPTH_DARKENING, abs=1e-3)  # ... and deep in the mouth
+    assert totals[mouth].max() > 0.99  # the lips' inner edge keeps its colour
 
     def mean_colour(region, threshold=0.9):
         mask = weights[:, REGIONS.index(region)] > threshold
@@ -78,3 +91,20 @@ def test_basis_rows_select_vertices(basis):
 def test_negative_seed_is_rejected():
     with pytest.raises(ValueError, match="non-negative"):
         appearance_params([-1])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_eyes_have_a_white_sclera_round_a_coloured_iris_and_a_dark_pupil(model, colours, side):
+    centre, axis, iris_radius = eye_geometry(model, side)
+    assert 4.5 < iris_radius * 250 < 7.0  # mm: an adult iris is about 12 mm across
+    eyeball = np.arange(model.num_vertices)[model.part_vertices(f"sclera_{side}")]
+    offset = model.neutral[eyeball] - centre
+    front = offset @ axis > 0
+    radial = np.linalg.norm(np.cross(offset, axis), axis=1) / iris_radius
+    pupil = colours[:, eyeball[front & (radial < 0.25)]].mean(axis=1)
+    iris = colours[:, eyeball[front & (radial > 0.5) & (radial < 0.85)]].mean(axis=1)
+    sclera = colours[:, eyeball[front & (radial > 1.3) & (radial < 2.0)]].mean(axis=1)
+    assert np.all(_luminance(sclera) > 0.6)  # white ...
+    assert np.all(_luminance(sclera) > _luminance(iris) + 0.15)  # ... round a darker iris ...
+    assert np.all(_luminance(pupil) < 0.1)  # ... with a dark pupil
+    assert np.std(iris, axis=0).max() > 0.05  # iris colours vary from head to head

@@ -8,7 +8,8 @@ import torch
 
 from diffnphr.data.appearance import appearance_params
 from diffnphr.data.ict import load_ict
-from diffnphr.data.renders import HeadRenderer, RenderConfig, RenderScenes
+from diffnphr.data.renders import HeadRenderer
+from diffnphr.data.scenes import RenderConfig, RenderScenes
 from diffnphr.face import head_square, head_squares
 from diffnphr.render import rasterise, render_mesh
 

@@ -1,6 +1,9 @@
-"""Training samples: shapes and devices, points on the surface, outward normals, correspondences."""
+"""Training samples of whole heads with hair: shapes and devices, points on the surface, outward normals,
+correspondences, colours."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,10 +13,14 @@ from scipy.spatial import cKDTree
 
 from diffnphr.data.anchors import anchor_vertices
 from diffnphr.data.appearance import appearance_basis, appearance_params, vertex_colours
-from diffnphr.data.expressions import sample_expressions
-from diffnphr.data.heads import exposed_faces, head_vertices, sample_identities
+from diffnphr.data.colour import linear_to_srgb
+from diffnphr.data.factors import HeadFactors
+from diffnphr.data.hair_styles import CURTAIN_TOP, HAIR_KINDS, NO_HAIR, sample_hair_styles
+from diffnphr.data.head_geometry import COMPONENTS
+from diffnphr.data.heads import head_vertices
 from diffnphr.data.ict import load_ict
-from diffnphr.data.sampling import HeadSampler, SamplingConfig
+from diffnphr.data.samples import SamplingConfig
+from diffnphr.data.sampling import HeadSampler
 from diffnphr.frame import BOX_MAX, BOX_MIN
 
 CONFIG = SamplingConfig(surface_points=1500, near_points=600, uniform_points=200, correspondences=400)
@@ -31,28 +38,36 @@ def sampler(model):
 
 @pytest.fixture(scope="module")
 def heads(model):
+    """Two heads: the first bald without a beard (its surface is ICT's own), the second with long hair and a beard."""
     rng = np.random.default_rng(11)
-    identity = sample_identities(rng, 2, 100)
-    expression = sample_expressions(rng, 2, model.expression_names)
-    expression[1] = 0.0
+    identity = torch.as_tensor(rng.standard_normal((2, 100)), dtype=torch.float32)
+    expression = torch.zeros(2, 53)
     expression[1, [model.expression_index("jawOpen"), model.expression_index("eyeBlink_L")]] = 0.8
-    return identity, expression, [7, 8]
+    expression[0, model.expression_index("mouthSmile_L")] = 0.6
+    hair = sample_hair_styles(2, torch.Generator().manual_seed(3))
+    hair = replace(
+        hair,
+        kind=torch.tensor([HAIR_KINDS.index("bald"), HAIR_KINDS.index("long")]),
+        hairline=torch.stack([torch.full((7,), NO_HAIR), hair.hairline[1].clamp(max=0.6)]),
+        thickness=torch.tensor([0.0, 0.06]),
+        length=torch.tensor([CURTAIN_TOP, -0.8]),
+        bun=torch.zeros(2, 2),
+        beard=torch.tensor([[0.0, 0.0], [0.02, 0.9]]),
+    )
+    return HeadFactors(identity, expression, appearance_params([7, 8]), hair)
 
 
 @pytest.fixture(scope="module")
 def batch(sampler, heads):
-    identity, expression, seeds = heads
-    return sampler.sample(torch.as_tensor(identity), torch.as_tensor(expression), appearance_params(seeds), seed=0)
+    return sampler.sample(heads, seed=0)
 
 
 @pytest.fixture(scope="module")
-def meshes(model, sampler, heads):
-    """Per head: (surface vertices posed, surface vertices neutral), built with numpy."""
-    identity, expression, _ = heads
-    return [
-        (sampler.surface.vertices(head_vertices(model, a, b)), sampler.surface.vertices(head_vertices(model, a)))
-        for a, b in zip(identity, expression)
-    ]
+def meshes(sampler, heads):
+    """Per head: (surface vertices posed, surface vertices neutral) as numpy arrays."""
+    posed = sampler.geometry.vertices(heads).numpy()
+    neutral = sampler.geometry.vertices(heads.neutral()).numpy()
+    return list(zip(posed, neutral))
 
 
 def _winding_numbers(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -73,35 +88,34 @@ def _winding_numbers(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
 
 
 def test_batch_shapes_dtypes_and_seed(batch, sampler, heads):
-    identity, expression, seeds = heads
     assert batch.surface_points.shape == (2, 1500, 3) and batch.surface_colours.shape == (2, 1500, 3)
     assert batch.space_points.shape == (2, 800, 3) and batch.anchors.shape == (2, 65, 3)
     assert batch.posed_points.shape == batch.neutral_points.shape == (2, 400, 3)
     assert batch.surface_faces.dtype == torch.long and batch.surface_on_face.dtype == torch.bool
     assert all(t.device.type == "cpu" for t in vars(batch).values())
-    again = sampler.sample(torch.as_tensor(identity), torch.as_tensor(expression), appearance_params(seeds), seed=0)
-    other = sampler.sample(torch.as_tensor(identity), torch.as_tensor(expression), appearance_params(seeds), seed=1)
+    again = sampler.sample(heads, seed=0)
+    other = sampler.sample(heads, seed=1)
     torch.testing.assert_close(again.space_points, batch.space_points, rtol=0, atol=0)
     assert not torch.equal(other.surface_points, batch.surface_points)
 
 
-def test_surface_points_lie_on_the_mesh(batch, sampler, meshes):
-    faces = sampler.surface.faces
-    cap = np.flatnonzero(np.any(faces == len(sampler.surface.vertex_ids), axis=1))  # large fan triangles
+def test_surface_points_lie_on_exposed_triangles(batch, sampler, heads, meshes):
+    faces = sampler.geometry.faces.numpy()
+    exposed = sampler.geometry.build(heads).exposed.numpy()
     for head, (posed, _) in enumerate(meshes):
-        triangles = posed[faces].astype(np.float64)
+        drawn = batch.surface_faces[head].numpy()
+        assert exposed[head, drawn].all()
+        corners = posed[faces[drawn]].astype(np.float64)
         points = batch.surface_points[head].numpy().astype(np.float64)
-        _, nearest = cKDTree(triangles.mean(axis=1)).query(points, k=8)
-        candidates = np.concatenate([nearest, np.broadcast_to(cap, (len(points), len(cap)))], axis=1)
-        repeated = np.repeat(points, candidates.shape[1], axis=0)
-        closest = trimesh.triangles.closest_point(triangles[candidates.ravel()], repeated)
-        distance = np.linalg.norm(closest - repeated, axis=1).reshape(len(points), -1).min(axis=1)
-        assert distance.max() < 1e-5
+        closest = trimesh.triangles.closest_point(corners, points)
+        assert np.linalg.norm(closest - points, axis=1).max() < 1e-4  # 0.025 mm: float32 on slivers
+        expected = np.einsum("sk,skc->sc", batch.surface_barycentric[head].numpy(), corners)
+        np.testing.assert_allclose(points, expected, atol=1e-5)
         assert batch.surface_on_face[head].float().mean() >= CONFIG.face_fraction
 
 
 def test_normals_are_unit_and_outward(batch, sampler, meshes):
-    faces, component = sampler.surface.faces, sampler.surface.component
+    faces, component = sampler.geometry.faces.numpy(), sampler.geometry.component.numpy()
     torch.testing.assert_close(batch.surface_normals.norm(dim=-1), torch.ones(2, 1500))
     for head, (posed, _) in enumerate(meshes):
         skin = posed[faces[component == 0]].astype(np.float64)
@@ -112,18 +126,25 @@ def test_normals_are_unit_and_outward(batch, sampler, meshes):
         assert np.mean(_winding_numbers(points - 2e-4 * normals, skin) > 0.5) >= 0.95
 
 
-def test_eyeball_samples_are_exposed(batch, sampler, meshes):
-    faces, component = sampler.surface.faces, sampler.surface.component
+def test_eyes_teeth_and_hair_pieces_are_sampled_where_exposed(batch, sampler, meshes):
+    faces, component = sampler.geometry.faces.numpy(), sampler.geometry.component.numpy()
     for head, (posed, _) in enumerate(meshes):
         skin = posed[faces[component == 0]].astype(np.float64)
-        on_eyes = np.flatnonzero(component[batch.surface_faces[head].numpy()] > 0)
-        assert len(on_eyes) > 0
-        points = batch.surface_points[head, on_eyes[:30]].numpy().astype(np.float64)
-        assert np.mean(_winding_numbers(points, skin) < 0.5) >= 0.9
+        drawn = component[batch.surface_faces[head].numpy()]
+        for name in ("eyeball_right", "teeth", "curtain"):  # the left eye blinks on the second head
+            on_part = np.flatnonzero(drawn == COMPONENTS.index(name))
+            if name == "curtain" and head == 0:
+                assert len(on_part) == 0  # a bald head's curtain is folded inside it
+                continue
+            if name == "teeth" and head == 0:
+                continue  # a closed mouth may show no teeth
+            assert len(on_part) > 0, name
+            points = batch.surface_points[head, on_part[:30]].numpy().astype(np.float64)
+            assert np.mean(_winding_numbers(points, skin) < 0.5) >= 0.75, name  # edge triangles may dip in
 
 
 def test_correspondences_share_triangle_and_barycentrics(batch, sampler, meshes):
-    faces = sampler.surface.faces
+    faces = sampler.geometry.faces.numpy()
     for head, (posed, neutral) in enumerate(meshes):
         rows = faces[batch.correspondence_faces[head].numpy()]
         weights = batch.correspondence_barycentric[head].numpy()
@@ -140,15 +161,14 @@ def test_correspondences_share_triangle_and_barycentrics(batch, sampler, meshes)
 
 
 def test_neutral_expression_corresponds_to_itself(sampler, heads):
-    identity, _, seeds = heads
-    still = sampler.sample(torch.as_tensor(identity), torch.zeros(2, 53), appearance_params(seeds), seed=3)
+    still = sampler.sample(heads.neutral(), seed=3)
     torch.testing.assert_close(still.posed_points, still.neutral_points)
 
 
 def test_anchors_are_the_neutral_heads_anchor_vertices(model, batch, heads):
-    identity, _, _ = heads
-    expected = np.stack([head_vertices(model, a)[anchor_vertices(model)] for a in identity])
-    np.testing.assert_allclose(batch.anchors.numpy(), expected, atol=1e-5)
+    bald = head_vertices(model, heads.identity[0].numpy())[anchor_vertices(model)]
+    np.testing.assert_allclose(batch.anchors[0].numpy(), bald, atol=1e-5)  # no hair: ICT's own vertices
+    assert batch.anchors[1, :, 1].max() > head_vertices(model, heads.identity[1].numpy())[:, 1].max() - 0.2
 
 
 def test_space_points_are_near_the_surface_then_uniform(batch, meshes):
@@ -161,11 +181,10 @@ def test_space_points_are_near_the_surface_then_uniform(batch, meshes):
     assert torch.all(uniform <= torch.as_tensor(BOX_MAX))
 
 
-def test_colours_are_the_heads_vertex_colours(model, batch, sampler, heads):
-    _, _, seeds = heads
-    full = vertex_colours(appearance_basis(model), appearance_params(seeds)).numpy()
+def test_colours_are_the_heads_vertex_colours_with_the_hair_over_them(model, batch, sampler, heads):
+    full = vertex_colours(appearance_basis(model), heads.appearance).numpy()
     surface = sampler.surface
-    for head in range(2):
+    for head in range(1):  # the bald head: the appearance's colours exactly
         triangles = batch.surface_faces[head].numpy()
         rows = surface.faces[triangles]
         away_from_cap = np.all(rows < len(surface.vertex_ids), axis=1)
@@ -173,35 +192,27 @@ def test_colours_are_the_heads_vertex_colours(model, batch, sampler, heads):
         expected = np.einsum("sk,skc->sc", batch.surface_barycentric[head].numpy()[away_from_cap], corner_colours)
         np.testing.assert_allclose(batch.surface_colours[head].numpy()[away_from_cap], expected, atol=1e-5)
     assert batch.surface_colours.min() >= 0 and batch.surface_colours.max() <= 1
+    on_curtain = sampler.geometry.component[batch.surface_faces[1]] == COMPONENTS.index("curtain")
+    hair = linear_to_srgb(heads.hair.colour[1])
+    assert (batch.surface_colours[1, on_curtain] - hair).abs().mean() < 0.15
 
 
 def test_bad_inputs_are_explained(sampler, heads):
-    identity, expression, seeds = heads
     with pytest.raises(ValueError, match=r"identity must have shape \(B, 100\)"):
-        sampler.sample(torch.zeros(2, 99), torch.as_tensor(expression), appearance_params(seeds), seed=0)
-    with pytest.raises(ValueError, match="2 identities but 1 expressions"):
-        sampler.sample(torch.as_tensor(identity), torch.zeros(1, 53), appearance_params(seeds), seed=0)
-    with pytest.raises(ValueError, match="appearance parameters for 1"):
-        sampler.sample(torch.as_tensor(identity), torch.as_tensor(expression), appearance_params([1]), seed=0)
+        sampler.sample(replace(heads, identity=torch.zeros(2, 99)), seed=0)
+    with pytest.raises(ValueError, match=r"expression must have shape \(B, 53\)"):
+        sampler.sample(replace(heads, expression=torch.zeros(2, 50)), seed=0)
+    with pytest.raises(ValueError, match="disagree on the number of heads"):
+        HeadFactors(heads.identity, heads.expression[:1], heads.appearance, heads.hair)
     with pytest.raises(ValueError, match="face_fraction"):
         SamplingConfig(face_fraction=1.5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_sampling_runs_on_cuda_like_on_cpu(model, sampler, heads):
-    identity, expression, seeds = heads
     cuda = HeadSampler(model, device="cuda", config=CONFIG)
-    batch = cuda.sample(torch.as_tensor(identity), torch.as_tensor(expression), appearance_params(seeds), seed=0)
+    batch = cuda.sample(heads, seed=0)
     assert all(t.device.type == "cuda" for t in vars(batch).values())
     assert torch.isfinite(batch.surface_points).all() and torch.isfinite(batch.surface_colours).all()
-    surface = sampler.surface
-    masks = []
-    for device in ("cpu", "cuda"):
-        vertices = torch.as_tensor(
-            np.stack([surface.vertices(head_vertices(model, a, b)) for a, b in zip(identity, expression)])
-        )
-        tests = [
-            (torch.as_tensor(q, device=device), torch.as_tensor(f, device=device)) for q, f in surface.exposure_tests
-        ]
-        masks.append(exposed_faces(vertices.to(device), torch.as_tensor(surface.faces, device=device), tests).cpu())
+    masks = [sampler.geometry.build(heads).exposed, cuda.geometry.build(heads).exposed.cpu()]
     assert (masks[0] != masks[1]).float().mean() < 1e-3

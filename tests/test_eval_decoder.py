@@ -1,4 +1,5 @@
-"""Decoder evaluation with the shipped trained decoder, and the mesh renderer behind its pictures."""
+"""Decoder evaluation with the shipped decoder and factor map on a held-out head with hair, and the mesh
+renderer behind its pictures."""
 
 from __future__ import annotations
 
@@ -8,67 +9,68 @@ import torch
 import trimesh
 from PIL import Image
 
+from diffnphr.data.head_geometry import HeadGeometry
 from diffnphr.data.ict import load_ict
-from diffnphr.eval.decoder import evaluate_decoder
+from diffnphr.eval.decoder import evaluate_decoder, format_summary
 from diffnphr.eval.heads import GroundTruthHeads, compare_head, decode_mesh
-from diffnphr.heads.latents import load_head_latents
 from diffnphr.heads.split import load_head_split
 from diffnphr.nphm import MonoNPHM
+from diffnphr.nphm.factor_map import FactorMap
 from diffnphr.render import render_mesh
 
-DECODER = "weights/decoder"
-LATENTS = "weights/decoder_latents"
+WEIGHTS = "weights"
 RESOLUTION, POINTS = 64, 20_000
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     renders = tmp_path_factory.mktemp("renders")
-    result = evaluate_decoder(
-        DECODER,
-        LATENTS,
-        count=1,
-        expressions=1,
-        resolution=RESOLUTION,
-        points=POINTS,
-        device="cpu",
-        renders_dir=renders,
-        renders=1,
-    )
+    result = evaluate_decoder(WEIGHTS, count=1, resolution=RESOLUTION, points=POINTS, device="cpu", renders_dir=renders)
     return result, renders
 
 
-def test_training_head_is_reconstructed_within_millimetres(report):
+def test_held_out_head_is_reconstructed_from_its_factors(report):
     result, renders = report
-    head = result["train"]["heads"][0]
-    assert (head["identity"], head["slot"]) == (0, 0)
-    assert head["head"]["chamfer_l1_mm"] < 5.0
+    head = result["mapped"]["heads"][0]
+    assert head["slot"] == 0 and head["head"]["chamfer_l1_mm"] < 5.0
     assert head["head"]["f_score_5mm"] > 0.5 and head["face"]["f_score_5mm"] > 0.5
+    assert head["aligned_head"]["chamfer_l1_mm"] <= head["head"]["chamfer_l1_mm"] + 0.05
     # The ground truth against itself stays below the reconstruction: the floor is a floor.
     assert head["floor_head"]["chamfer_l1_mm"] < head["head"]["chamfer_l1_mm"]
-    assert result["train"]["summary"]["head"]["chamfer_l1_mm"]["mean"] == pytest.approx(head["head"]["chamfer_l1_mm"])
-    assert "fit" in result["heldout"]["skipped"]  # no fitted latents given: skipped with a pointer
-    picture = np.asarray(Image.open(renders / "train_identity0000_slot0.png"))
-    assert picture.shape == (768, 768, 3)
+    # Knowing the head's factors beats knowing nothing about it.
+    mean = result["mean latent"]["heads"][0]
+    assert mean["head"]["chamfer_l1_mm"] > 1.2 * head["head"]["chamfer_l1_mm"]
+    assert result["paired"]["mean latent - mapped"] == {}  # one head: no interval to give
+    # Eyes read as eyes: the decoded colour at the front of each eyeball is white round a dark pupil.
+    assert head["eyes"]["sclera"] > 0.6 and head["eyes"]["pupil"] < 0.3
+    assert "fit" in result["notes"]["fitted"]  # no fitted latents given: skipped with a pointer
+    assert "mapped" in format_summary(result)
+    (picture_path,) = renders.glob("heldout_*_slot0.png")
+    picture = np.asarray(Image.open(picture_path))
+    assert picture.shape == (768, 768, 3)  # ground truth | mapped, front and 45°
     assert (picture[:384, :384] != 255).any(axis=-1).mean() > 0.2  # ground truth drawn
     assert (picture[:384, 384:] != 255).any(axis=-1).mean() > 0.2  # reconstruction drawn
 
 
-def test_another_identitys_latent_is_measurably_worse(report):
+def test_another_heads_latent_is_measurably_worse(report):
     result, _ = report
-    right = result["train"]["heads"][0]["head"]
-    split, latents = load_head_split(LATENTS), load_head_latents(LATENTS, "codebooks")
-    model = MonoNPHM.from_pretrained(DECODER)
-    truth = GroundTruthHeads(load_ict()).mesh(split, int(latents.identities[0]), 0)
-    other = decode_mesh(model, latents.z_geo[1], latents.z_exp[1, 0], latents.z_app[1], RESOLUTION, colours=False)
-    wrong = compare_head(other.vertices, other.faces, truth, POINTS, seed=0, with_floor=False)["head"]
+    right = result["mapped"]["heads"][0]["head"]
+    split = load_head_split(f"{WEIGHTS}/decoder_latents")
+    model = MonoNPHM.from_pretrained(f"{WEIGHTS}/decoder")
+    factor_map = FactorMap.from_pretrained(f"{WEIGHTS}/factor_map")
+    identity, other = (int(i) for i in split.heldout_identities[:2])
+    truth = GroundTruthHeads(HeadGeometry(load_ict())).mesh(split, identity, 0)
+    with torch.no_grad():
+        latents = [z[0] for z in factor_map.latents(split.factors(torch.tensor([other]), torch.tensor([0])))]
+    wrong_mesh = decode_mesh(model, *latents, RESOLUTION, colours=False)
+    wrong = compare_head(wrong_mesh.vertices, wrong_mesh.faces, truth, POINTS, seed=0, with_floor=False)["head"]
     assert wrong["chamfer_l1_mm"] > 1.5 * right["chamfer_l1_mm"]
     assert wrong["f_score_2.5mm"] < right["f_score_2.5mm"] - 0.1
 
 
-def test_evaluation_refuses_unknown_split():
-    with pytest.raises(ValueError, match="train, heldout"):
-        evaluate_decoder(DECODER, LATENTS, which=("test",))
+def test_evaluation_refuses_bad_counts():
+    with pytest.raises(ValueError, match="positive"):
+        evaluate_decoder(WEIGHTS, count=0)
 
 
 def test_sphere_renders_as_a_lit_disc_with_its_vertex_colours():

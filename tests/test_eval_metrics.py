@@ -11,10 +11,11 @@ import trimesh
 
 from diffnphr.eval.metrics import (
     SurfaceSamples,
-    head_and_face_metrics,
     nearest_neighbours,
     nearest_region_mask,
+    region_metrics,
     sample_surface,
+    similarity_alignment,
     surface_metrics,
 )
 
@@ -204,10 +205,26 @@ def test_face_metrics_see_only_the_face():
     face_region = np.arange(len(faces)) < left_faces
     gt = sample_surface(vertices, faces, 8000, seed=0)
     pred = sample_surface(*_two_halves(4.0)[:2], 8000, seed=1)
-    metrics = head_and_face_metrics(pred, gt, face_region)
+    metrics = region_metrics(pred, gt, {"face": face_region, "hair": np.zeros(len(faces), dtype=bool)})
     assert metrics["face"]["chamfer_l1_mm"] < 0.5 and metrics["face"]["f_score_1mm"] > 0.99
     assert metrics["head"]["chamfer_l1_mm"] > 1.5 and metrics["head"]["f_score_1mm"] < 0.6
     assert metrics["head"] == _metrics(pred, gt)
+    assert "hair" not in metrics  # a region with no ground truth (a bald head's hair) is left out
+
+
+def test_similarity_alignment_undoes_size_and_place():
+    """A head drawn 10 % too large and 3 mm off scores badly raw and like its sampling floor once aligned."""
+    sphere = _sphere()
+    gt = _samples(sphere, 16000, 0)
+    pred = _samples(sphere, 16000, 1)
+    shift = torch.tensor([3.0, -1.0, 2.0]) * UNITS_PER_MM
+    moved = SurfaceSamples(1.1 * pred.points + shift, pred.normals, pred.face_index)
+    scale, offset = similarity_alignment(moved.points, gt.points)
+    assert scale == pytest.approx(1 / 1.1, rel=0.01)
+    aligned = SurfaceSamples(scale * moved.points + offset, moved.normals, moved.face_index)
+    floor = _metrics(pred, gt)["chamfer_l1_mm"]
+    assert _metrics(moved, gt)["chamfer_l1_mm"] > 5 * floor
+    assert _metrics(aligned, gt)["chamfer_l1_mm"] < 1.1 * floor
 
 
 # --- bad input -----------------------------------------------------------------------------
@@ -231,7 +248,9 @@ def test_bad_input_gets_a_clear_error():
     with pytest.raises(ValueError, match="outside"):
         sample_surface(sphere.vertices, sphere.faces + len(sphere.vertices), 10, seed=0)
     with pytest.raises(ValueError, match="every triangle"):
-        head_and_face_metrics(samples, samples, np.ones(3, dtype=bool))
+        region_metrics(samples, samples, {"face": np.ones(3, dtype=bool)})
+    with pytest.raises(ValueError, match="face region"):
+        region_metrics(samples, samples, {"face": np.zeros(len(sphere.faces), dtype=bool)})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

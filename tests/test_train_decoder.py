@@ -1,4 +1,5 @@
-"""Decoder training on ICT heads (CPU smoke runs with tiny MLPs and the real latent layout), resume, export, fitting."""
+"""Decoder + factor map training on fresh ICT heads with hair (CPU smoke runs with tiny MLPs and the real latent
+layout), resume (also from a slimmed checkpoint), export, fitting from the mapped latents."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import pytest
 import torch
 
 from diffnphr.data.ict import load_ict
-from diffnphr.data.sampling import HeadSampler, SamplingConfig
+from diffnphr.data.samples import SamplingConfig
+from diffnphr.data.sampling import HeadSampler
 from diffnphr.heads.latents import LATENT_STATISTICS_FILE, load_head_latents, load_latent_statistics
 from diffnphr.heads.split import HEADS_FILE, SPLIT_FILE, load_head_split, make_head_split
 from diffnphr.nphm import MonoNPHM, MonoNPHMConfig
+from diffnphr.nphm.factor_map import FactorMap, FactorMapConfig
 from diffnphr.nphm.latents import PADDED
-from diffnphr.train.checkpoints import OPTIMIZER_FILE, list_checkpoints, load_checkpoint
+from diffnphr.train.checkpoints import OPTIMIZER_FILE, list_checkpoints, load_checkpoint, slim_checkpoint
 from diffnphr.train.config import DecoderTrainingConfig
-from diffnphr.train.decoder import export_decoder, train_decoder
-from diffnphr.train.fit import FitConfig, fit_heads
+from diffnphr.train.decoder import export_decoder, factor_map_config, train_decoder, training_heads
+from diffnphr.train.fit import FitConfig, fit_heads, identity_heads
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
 
 TINY_MODEL = MonoNPHMConfig(
@@ -30,6 +33,7 @@ TINY = DecoderTrainingConfig(
     expressions_per_identity=2,
     model=TINY_MODEL,
     sampling=TINY_SAMPLING,
+    factor_map=FactorMapConfig(hidden_dim=32, expression_hidden_dim=16, layers=2),
     heads_per_step=2,
     far_points=8,
     total_steps=12,
@@ -59,19 +63,21 @@ def run(tmp_path_factory):
     return root, summary
 
 
-def _fixed_loss(sampler, model, z_geo, z_exp, z_app, split, identities, slots) -> float:
-    """Total loss (default weights, no schedule) of heads (identity rows, expression slots) on a fixed batch of samples."""
-    weights = split.expression_weights[identities, slots]
-    batch = sampler.sample(split.identity_coefficients[identities], weights, split.appearance(identities), 12345)
-    terms = head_loss_terms(model, z_geo, z_exp, z_app, batch, (weights == 0).all(-1), TINY_SAMPLING.uniform_points)
+def _fixed_loss(sampler, model, z_geo, z_exp, z_app, heads) -> float:
+    """Total loss (default weights, no schedule) of heads (`HeadFactors`) on a fixed batch of samples."""
+    batch = sampler.sample(heads, 12345)
+    neutral = (heads.expression == 0).all(-1)
+    terms = head_loss_terms(model, z_geo, z_exp, z_app, batch, neutral, TINY_SAMPLING.uniform_points)
     return float(total_loss(terms, LossWeights()).detach())
 
 
-def _state(path):
+def _state(path, ict):
     checkpoint = load_checkpoint(path)
     model = MonoNPHM(TINY_MODEL, checkpoint.tensors["anchor_template"])
     model.load_state_dict({k[6:]: v for k, v in checkpoint.tensors.items() if k.startswith("model.")})
-    return checkpoint, model
+    factor_map = FactorMap(factor_map_config(ict, TINY))
+    factor_map.load_state_dict({k[11:]: v for k, v in checkpoint.tensors.items() if k.startswith("factor_map.")})
+    return checkpoint, model, factor_map
 
 
 def test_split_is_written_fixed_by_its_seed_and_disjoint(run, ict):
@@ -91,28 +97,29 @@ def test_split_is_written_fixed_by_its_seed_and_disjoint(run, ict):
     assert sorted(listed["train_identities"]) == sorted(train)
 
 
-def test_training_lowers_the_loss_of_training_heads(run, sampler):
+def test_training_lowers_the_loss_of_new_heads(run, sampler, ict):
+    """Trained on fresh heads, decoder and map do better on heads neither has seen."""
     root, summary = run
     assert summary["step"] == 12 and summary["done"]
-    split = load_head_split(root / "run")
-    initial, initial_model = _state(list_checkpoints(root / "initial")[-1])
-    trained, trained_model = _state(list_checkpoints(root / "run")[-1])
+    initial, initial_model, initial_map = _state(list_checkpoints(root / "initial")[-1], ict)
+    trained, trained_model, trained_map = _state(list_checkpoints(root / "run")[-1], ict)
     assert initial.step == 0 and trained.step == 12
-    identities = split.train_identities.repeat_interleave(2)
-    rows, slots = torch.arange(3).repeat_interleave(2), torch.arange(2).repeat(3)
+    unseen = training_heads(ict, 4, seed=424242)
     losses = []
-    for checkpoint, model in ((initial, initial_model), (trained, trained_model)):
-        t = checkpoint.tensors
-        codes = (
-            t["codebooks.geo.weight"][rows],
-            t["codebooks.exp.weight"][rows * 2 + slots],
-            t["codebooks.app.weight"][rows],
-        )
-        losses.append(_fixed_loss(sampler, model, *codes, split, identities, slots))
+    for model, factor_map in ((initial_model, initial_map), (trained_model, trained_map)):
+        losses.append(_fixed_loss(sampler, model, *factor_map.latents(unseen), unseen))
     assert losses[1] < 0.8 * losses[0]
     log = [json.loads(line) for line in (root / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [3, 6, 9, 12]
     assert all(r["steps_per_s"] > 0 for r in log if "loss" in r)
+
+
+def test_every_step_draws_new_heads_one_in_eight_neutral(ict):
+    first, second = training_heads(ict, 16, seed=1), training_heads(ict, 16, seed=2)
+    assert not torch.equal(first.identity, second.identity)
+    assert torch.equal(training_heads(ict, 16, seed=1).identity, first.identity)
+    neutral = (first.expression == 0).all(dim=1)
+    assert neutral[::8].all() and neutral.float().mean() < 0.5
 
 
 def test_resume_continues_at_the_same_step_with_identical_state(run, tmp_path):
@@ -137,7 +144,7 @@ def test_resume_continues_at_the_same_step_with_identical_state(run, tmp_path):
     assert torch.equal(expected.tensors["rng.batches"], got.tensors["rng.batches"])
     for name, tensor in expected.tensors.items():
         torch.testing.assert_close(got.tensors[name], tensor, rtol=1e-5, atol=1e-8, msg=name)
-    for key in ("network", "codes"):
+    for key in ("network",):
         assert expected.optimizers[key]["state"].keys() == got.optimizers[key]["state"].keys()
         for slot, state in expected.optimizers[key]["state"].items():
             for name, value in state.items():
@@ -149,12 +156,20 @@ def test_resume_continues_at_the_same_step_with_identical_state(run, tmp_path):
                 )
 
 
-def test_resume_without_optimizer_moments_warms_up_again(run, tmp_path):
+def test_resume_from_a_slimmed_checkpoint_warms_up_again(run, tmp_path):
+    """A run slimmed to carry it to a GPU (newest checkpoint only, float16, no optimiser) resumes."""
     root, _ = run
     travelled = tmp_path / "travelled"
     shutil.copytree(root / "run", travelled)
-    for checkpoint in list_checkpoints(travelled):
-        (checkpoint / OPTIMIZER_FILE).unlink()
+    newest = slim_checkpoint(travelled)
+    assert list_checkpoints(travelled) == [newest] and not (newest / OPTIMIZER_FILE).exists()
+    slimmed = load_checkpoint(newest).tensors
+    assert (
+        slimmed["model.id_decoder.anchor_template"].dtype == torch.float16
+        if "model.id_decoder.anchor_template" in (slimmed)
+        else all(t.dtype == torch.float16 for k, t in slimmed.items() if k.startswith("model."))
+    )
+    assert slimmed["rng.batches"].dtype == torch.uint8
     summary = train_decoder(travelled, time_budget_s=600, total_steps=13, device="cpu")
     assert summary["step"] == 13
     log = [json.loads(line) for line in (travelled / "train_log.jsonl").read_text().splitlines()]
@@ -169,15 +184,20 @@ def test_a_run_refuses_a_different_config(run):
         train_decoder(root / "run", config=DecoderTrainingConfig(), device="cpu")
 
 
-def test_export_and_fitting_held_out_heads(run, sampler, tmp_path):
+def test_export_and_fitting_held_out_heads(run, sampler, ict, tmp_path):
     root, _ = run
     exported = export_decoder(root / "run", tmp_path / "weights")
     decoder = MonoNPHM.from_pretrained(exported["decoder"])
     assert decoder.config == TINY_MODEL
+    factor_map = FactorMap.from_pretrained(exported["factor_map"])
     codebooks = load_head_latents(exported["latents"], "codebooks")
     split = load_head_split(exported["latents"])
     assert torch.equal(codebooks.identities, split.train_identities)
     assert codebooks.flat().shape == (3 * 2, PADDED)
+    heads = identity_heads(split, split.train_identities[:1], 2)
+    z_geo, z_exp, _ = factor_map.latents(heads)
+    torch.testing.assert_close(codebooks.z_geo[0], z_geo[0].detach(), atol=1e-3, rtol=0)  # the map's latents
+    torch.testing.assert_close(codebooks.z_exp[0], z_exp.detach(), atol=1e-3, rtol=0)
     statistics = load_latent_statistics(exported["latents"] / LATENT_STATISTICS_FILE)
     assert statistics.mean.shape == (PADDED,) and torch.all(statistics.std > 0)
     assert all(f.stat().st_size <= 16 * 2**20 for f in tmp_path.rglob("*") if f.is_file())
@@ -185,33 +205,27 @@ def test_export_and_fitting_held_out_heads(run, sampler, tmp_path):
     config = FitConfig(
         steps=10, sampling=TINY_SAMPLING, lr_shape_codes=1e-2, lr_expression_codes=2e-2, precision="fp32"
     )
-    summary = fit_heads(
-        exported["decoder"],
-        exported["latents"],
-        tmp_path / "fitted",
-        count=1,
-        expressions=1,
-        config=config,
-        device="cpu",
-    )
+
+    def fit(folder):
+        return fit_heads(
+            exported["decoder"],
+            exported["latents"],
+            folder,
+            count=1,
+            expressions=1,
+            config=config,
+            factor_map_dir=exported["factor_map"],
+            device="cpu",
+        )
+
+    summary = fit(tmp_path / "fitted")
     assert summary["fitted"] == 1 and summary["remaining"] == 0
     fitted = load_head_latents(tmp_path / "fitted", "fitted_heldout")
     identity = int(split.heldout_identities[0])
     assert fitted.identities.tolist() == [identity] and fitted.z_exp.shape == (1, 1, 100)
-    assert fitted.z_geo.norm() > 0 and fitted.z_geo.norm() <= 1.0 + 1e-5
     decoder.requires_grad_(False)
-    heads = (torch.tensor([identity]), torch.tensor([0]))
-    zero = _fixed_loss(sampler, decoder, torch.zeros(1, 2176), torch.zeros(1, 100), torch.zeros(1, 2176), split, *heads)
-    fit = _fixed_loss(sampler, decoder, fitted.z_geo, fitted.z_exp[:, 0], fitted.z_app, split, *heads)
-    assert fit < zero
-
-    again = fit_heads(
-        exported["decoder"],
-        exported["latents"],
-        tmp_path / "fitted",
-        count=1,
-        expressions=1,
-        config=config,
-        device="cpu",
-    )
-    assert again["fitted"] == 1 and again["last_group_loss"] is None  # nothing left to fit
+    head = identity_heads(split, torch.tensor([identity]), 1)
+    mapped = _fixed_loss(sampler, decoder, *(z.detach() for z in factor_map.latents(head)), head)
+    fit_loss = _fixed_loss(sampler, decoder, fitted.z_geo, fitted.z_exp[:, 0], fitted.z_app, head)
+    assert fit_loss < mapped  # fitting starts from the map and improves on it
+    assert fit(tmp_path / "fitted")["last_group_loss"] is None  # nothing left to fit

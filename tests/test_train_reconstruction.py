@@ -12,7 +12,8 @@ import torch
 from diffnphr.baselines.regression import LatentRegressor
 from diffnphr.data.appearance import REGIONS
 from diffnphr.data.ict import load_ict
-from diffnphr.data.renders import HeadRenderer, RenderConfig
+from diffnphr.data.renders import HeadRenderer
+from diffnphr.data.scenes import RenderConfig
 from diffnphr.diffusion import LatentDiffusion
 from diffnphr.encoders import FaceEncoder, farl_vision_config
 from diffnphr.heads.latents import load_head_latents, load_latent_statistics

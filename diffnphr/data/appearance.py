@@ -11,9 +11,14 @@ Regions (from the mean head: parts, Multi-PIE landmarks, eyeball geometry):
   from the front, 1 mm soft edge; eyebrows a 1 cm band along landmarks 17-21 and 22-26;
 * mouth interior: mouth_socket, gums_and_tongue; eye socket (conjunctiva): the eye sockets
   and the engine overlay strips; teeth; eyelashes take the eyebrow hair colour;
+* mouth interior darkening with depth: full colour at the lips' inner edge, fading towards
+  black (`MOUTH_DEPTH_DARKENING`) over the first 3 cm inwards, so an open mouth reads dark;
 * eyes: on both eyeball shells, iris where a vertex in front of the eyeball centre is within
-  the iris radius of the gaze axis (centre of the sclera shell to centre of the iris shell),
-  pupil within 0.35 of that radius, iris darkening towards a limbal ring at its rim.
+  the iris radius of the gaze axis, pupil within 0.35 of that radius, iris darkening towards a
+  limbal ring at its rim, white sclera around it. The gaze axis runs from the centre of the
+  sphere fitted to the sclera shell through the centre of the iris disc; the iris radius is
+  the disc's (ICT's iris subpart is a whole inner shell, not only the disc: its front is flat
+  out to the limbus, 5 mm from the axis on the mean head, then bends back along the eyeball).
 
 Per identity (one `numpy.random.default_rng(seed)`, always drawn in the same order):
 
@@ -25,7 +30,7 @@ Per identity (one `numpy.random.default_rng(seed)`, always drawn in the same ord
   dark hair) at a density U(0.4, 0.85);
 * iris: dark brown, brown, hazel, green, blue or grey (darker skin tones favour brown), with
   a brightness jitter; sclera off-white (90-100 %), teeth ivory with a yellowness jitter,
-  mouth interior dark red, conjunctiva a reddened skin tone, pupil near-black;
+  mouth interior dark red, conjunctiva a shadowed skin tone, pupil near-black;
 * subtle variation on skin, lips and brows: exp of 12 fixed low-frequency cosine fields over
   the mean head (wavelengths 8-25 cm; log-brightness std about 5 %, a little hue) plus a
   cheek blush of strength U(0, 0.25).
@@ -40,6 +45,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from diffnphr.data.colour import HAIR_SRGB, linear_to_srgb, srgb_to_linear
+from diffnphr.data.fields import polyline_distance, signed_distance_inside, smoothstep
 from diffnphr.frame import CM_PER_UNIT
 
 if TYPE_CHECKING:
@@ -47,23 +54,12 @@ if TYPE_CHECKING:
 
 REGIONS = ("skin", "lips", "brows", "mouth", "eye_socket", "teeth", "sclera", "iris", "pupil", "hair")
 SKIN_TONES_SRGB = ((241, 212, 196), (226, 185, 160), (205, 160, 128), (170, 122, 90), (122, 82, 58), (74, 50, 38))
-HAIR_SRGB = ((20, 16, 14), (55, 38, 28), (95, 65, 42), (140, 105, 70), (200, 170, 120), (150, 70, 40), (150, 150, 150))
 IRIS_SRGB = ((60, 35, 20), (100, 60, 30), (120, 95, 50), (85, 110, 70), (70, 105, 145), (110, 120, 125))
 VARIATION_FEATURES = 12
+MOUTH_DEPTH_DARKENING = 0.85  # the fraction of the mouth colour gone 3 cm behind the lips
 _FEATURE_SEED = 20240611
 _PUPIL_FRACTION = 0.35
-
-
-def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
-    """sRGB in [0, 1] to linear RGB (IEC 61966-2-1)."""
-    srgb = np.asarray(srgb, dtype=np.float64)
-    return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(linear: torch.Tensor) -> torch.Tensor:
-    """Linear RGB in [0, 1] to sRGB (IEC 61966-2-1)."""
-    linear = linear.clamp(0.0, 1.0)
-    return torch.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear.clamp_min(1e-8) ** (1 / 2.4) - 0.055)
+_MOUTH_DARK_DEPTH = 3.0 / CM_PER_UNIT
 
 
 @dataclass(frozen=True)
@@ -117,6 +113,7 @@ def appearance_basis(model: ICTFaceModel) -> AppearanceBasis:
     assign("skin", slice(0, model.num_vertices))
     for part in ("mouth_socket", "gums_and_tongue"):
         assign("mouth", model.part_vertices(part))
+        _darken_with_depth(model, positions, weights, column["mouth"], model.part_vertices(part))
     for part in model.part_names:
         if part.startswith(("eye_socket", "lacrimal_fluid", "eye_blend", "eye_occlusion")):
             assign("eye_socket", model.part_vertices(part))
@@ -126,12 +123,12 @@ def appearance_basis(model: ICTFaceModel) -> AppearanceBasis:
 
     face = np.arange(model.num_vertices)[model.part_vertices("face")]
     landmarks = positions[model.landmarks_68]
-    lips = _smoothstep(-0.004, 0.004, _signed_distance_inside(positions[face, :2], landmarks[48:60, :2]))
+    lips = smoothstep(-0.004, 0.004, signed_distance_inside(positions[face, :2], landmarks[48:60, :2]))
     brow_distance = np.minimum(
-        _polyline_distance(positions[face, :2], landmarks[17:22, :2]),
-        _polyline_distance(positions[face, :2], landmarks[22:27, :2]),
+        polyline_distance(positions[face, :2], landmarks[17:22, :2]),
+        polyline_distance(positions[face, :2], landmarks[22:27, :2]),
     )
-    brows = _smoothstep(0.022, 0.012, brow_distance) * (1.0 - lips)
+    brows = smoothstep(0.022, 0.012, brow_distance) * (1.0 - lips)
     weights[face, column["lips"]] = lips
     weights[face, column["brows"]] = brows
     weights[face, column["skin"]] = 1.0 - lips - brows
@@ -203,7 +200,7 @@ def _draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     teeth = srgb_to_linear(np.array([230, 220, 190]) / 255.0) * rng.uniform(0.85, 1.0)
     teeth = teeth * np.array([1.0, 1.0, rng.uniform(0.8, 1.0)])
     mouth = srgb_to_linear(np.array([150, 60, 60]) / 255.0) * rng.uniform(0.8, 1.1)
-    socket = skin * np.array([0.9, 0.6, 0.6])
+    socket = skin * np.array([0.5, 0.38, 0.38])
     pupil = srgb_to_linear(np.array([12, 10, 10]) / 255.0)
     brows = skin * (1.0 - density) + hair * density
     region_colours = {
@@ -230,25 +227,55 @@ def _paint_eye(
     model: ICTFaceModel, positions: np.ndarray, weights: np.ndarray, column: dict[str, int], side: str
 ) -> None:
     """Sclera, iris (darkening to a limbal ring) and pupil on both shells of one eyeball."""
-    shell = positions[model.part_vertices(f"sclera_{side}")]
-    iris_shell = positions[model.part_vertices(f"iris_{side}")]
-    centre = shell.mean(axis=0)
-    axis = iris_shell.mean(axis=0) - centre
-    axis /= np.linalg.norm(axis)
-    iris_radius = np.linalg.norm(np.cross(iris_shell - centre, axis), axis=1).max()
-
+    centre, axis, iris_radius = eye_geometry(model, side, positions)
     eyeball = model.part_vertices(f"eyeball_{side}")
     offset = positions[eyeball] - centre
     radial = np.linalg.norm(np.cross(offset, axis), axis=1) / iris_radius
     in_front = offset @ axis > 0
     edge = 0.05 / CM_PER_UNIT / iris_radius  # 0.5 mm soft rim
-    iris = _smoothstep(1.0 + edge, 1.0 - edge, radial) * in_front
-    pupil = _smoothstep(_PUPIL_FRACTION + edge, _PUPIL_FRACTION - edge, radial) * in_front
+    iris = smoothstep(1.0 + edge, 1.0 - edge, radial) * in_front
+    pupil = smoothstep(_PUPIL_FRACTION + edge, _PUPIL_FRACTION - edge, radial) * in_front
     limbal = 1.0 - 0.45 * np.clip(radial, 0.0, 1.0) ** 4
     weights[eyeball] = 0.0
     weights[eyeball, column["sclera"]] = 1.0 - iris
     weights[eyeball, column["iris"]] = (iris - pupil) * limbal
     weights[eyeball, column["pupil"]] = pupil
+
+
+def eye_geometry(
+    model: ICTFaceModel, side: str, positions: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One eyeball's centre (3,), unit gaze axis (3,) and iris radius (units) on a head (default the mean one).
+
+    The centre is that of the sphere fitted to the sclera shell (least squares); the axis runs
+    from it through the centre of the iris disc, the front of the iris shell that lies within
+    3 % of the eyeball's radius of its most forward point; the radius is that disc's.
+    """
+    positions = model.neutral.astype(np.float64) if positions is None else positions
+    shell = positions[model.part_vertices(f"sclera_{side}")]
+    iris_shell = positions[model.part_vertices(f"iris_{side}")]
+    system = np.concatenate([2 * shell, np.ones((len(shell), 1))], axis=1)
+    solution = np.linalg.lstsq(system, (shell**2).sum(axis=1), rcond=None)[0]
+    centre = solution[:3]
+    radius = float(np.sqrt(solution[3] + centre @ centre))
+    rough = iris_shell.mean(axis=0) - centre
+    rough /= np.linalg.norm(rough)
+    depth = (iris_shell - centre) @ rough
+    disc = iris_shell[depth > depth.max() - 0.03 * radius]
+    axis = disc.mean(axis=0) - centre
+    axis /= np.linalg.norm(axis)
+    iris_radius = float(np.linalg.norm(np.cross(disc - centre, axis), axis=1).max())
+    return centre, axis, iris_radius
+
+
+def _darken_with_depth(
+    model: ICTFaceModel, positions: np.ndarray, weights: np.ndarray, region: int, vertices: slice
+) -> None:
+    """Lower a mouth part's region weight (the rest is black) with its depth behind the mouth
+    opening: the mean z of the lips' inner landmarks (60-67)."""
+    opening_z = positions[model.landmarks_68[60:68], 2].mean()
+    depth = np.clip((opening_z - positions[vertices, 2]) / _MOUTH_DARK_DEPTH, 0.0, 1.0)
+    weights[vertices, region] *= 1.0 - MOUTH_DEPTH_DARKENING * smoothstep(0.0, 1.0, depth)
 
 
 def _variation_features(positions: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -262,30 +289,3 @@ def _variation_features(positions: np.ndarray, landmarks: np.ndarray) -> np.ndar
     cheeks = [landmarks[[36, 48, 2]].mean(axis=0), landmarks[[45, 54, 14]].mean(axis=0)]
     blush = sum(np.exp(-np.sum((positions - c) ** 2, axis=1) / (2 * 0.05**2)) for c in cheeks)
     return np.concatenate([waves, blush[:, None]], axis=1)
-
-
-def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _polyline_distance(points: np.ndarray, polyline: np.ndarray) -> np.ndarray:
-    """Distance from 2D points (N, 2) to an open polyline (M, 2)."""
-    start, end = polyline[:-1], polyline[1:]
-    segment = end - start
-    t = np.clip(np.einsum("nmc,mc->nm", points[:, None] - start[None], segment) / np.sum(segment**2, axis=1), 0.0, 1.0)
-    closest = start[None] + t[..., None] * segment[None]
-    return np.linalg.norm(points[:, None] - closest, axis=-1).min(axis=1)
-
-
-def _signed_distance_inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Distance from 2D points to a closed polygon's outline, positive inside it."""
-    closed = np.concatenate([polygon, polygon[:1]])
-    distance = _polyline_distance(points, closed)
-    start, end = closed[:-1], closed[1:]
-    crosses = (start[None, :, 1] > points[:, None, 1]) != (end[None, :, 1] > points[:, None, 1])
-    x_at = start[None, :, 0] + (points[:, None, 1] - start[None, :, 1]) * (end[None, :, 0] - start[None, :, 0]) / (
-        end[None, :, 1] - start[None, :, 1] + 1e-300
-    )
-    inside = np.sum(crosses & (points[:, None, 0] < x_at), axis=1) % 2 == 1
-    return np.where(inside, distance, -distance)

@@ -1,97 +1,140 @@
-"""Procedural hair meshes, rasterised together with an ICT head in training renders.
+"""Hair and beard as closed volumes on ICT heads: what the renders show and the decoder learns.
 
-Procedural hair and torso meshes, rasterised together with an ICT head in training renders.
+`HairModel` turns `HairStyles` (`diffnphr.data.hair_styles`) into geometry of one fixed
+topology for B heads at once, from their vertices in the canonical frame before any pose:
 
-Real photos show hair, a neck and shoulders around the face; ICT heads are bald busts cut at
-the neck. Both models here give B meshes of one fixed topology (so a batch rasterises in one
-go) from the B heads' vertices in the canonical frame, before any pose is applied: the
-renderer poses them with the head.
+* **scalp and beard volume as a displacement of the skin**: the skin vertices that can carry
+  hair (above the brows at the front, above and behind the ears at the sides, down to the nape
+  at the back; never the ears nor the face between brows and chin) move out along their
+  normals by the style's thickness (with long-wavelength lumps and short-wavelength curls),
+  thinning towards the hairline, which is a height interpolated over the azimuth round the
+  head (forehead, temples, sideburns, behind the ears, nape), with an optional horseshoe-bald
+  top. Beard vertices (jaw, chin, upper lip, under the jaw; never the lips) move out by the
+  beard's thickness. Near the ears the displacement is capped by the distance to the ear, so
+  the displaced skin never runs through it. The displaced skin is still the same closed,
+  outward-wound surface: skin ∪ hair volume, with real thickness everywhere and nothing
+  zero-width;
+* **a long-hair curtain as a closed slab**: an outer and an inner sheet of columns round the
+  back half of the head, hanging from the widest part of the hair surface down to the
+  style's length (neck to below the shoulders), with waves and ragged ends, `curtain_thickness`
+  apart and joined along their edges; for other styles it is folded flat inside the skull;
+* **a bun**: a sphere at the back of the head for bun styles, a tiny one inside the skull
+  otherwise;
+* **colours**: the style's colour with strand-like streaks that vary round the head and stay
+  nearly constant downwards, lighter tips on long hair; `coverage` says how much of each skin
+  vertex's colour the hair (or beard, by its density) replaces.
 
-Hair (`HairModel`):
-
-* a shell over the scalp: the skin vertices of `face` and `head_and_neck` that can carry hair
-  (above the brows at the front, above and behind the ears at the sides, down to the nape at
-  the back; never the ears nor the face between brows and chin), moved along the vertex
-  normals by the style's thickness (0.3-4 cm, with low-frequency lumps) where the style has
-  hair and 2 mm inside the skin where it has none. Where hair grows is a hairline height
-  interpolated over the azimuth around the head (forehead, temples, sideburns, behind the
-  ears, nape), optionally with a bald top (horseshoe pattern) or no hair at all; the shell's
-  outer rim always stays inside the skin, and the hair thins towards the hairline;
-* a curtain for long hair: a strip of columns around the back half of the head hanging from
-  the widest part of the skull shell down to the style's length (neck to below the
-  shoulders), with waves and ragged ends; for short styles it collapses inside the head;
-* colour: the head's own hair colour (appearance region "hair", so hair matches the brows)
-  or one from a palette (black ... blond, red, grey; dyed rarely), with strand-like streaks
-  that vary around the head and stay nearly constant downwards, lighter tips on long hair.
+The union with the eyeballs and teeth, and which triangles bound it, is
+`diffnphr.data.head_geometry`'s.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import trimesh
 from torch import Tensor
 
-from diffnphr.data.appearance import HAIR_SRGB, linear_to_srgb, srgb_to_linear
-from diffnphr.data.skin_shell import HIDDEN_DEPTH, check_heads, grid_faces, outer_skin_faces, skin_shell, smoothstep
-from diffnphr.frame import CM_PER_UNIT
+from diffnphr.data.colour import linear_to_srgb
+from diffnphr.data.fields import smoothstep
+from diffnphr.data.hair_regions import (
+    AZIMUTH_CENTRE_Z,
+    beard_field,
+    cosine_features,
+    ear_box,
+    may_carry_hair,
+    room_beside,
+    streak_features,
+)
+from diffnphr.data.hair_styles import (
+    CURL_FEATURES,
+    CURTAIN_COLUMNS,
+    CURTAIN_TOP,
+    HAIRLINE_AZIMUTHS,
+    LUMP_FEATURES,
+    STREAK_FEATURES,
+    HairStyles,
+    curtain_column_azimuths,
+)
+from diffnphr.data.skin_shell import check_heads, outer_skin_faces, slab_faces
 from diffnphr.render import vertex_normals
 
 if TYPE_CHECKING:
     from diffnphr.data.ict import ICTFaceModel
 
-# Fixed landmarks of the mean head (canonical units), where hair may grow and where it must not.
-_AZIMUTH_CENTRE_Z = -0.3  # the ears' depth: azimuth 0 faces the nose, +-pi the back of the head
-_BROW_CLEARANCE = 0.01  # the shell starts this far above the highest brow landmark at the front
-_FACE_AZIMUTH = math.radians(62)  # the face (brows to chin) lies within this azimuth
-_EAR_MARGIN = 0.03  # ears plus this margin carry no hair shell
-_HAIRLINE_AZIMUTHS = (0.0, 40.0, 65.0, 82.0, 110.0, 140.0, 180.0)  # degrees, control points of the hairline
-_THICKNESS_CM = (0.3, 4.0)
-_LUMP_FEATURES = 10
-_STREAK_FEATURES = 12
-_CURTAIN_COLUMNS = 40
-_CURTAIN_ROWS = 18
-_CURTAIN_START_AZIMUTH = math.radians(80)  # the curtain runs from here round the back to -here
-_CURTAIN_TOP = 0.42  # y where long hair leaves the skull shell (well above the ears)
-_CURTAIN_FULL = 0.12  # y from where it hangs outside the widest part of the shell
-_DYED_SRGB = ((150, 40, 110), (40, 70, 150), (120, 60, 160), (230, 225, 215), (180, 40, 40))
+_CURTAIN_ROWS = 32
+_CURTAIN_ROW_POWER = 1.6  # row k of R hangs at t = (k / (R - 1)) ** power of the length: dense where it is tucked in
+_CURTAIN_FULL = 0.12  # y from where the curtain hangs outside the widest part of the hair
+_BUN_SUBDIVISIONS = 2  # an icosphere of 162 vertices
+_HIDDEN_BUN = (0.0, 0.35, -0.3, 0.02)  # centre and radius of the bun of styles without one: inside the skull
+# Cells of the back of the head's radial profile (`inside_head`): heights from _CELL_BOTTOM up.
+_CELL_BOTTOM, _CELL_HEIGHT, _CELL_ROWS, _CELL_COLUMNS = -0.8, 0.025, 68, 72
+_FILL_PASSES = 6  # passes that fill empty curtain columns from their neighbours
 
 
 @dataclass(frozen=True)
-class HairStyles:
-    """Per-style hair parameters (B rows), drawn by `HairModel.sample_styles`.
+class HairOnHeads:
+    """What hair does to B heads' skin: displaced vertices, how much hair colour each shows, and that colour."""
 
-    Heights are canonical y; `hairline` (B, 7) at the azimuths `_HAIRLINE_AZIMUTHS`; `bald_top`
-    (B,) the height above which a horseshoe-bald style has no hair (large: none);
-    `thickness` (B,) units; `lumps` (B, 10) thickness modulation; `length` (B,) the y where a
-    long style's curtain ends (>= `_CURTAIN_TOP`: no curtain); `wave` (B, 2) amplitude and
-    phase of the curtain's waves; `ragged` (B, 40) per-column end jitter; `colour` (B, 3)
-    linear RGB; `streaks` (B, 12) log-brightness coefficients of the streak features.
-    """
+    vertices: Tensor  # (B, V, 3) every ICT vertex, skin carrying hair or beard moved out
+    coverage: Tensor  # (B, V) in [0, 1]: the hair colour's share of each vertex's colour
+    colours: Tensor  # (B, V, 3) sRGB hair colour (meaningful where coverage > 0)
 
-    hairline: Tensor
-    bald_top: Tensor
-    thickness: Tensor
-    lumps: Tensor
-    length: Tensor
-    wave: Tensor
-    ragged: Tensor
-    colour: Tensor
-    streaks: Tensor
 
-    def __len__(self) -> int:
-        return int(self.thickness.shape[0])
+@dataclass(frozen=True)
+class HairPieces:
+    """The closed hair solids beside the skin: the curtain slab and the bun (one topology for all
+    styles), and the shapes they were made from, for inside tests (`contains`)."""
 
-    def to(self, device: torch.device | str) -> HairStyles:
-        """The same styles on another device."""
-        return HairStyles(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    vertices: Tensor  # (B, P, 3)
+    faces: Tensor  # (F, 3) long, indexing the pieces' own vertices, wound outward
+    colours: Tensor  # (B, P, 3) sRGB
+    is_bun: Tensor  # (F,) bool: the bun's triangles (the others are the curtain's)
+    curtain_centre: Tensor  # (B, 3): the vertical axis the curtain hangs round
+    curtain_y: Tensor  # (B, R, C) height of each curtain grid point
+    curtain_radii: Tensor  # (B, 2, R, C) outer and inner sheet's distance from the axis
+    bun_centre: Tensor  # (B, 3)
+    bun_radius: Tensor  # (B,)
+
+    def contains(self, points: Tensor) -> Tensor:
+        """(B, Q) bool: which points (B, Q, 3) lie inside the bun or between the curtain's sheets."""
+        in_bun = (points - self.bun_centre[:, None]).norm(dim=-1) < self.bun_radius[:, None]
+        return in_bun | self._in_curtain(points)
+
+    def _in_curtain(self, points: Tensor) -> Tensor:
+        rows, columns = self.curtain_y.shape[1:]
+        azimuths = curtain_column_azimuths().to(points.device)
+        offset = points - self.curtain_centre[:, None]
+        azimuth = torch.remainder(torch.atan2(offset[..., 0], offset[..., 2]), 2 * math.pi)
+        column = (azimuth - azimuths[0]) / (azimuths[1] - azimuths[0])
+        left = column.floor().clamp(0, columns - 2).long()
+        across = (column - left).clamp(0, 1)
+        end = self.curtain_y[:, -1]  # (B, C) where each column ends
+        end = end.gather(1, left) * (1 - across) + end.gather(1, left + 1) * across
+        t = (CURTAIN_TOP - points[..., 1]) / (CURTAIN_TOP - end).clamp_min(1e-6)
+        down = t.clamp_min(0) ** (1 / _CURTAIN_ROW_POWER) * (rows - 1) - (t < 0).float()  # < 0 above the top
+        top = down.floor().clamp(0, rows - 2).long()
+        along = (down - top).clamp(0, 1)
+        grid = self.curtain_radii.flatten(2)  # (B, 2, R·C)
+
+        def radius(sheet: int) -> Tensor:
+            value = 0.0
+            for row, row_weight in ((top, 1 - along), (top + 1, along)):
+                for col, col_weight in ((left, 1 - across), (left + 1, across)):
+                    value = value + grid[:, sheet].gather(1, row * columns + col) * row_weight * col_weight
+            return value
+
+        distance = offset[..., [0, 2]].norm(dim=-1)
+        within = (column >= 0) & (column <= columns - 1) & (down >= 0) & (down <= rows - 1)
+        return within & (distance < radius(0)) & (distance > radius(1))
 
 
 class HairModel:
-    """Hair shell and long-hair curtain of one fixed topology over an ICT model's heads (module docstring)."""
+    """Hair geometry of one fixed topology over an ICT model's heads (module docstring)."""
 
     def __init__(self, model: ICTFaceModel, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -99,237 +142,232 @@ class HairModel:
         landmarks = positions[model.landmarks_68]
         skin_faces = outer_skin_faces(model)
         skin_rows = np.unique(skin_faces)
-        azimuth_all = np.arctan2(positions[:, 0], positions[:, 2] - _AZIMUTH_CENTRE_Z)
-        carries = np.zeros(model.num_vertices, dtype=bool)
-        carries[skin_rows] = _may_carry_hair(positions[skin_rows], azimuth_all[skin_rows], landmarks)
+        azimuth = np.arctan2(positions[:, 0], positions[:, 2] - AZIMUTH_CENTRE_Z)
+        ear = ear_box(positions, landmarks)
+        scalp = np.zeros(model.num_vertices, dtype=bool)
+        scalp[skin_rows] = may_carry_hair(positions[skin_rows], azimuth[skin_rows], landmarks) & ~ear[skin_rows]
+        beard = np.zeros(model.num_vertices)
+        beard[skin_rows] = beard_field(model, positions[skin_rows], azimuth[skin_rows], landmarks)
+        beard[ear] = 0.0
 
-        rows, shell_faces, normal_faces, rim = skin_shell(skin_faces, carries)
-        self.shell_rows = torch.as_tensor(rows, device=self.device)
-        self.shell_faces = torch.as_tensor(shell_faces, device=self.device)
-        self._normal_faces = torch.as_tensor(normal_faces, device=self.device)
-        self._rim = torch.as_tensor(rim, device=self.device)
-
+        rows = np.flatnonzero(scalp | (beard > 0))
+        self.rows = torch.as_tensor(rows, device=self.device)
+        self._normal_faces = torch.as_tensor(skin_faces[np.isin(skin_faces, rows).any(axis=1)], device=self.device)
+        # The scalp's outline (a scalp vertex with a skin neighbour outside the scalp) never moves.
+        outline = np.zeros(model.num_vertices, dtype=bool)
+        crossing = scalp[skin_faces].any(axis=1) & ~scalp[skin_faces].all(axis=1)
+        outline[skin_faces[crossing].ravel()] = True
+        self._scalp = torch.as_tensor(scalp[rows] & ~outline[rows], device=self.device)
+        self._beard = torch.as_tensor(beard[rows], dtype=torch.float32, device=self.device)
+        self._room = torch.as_tensor(
+            room_beside(positions[rows], positions[ear]), dtype=torch.float32, device=self.device
+        )
+        self._azimuth = torch.as_tensor(np.abs(azimuth[rows]), dtype=torch.float32, device=self.device)
+        self._height = torch.as_tensor(positions[rows, 1], dtype=torch.float32, device=self.device)
         shell = positions[rows]
-        self._shell_azimuth = torch.as_tensor(np.abs(azimuth_all[rows]), dtype=torch.float32, device=self.device)
-        self._shell_y = torch.as_tensor(shell[:, 1], dtype=torch.float32, device=self.device)
-        self._lump_features = torch.as_tensor(
-            _cosine_features(shell, _LUMP_FEATURES, 0.25, 0.6, seed=11), dtype=torch.float32, device=self.device
-        )
-
-        # Curtain columns round the back, and which shell vertices measure the skull at each.
-        self._column_azimuth = torch.linspace(
-            _CURTAIN_START_AZIMUTH, 2 * math.pi - _CURTAIN_START_AZIMUTH, _CURTAIN_COLUMNS, device=self.device
-        )
-        spacing = float(self._column_azimuth[1] - self._column_azimuth[0])
-        signed = np.mod(azimuth_all[rows], 2 * math.pi)
-        column = np.rint((signed - _CURTAIN_START_AZIMUTH) / spacing).astype(np.int64)
-        band = (shell[:, 1] > _CURTAIN_FULL - 0.1) & (shell[:, 1] < _CURTAIN_TOP + 0.05)
-        band &= (column >= 0) & (column < _CURTAIN_COLUMNS)
-        self._band_rows = torch.as_tensor(np.nonzero(band)[0], device=self.device)
-        self._band_column = torch.as_tensor(column[band], device=self.device)
-        self._band_top = torch.as_tensor(shell[band, 1] > _CURTAIN_TOP - 0.05, device=self.device)
-        grid = np.arange(_CURTAIN_ROWS * _CURTAIN_COLUMNS).reshape(_CURTAIN_ROWS, _CURTAIN_COLUMNS)
-        curtain_faces = grid_faces(grid) + len(rows)
-        self.faces = torch.cat([self.shell_faces, torch.as_tensor(curtain_faces, device=self.device)])
-        self.num_vertices = len(rows) + _CURTAIN_ROWS * _CURTAIN_COLUMNS
-
-        # Streak features over every hair vertex: azimuth (fast) and height (slow).
-        curtain_azimuth = np.angle(np.exp(1j * np.tile(self._column_azimuth.cpu().numpy(), _CURTAIN_ROWS)))
-        curtain_t = np.repeat(np.linspace(0.0, 1.0, _CURTAIN_ROWS), _CURTAIN_COLUMNS)
-        self._curtain_t = torch.as_tensor(curtain_t, dtype=torch.float32, device=self.device)
-        azimuth = np.concatenate([azimuth_all[rows], curtain_azimuth])
-        height = np.concatenate([shell[:, 1], _CURTAIN_TOP - curtain_t])
-        self._streak_features = torch.as_tensor(
-            _streak_features(azimuth, height), dtype=torch.float32, device=self.device
-        )
+        self._lump_features = _tensor(cosine_features(shell, LUMP_FEATURES, 0.25, 0.6, seed=11), self.device)
+        self._curl_features = _tensor(cosine_features(shell, CURL_FEATURES, 0.08, 0.2, seed=13), self.device)
+        self._streak_features = _tensor(streak_features(azimuth[rows], shell[:, 1], STREAK_FEATURES), self.device)
         self._num_head_vertices = model.num_vertices
+        self._profile_rows = torch.as_tensor(skin_rows[positions[skin_rows, 2] < 0.05], device=self.device)
+        self._init_curtain(positions, azimuth, scalp)
+        self._init_bun()
+        self.pieces_faces = torch.cat([self._curtain_faces, self._bun_faces + 2 * self._curtain_size])
+        self.pieces_is_bun = torch.arange(len(self.pieces_faces), device=self.device) >= len(self._curtain_faces)
 
-    def sample_styles(self, count: int, generator: torch.Generator, colours: Tensor | None = None) -> HairStyles:
-        """`count` random hair styles (on CPU), from bald to shoulder length.
-
-        `colours` (count, 3), optional linear RGB hair colours (e.g. the appearance's "hair"
-        region, so hair matches the brows); a few styles still get grey or dyed hair.
-        """
-        if count < 0:
-            raise ValueError(f"count must be non-negative, got {count}")
-        g = generator
-
-        def uniform(low: float, high: float, *shape: int) -> Tensor:
-            return low + (high - low) * torch.rand((count, *shape), generator=g)
-
-        kind = (
-            torch.multinomial(torch.tensor([0.06, 0.1, 0.5, 0.34]), count, replacement=True, generator=g)
-            if count
-            else torch.zeros(0, dtype=torch.long)
+    def _init_curtain(self, positions: np.ndarray, azimuth: np.ndarray, scalp: np.ndarray) -> None:
+        """Curtain columns round the back, and which scalp vertices measure the skull at each."""
+        self._column_azimuth = curtain_column_azimuths().to(self.device)
+        spacing = float(self._column_azimuth[1] - self._column_azimuth[0])
+        rows = self.rows.cpu().numpy()
+        signed = np.mod(azimuth[rows], 2 * math.pi)
+        column = np.rint((signed - float(self._column_azimuth[0])) / spacing).astype(np.int64)
+        height = positions[rows, 1]
+        band = scalp[rows] & (height > _CURTAIN_FULL - 0.1) & (height < CURTAIN_TOP + 0.05)
+        band &= (column >= 0) & (column < CURTAIN_COLUMNS)
+        self._band_rows = torch.as_tensor(np.flatnonzero(band), device=self.device)
+        self._band_column = torch.as_tensor(column[band], device=self.device)
+        self._band_top = torch.as_tensor(height[band] > CURTAIN_TOP - 0.05, device=self.device)
+        self._band_sides = torch.as_tensor(
+            np.isin(column[band], [0, 1, CURTAIN_COLUMNS - 2, CURTAIN_COLUMNS - 1]), device=self.device
         )
-        bald, balding, _short, long_ = (kind == k for k in range(4))
-        fringe = torch.rand(count, generator=g) < 0.2
-        front = torch.where(fringe, uniform(0.345, 0.38), uniform(0.5, 0.6))
-        front = torch.where(balding, uniform(0.58, 0.66), front)
-        temple = torch.maximum(front + uniform(-0.02, 0.08), torch.full((count,), 0.36))
-        sideburn_cap = torch.where(long_, 0.2, 0.32)
-        above_ear = torch.minimum(uniform(0.24, 0.34), sideburn_cap)
-        sideburn = torch.minimum(uniform(0.02, 0.28), above_ear)
-        behind_ear = torch.minimum(uniform(-0.05, 0.25), sideburn_cap)
-        nape = torch.where(long_, uniform(-0.35, -0.15), uniform(-0.3, 0.05))
-        hairline = torch.stack([front, temple, above_ear, sideburn, behind_ear, nape + uniform(0.0, 0.06), nape], dim=1)
-        hairline = torch.where(bald[:, None], torch.full_like(hairline, 9.0), hairline)
-        bald_top = torch.where(balding, uniform(0.42, 0.56), torch.full((count,), 9.0))
+        self._curtain_t = torch.linspace(0.0, 1.0, _CURTAIN_ROWS, device=self.device) ** _CURTAIN_ROW_POWER
+        self._curtain_size = _CURTAIN_ROWS * CURTAIN_COLUMNS
+        self._curtain_faces = torch.as_tensor(slab_faces(_CURTAIN_ROWS, CURTAIN_COLUMNS), device=self.device)
+        curtain_azimuth = np.angle(np.exp(1j * np.tile(self._column_azimuth.cpu().numpy(), _CURTAIN_ROWS)))
+        curtain_height = CURTAIN_TOP - np.repeat(self._curtain_t.cpu().numpy(), CURTAIN_COLUMNS)
+        features = _tensor(streak_features(curtain_azimuth, curtain_height, STREAK_FEATURES), self.device)
+        self._curtain_streak_features = torch.cat([features, features])  # outer and inner sheet
 
-        thickness_cm = torch.exp(uniform(math.log(_THICKNESS_CM[0]), math.log(_THICKNESS_CM[1])))
-        thickness = torch.where(balding, thickness_cm.clamp(max=0.8), thickness_cm) / CM_PER_UNIT  # short at the sides
-        lumps = torch.randn(count, _LUMP_FEATURES, generator=g) * uniform(0.05, 0.25)[:, None]
-        length = torch.where(long_, uniform(-1.1, -0.15), torch.full((count,), _CURTAIN_TOP))
-        wave = torch.stack([uniform(0.0, 0.03), uniform(0.0, 2 * math.pi)], dim=1)
-        jitter = torch.rand(count, _CURTAIN_COLUMNS + 4, generator=g)
-        jitter = sum(jitter[:, k : k + _CURTAIN_COLUMNS] for k in range(5)) / 5 * 0.7 + 0.3 * jitter[:, 2:-2]
-        sides = (1 + torch.cos(self._column_azimuth.cpu())) / 2  # 1 beside the face, 0 at the back
-        ragged = jitter * uniform(0.0, 0.12)[:, None] + sides * uniform(-0.2, 0.1)[:, None]
+    def _init_bun(self) -> None:
+        sphere = trimesh.creation.icosphere(subdivisions=_BUN_SUBDIVISIONS)
+        self._bun_unit = _tensor(np.asarray(sphere.vertices), self.device)
+        self._bun_faces = torch.as_tensor(np.asarray(sphere.faces, dtype=np.int64), device=self.device)
+        self._bun_streak_features = _tensor(
+            cosine_features(np.asarray(sphere.vertices) * 0.1, STREAK_FEATURES, 0.04, 0.12, seed=29), self.device
+        )
 
-        palette = torch.as_tensor(srgb_to_linear(np.array(HAIR_SRGB) / 255.0), dtype=torch.float32)
-        odds = torch.tensor([0.24, 0.26, 0.16, 0.1, 0.1, 0.06, 0.08])
-        drawn = palette[torch.multinomial(odds, count, replacement=True, generator=g)] if count else palette[:0]
-        if colours is not None:
-            colours = torch.as_tensor(colours, dtype=torch.float32).cpu()
-            if colours.shape != (count, 3):
-                raise ValueError(f"colours must have shape ({count}, 3), got {tuple(colours.shape)}")
-            drawn = torch.where((torch.rand(count, generator=g) < 0.85)[:, None], colours, drawn)
-        dyed = torch.as_tensor(srgb_to_linear(np.array(_DYED_SRGB) / 255.0), dtype=torch.float32)
-        dyed = dyed[torch.randint(0, len(_DYED_SRGB), (count,), generator=g)]
-        colour = torch.where((torch.rand(count, generator=g) < 0.03)[:, None], dyed, drawn)
-        colour = (colour * torch.exp(0.15 * torch.randn(count, 1, generator=g))).clamp(0.0, 1.0)
-        streaks = torch.randn(count, _STREAK_FEATURES, generator=g) * uniform(0.08, 0.3)[:, None]
-        return HairStyles(hairline, bald_top, thickness, lumps, length, wave, ragged, colour, streaks)
-
-    def mesh(self, head_vertices: Tensor, styles: HairStyles) -> tuple[Tensor, Tensor, Tensor]:
-        """Hair of B heads: vertices (B, Vh, 3), faces (Fh, 3) long (shared), colours (B, Vh, 3) sRGB.
-
-        `head_vertices` (B, V, 3) in the canonical frame (before pose); `styles` of B rows.
-        Faces index the hair's own vertices; the renderer offsets them when concatenating.
-        """
+    # ----------------------------------------------------------------------------------------
+    def on_heads(self, head_vertices: Tensor, styles: HairStyles) -> HairOnHeads:
+        """The scalp and beard volume of B heads (B, V, 3) as displaced skin, with coverage and colour."""
         head_vertices = check_heads(head_vertices, self._num_head_vertices)
-        count = head_vertices.shape[0]
-        if len(styles) != count:
-            raise ValueError(f"{len(styles)} hair styles for {count} heads")
+        if len(styles) != head_vertices.shape[0]:
+            raise ValueError(f"{len(styles)} hair styles for {head_vertices.shape[0]} heads")
         styles = styles.to(head_vertices.device)
-        normals = vertex_normals(head_vertices, self._normal_faces)[:, self.shell_rows]
-        skin = head_vertices[:, self.shell_rows]
-
+        normals = vertex_normals(head_vertices, self._normal_faces)[:, self.rows]
         presence, above = self._presence(styles)
-        lumps = 1.0 + (styles.lumps @ self._lump_features.T)  # (B, Vs)
-        thickness = styles.thickness[:, None] * lumps.clamp(0.6, 1.4) * (0.25 + 0.75 * above)
-        offset = -HIDDEN_DEPTH + (thickness + HIDDEN_DEPTH) * presence
-        shell = skin + normals * offset[..., None]
+        modulation = 1.0 + styles.lumps @ self._lump_features.T + styles.curls @ self._curl_features.T
+        scalp = styles.thickness[:, None] * modulation.clamp(0.5, 1.6) * (0.25 + 0.75 * above) * presence
+        beard = styles.beard[:, :1] * self._beard
+        offset = torch.minimum(torch.maximum(scalp, beard), self._room)
+        vertices = head_vertices.clone()
+        vertices[:, self.rows] = head_vertices[:, self.rows] + normals * offset[..., None]
 
-        curtain = self._curtain(shell, styles)
-        vertices = torch.cat([shell, curtain], dim=1)
-        return vertices, self.faces, self._colours(styles)
+        thick = (styles.thickness / 0.012).clamp(0.6, 1.0)[:, None]  # a buzz cut shows some scalp
+        shows = torch.maximum(presence * thick, styles.beard[:, 1:] * self._beard)
+        coverage = head_vertices.new_zeros(head_vertices.shape[:2])
+        coverage[:, self.rows] = shows
+        colours = head_vertices.new_zeros(head_vertices.shape)
+        colours[:, self.rows] = self._streaked(styles, self._streak_features)
+        return HairOnHeads(vertices, coverage, colours)
 
-    def _presence(self, styles: HairStyles) -> tuple[Tensor, Tensor]:
-        """(B, Vs) where each style has hair on the shell (0..1, 0 on the rim) and how far above
-        its hairline (0..1 over 6 cm), for thinning hair towards the hairline."""
-        knots = torch.tensor(_HAIRLINE_AZIMUTHS, device=styles.hairline.device).deg2rad()
-        segment = (torch.searchsorted(knots, self._shell_azimuth.contiguous()) - 1).clamp(0, len(knots) - 2)
-        fraction = ((self._shell_azimuth - knots[segment]) / (knots[segment + 1] - knots[segment])).clamp(0, 1)
-        height = (
-            styles.hairline[:, segment] + (styles.hairline[:, segment + 1] - styles.hairline[:, segment]) * fraction
+    def pieces(self, hair_vertices: Tensor, styles: HairStyles) -> HairPieces:
+        """The curtain slab and the bun of B heads, from their displaced skin (`on_heads(...).vertices`)."""
+        hair_vertices = check_heads(hair_vertices, self._num_head_vertices)
+        styles = styles.to(hair_vertices.device)
+        scalp = hair_vertices[:, self.rows]
+        centre, y, radii = self._curtain(scalp, styles)
+        bun_centre, bun_radius = self._bun(scalp, styles)
+        azimuth = self._column_azimuth[None, None, :]
+        sheets = [
+            torch.stack(
+                [
+                    centre[:, 0, None, None] + r * torch.sin(azimuth),
+                    y,
+                    centre[:, 2, None, None] + r * torch.cos(azimuth),
+                ],
+                dim=-1,
+            ).flatten(1, 2)
+            for r in radii.unbind(dim=1)
+        ]
+        bun = bun_centre[:, None] + bun_radius[:, None, None] * self._bun_unit
+        tips = 0.25 * self._curtain_t.repeat_interleave(CURTAIN_COLUMNS) ** 2
+        curtain_colours = self._streaked(styles, self._curtain_streak_features, torch.cat([tips, tips]))
+        colours = torch.cat([curtain_colours, self._streaked(styles, self._bun_streak_features)], dim=1)
+        return HairPieces(
+            torch.cat([*sheets, bun], dim=1),
+            self.pieces_faces,
+            colours,
+            self.pieces_is_bun,
+            centre,
+            y,
+            radii,
+            bun_centre,
+            bun_radius,
         )
-        rise = self._shell_y - height  # (B, Vs)
-        presence = smoothstep(-0.035, 0.035, rise) * smoothstep(0.03, -0.03, self._shell_y - styles.bald_top[:, None])
-        presence = presence * (~self._rim).float()
-        return presence, smoothstep(0.0, 0.25, rise)
 
-    def _curtain(self, shell: Tensor, styles: HairStyles) -> Tensor:
-        """(B, rows * columns, 3) long-hair strip hanging from the skull shell, or folded inside the head."""
-        count, _device = shell.shape[0], shell.device
-        band = shell[:, self._band_rows]  # (B, N, 3)
-        centre = band.mean(dim=1)  # (B, 3): the skull's axis, horizontally
+    def radial_profile(self, hair_vertices: Tensor, centre: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Distance (B, Q) of points (B, Q, 3) from the vertical axis through `centre` (B, 3), and the
+        distance of the heads' skin with hair (`on_heads(...).vertices`) from it in the same direction.
+
+        The back of a head is star-shaped about that axis: the skin's distance in a direction is the
+        largest distance of its vertices in the same (height, azimuth) cell (6 mm × 5°; an empty
+        cell takes its neighbours'). Meant for points behind the ears (the curtain, the bun and
+        the skin they touch), not for the face.
+        """
+        profile = self._cells(hair_vertices[:, self._profile_rows], centre)
+        cell, distance = self._cell_of(points, centre)
+        return distance, profile.gather(1, cell)
+
+    # ----------------------------------------------------------------------------------------
+    def _presence(self, styles: HairStyles) -> tuple[Tensor, Tensor]:
+        """(B, Vr) where each style has scalp hair (0..1, 0 on the scalp's outline and off it) and how
+        far above its hairline (0..1 over 6 cm), for hair that thins towards the hairline."""
+        knots = torch.tensor(HAIRLINE_AZIMUTHS, device=styles.hairline.device).deg2rad()
+        segment = (torch.searchsorted(knots, self._azimuth.contiguous()) - 1).clamp(0, len(knots) - 2)
+        fraction = ((self._azimuth - knots[segment]) / (knots[segment + 1] - knots[segment])).clamp(0, 1)
+        line = styles.hairline[:, segment] + (styles.hairline[:, segment + 1] - styles.hairline[:, segment]) * fraction
+        rise = self._height - line
+        presence = smoothstep(-0.035, 0.035, rise) * smoothstep(0.03, -0.03, self._height - styles.bald_top[:, None])
+        return presence * self._scalp.float(), smoothstep(0.0, 0.25, rise)
+
+    def _streaked(self, styles: HairStyles, features: Tensor, extra: Tensor | float = 0.0) -> Tensor:
+        """(B, N, 3) sRGB: the styles' colours times the exp of their streaks on `features` (N, 12)."""
+        log_brightness = styles.streaks @ features.T + extra
+        return linear_to_srgb(styles.colour[:, None, :] * torch.exp(log_brightness)[..., None])
+
+    def _curtain(self, scalp: Tensor, styles: HairStyles) -> tuple[Tensor, Tensor, Tensor]:
+        """The long-hair slab's axis (B, 3), grid heights (B, R, C) and outer and inner radii
+        (B, 2, R, C), or a flat ring folded inside the skull for styles without one."""
+        band = scalp[:, self._band_rows]
+        # The skull's vertical axis: midway between the band's sides in x, at the sides' depth in z.
+        sides = band[:, self._band_sides]
+        centre = torch.stack([band[..., 0].mean(dim=1), band[..., 1].mean(dim=1), sides[..., 2].mean(dim=1)], dim=1)
         radius = torch.linalg.vector_norm((band - centre[:, None])[..., [0, 2]], dim=-1)
         widest = self._column_maximum(radius)
         top = self._column_maximum(torch.where(self._band_top, radius, torch.zeros_like(radius)))
         top = torch.where(top > 0, top, widest)
 
-        t = self._curtain_t.view(_CURTAIN_ROWS, _CURTAIN_COLUMNS)[None]  # (1, R, C)
-        used = (styles.length < _CURTAIN_TOP - 0.1).float()[:, None, None]
+        t = self._curtain_t.view(_CURTAIN_ROWS, 1)[None]  # (1, R, 1)
+        used = (styles.length < CURTAIN_TOP - 0.1).float()[:, None, None]
         end = (styles.length[:, None] - styles.ragged)[:, None, :]  # (B, 1, C)
-        y = _CURTAIN_TOP + (end - _CURTAIN_TOP) * t
-        wave = styles.wave[:, 0, None, None] * torch.sin(12.0 * (_CURTAIN_TOP - y) + styles.wave[:, 1, None, None])
-        # Tucked under the shell at the top, out over its widest part lower down, loosening below.
-        spread = smoothstep(_CURTAIN_TOP, _CURTAIN_FULL, y)
+        y = CURTAIN_TOP + (end - CURTAIN_TOP) * t
+        wave = styles.wave[:, 0, None, None] * torch.sin(12.0 * (CURTAIN_TOP - y) + styles.wave[:, 1, None, None])
+        # Tucked under the hair at the top, out over its widest part lower down, loosening below.
+        spread = smoothstep(CURTAIN_TOP, _CURTAIN_FULL, y)
         r = top[:, None] - 0.015 + (widest[:, None] + 0.005 - top[:, None] + 0.015) * spread
         r = r + 0.03 * (_CURTAIN_FULL - y).clamp_min(0.0) + wave * spread
         r = r * used + (1 - used) * 0.5 * widest[:, None, :]  # unused: folded well inside the skull
-        y = y * used + (1 - used) * _CURTAIN_TOP
-        azimuth = self._column_azimuth[None, None, :]
-        x = centre[:, 0, None, None] + r * torch.sin(azimuth)
-        z = centre[:, 2, None, None] + r * torch.cos(azimuth)
-        return torch.stack([x.expand_as(y), y, z.expand_as(y)], dim=-1).reshape(count, -1, 3)
+        y = y * used + (1 - used) * CURTAIN_TOP
+        inner = (r - styles.curtain_thickness[:, None, None] * used).clamp_min(0.2 * widest[:, None, :])
+        return centre, y, torch.stack([r, inner], dim=1)
+
+    def _bun(self, scalp: Tensor, styles: HairStyles) -> tuple[Tensor, Tensor]:
+        """Centre (B, 3) and radius (B,) of the bun behind the hair at the style's height, or of a
+        tiny sphere inside the skull."""
+        radius, height = styles.bun[:, 0], styles.bun[:, 1]
+        near = (scalp[..., 0].abs() < 0.08) & ((scalp[..., 1] - height[:, None]).abs() < 0.06)
+        back = torch.where(near, scalp[..., 2], torch.zeros_like(scalp[..., 2])).amin(dim=1)
+        centre = torch.stack([torch.zeros_like(height), height, back - 0.55 * radius], dim=1)
+        hidden = torch.tensor(_HIDDEN_BUN, device=scalp.device)
+        has_bun = radius > 0
+        return torch.where(has_bun[:, None], centre, hidden[:3]), torch.where(has_bun, radius, hidden[3])
+
+    @staticmethod
+    def _cell_of(points: Tensor, centre: Tensor) -> tuple[Tensor, Tensor]:
+        """Each point's (height, azimuth) cell index (B, Q) round the axis through `centre` (B, 3),
+        and its distance from the axis."""
+        y = points[..., 1]
+        x, z = (points[..., 0] - centre[:, None, 0]), (points[..., 2] - centre[:, None, 2])
+        row = ((y - _CELL_BOTTOM) / _CELL_HEIGHT).floor().clamp(0, _CELL_ROWS - 1).long()
+        azimuth = torch.atan2(x, z) + math.pi
+        column = (azimuth / (2 * math.pi) * _CELL_COLUMNS).floor().clamp(0, _CELL_COLUMNS - 1).long()
+        return row * _CELL_COLUMNS + column, torch.hypot(x, z)
+
+    def _cells(self, skin: Tensor, centre: Tensor) -> Tensor:
+        """(B, cells) the largest distance from the axis of the skin points (B, N, 3) in each cell."""
+        cell, distance = self._cell_of(skin, centre)
+        largest = skin.new_zeros(skin.shape[0], _CELL_ROWS * _CELL_COLUMNS)
+        largest = largest.scatter_reduce(1, cell, distance, reduce="amax")
+        grid = largest.view(-1, 1, _CELL_ROWS, _CELL_COLUMNS)
+        around = torch.nn.functional.max_pool2d(grid, 3, stride=1, padding=1)
+        return torch.where(grid > 0, grid, around).flatten(1)
 
     def _column_maximum(self, values: Tensor) -> Tensor:
         """(B, C) the largest of per-band-vertex `values` (B, N) in each curtain column, smoothed
-        over neighbouring columns; empty columns take the overall largest."""
+        over neighbouring columns; an empty column takes its nearest filled neighbours' mean."""
         count = values.shape[0]
-        largest = torch.zeros(count, _CURTAIN_COLUMNS, device=values.device)
+        largest = torch.zeros(count, CURTAIN_COLUMNS, device=values.device)
         largest = largest.scatter_reduce(1, self._band_column.expand(count, -1), values, reduce="amax")
+        for _ in range(_FILL_PASSES):
+            padded = torch.cat([largest[:, :1] * 0, largest, largest[:, -1:] * 0], dim=1)
+            filled = (padded[:, :-2] > 0).float() + (padded[:, 2:] > 0).float()
+            mean = (padded[:, :-2] + padded[:, 2:]) / filled.clamp_min(1)
+            largest = torch.where((largest > 0) | (filled == 0), largest, mean)
         largest = torch.where(largest > 0, largest, largest.amax(dim=1, keepdim=True))
         padded = torch.cat([largest[:, :1], largest, largest[:, -1:]], dim=1)
         return (padded[:, :-2] + 2 * largest + padded[:, 2:]) / 4
 
-    def _colours(self, styles: HairStyles) -> Tensor:
-        """(B, Vh, 3) sRGB: the style's colour with streaks, tips of long hair a little lighter."""
-        log_brightness = styles.streaks @ self._streak_features.T  # (B, Vh)
-        tips = torch.cat(
-            [
-                torch.zeros(len(styles), len(self.shell_rows), device=log_brightness.device),
-                0.25 * self._curtain_t.expand(len(styles), -1) ** 2,
-            ],
-            dim=1,
-        )
-        linear = styles.colour[:, None, :] * torch.exp(log_brightness + tips)[..., None]
-        return linear_to_srgb(linear)
 
-
-def _may_carry_hair(positions: np.ndarray, azimuth: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """Which skin vertices (mean head) the hair shell covers: scalp, temples, sideburns, nape; not
-    the face below the brows, nor the ears."""
-    y, side = positions[:, 1], np.abs(azimuth)
-    brow_top = landmarks[17:27, 1].max()
-    front = side < math.radians(45)
-    temple = (side >= math.radians(45)) & (side < _FACE_AZIMUTH)
-    beside = (side >= _FACE_AZIMUTH) & (side < math.radians(100))
-    back = side >= math.radians(100)
-    carries = (front & (y > brow_top + _BROW_CLEARANCE)) | (temple & (y > brow_top - 0.03))
-    carries |= (beside & (y > -0.02)) | (back & (y > -0.45))
-    ear = _ear_box(positions, landmarks)
-    return carries & ~ear
-
-
-def _ear_box(positions: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """Vertices of the ears plus a margin on the mean head: the box around the skin that sticks
-    out sideways beyond the jaw, between the mouth's and the brows' height."""
-    x, y, z = np.abs(positions[:, 0]), positions[:, 1], positions[:, 2]
-    jaw_width = np.abs(landmarks[0:17, 0]).max()
-    ear = (x > jaw_width + 0.025) & (y > landmarks[57, 1]) & (y < landmarks[19, 1])
-    low, high = positions[ear].min(axis=0) - _EAR_MARGIN, positions[ear].max(axis=0) + _EAR_MARGIN
-    return (x > jaw_width - 0.035) & (y > low[1]) & (y < high[1]) & (z > low[2]) & (z < high[2])
-
-
-def _cosine_features(points: np.ndarray, count: int, shortest: float, longest: float, seed: int) -> np.ndarray:
-    """(N, count) fixed smooth fields cos(k . p + phase) with wavelengths in [shortest, longest] units."""
-    rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(count, 3))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    wavelengths = np.exp(rng.uniform(np.log(shortest), np.log(longest), count))
-    phases = rng.uniform(0, 2 * math.pi, count)
-    return np.cos(points @ (directions * (2 * math.pi / wavelengths)[:, None]).T + phases)
-
-
-def _streak_features(azimuth: np.ndarray, height: np.ndarray) -> np.ndarray:
-    """(N, 12) fixed streak fields: fast round the head (6-30 cycles per radian), slow downwards."""
-    rng = np.random.default_rng(23)
-    around = rng.uniform(6.0, 30.0, _STREAK_FEATURES)  # cycles per radian of azimuth
-    down = rng.uniform(0.5, 2.5, _STREAK_FEATURES)  # cycles per unit of height
-    phases = rng.uniform(0, 2 * math.pi, _STREAK_FEATURES)
-    return np.cos(2 * math.pi * (azimuth[:, None] * around + height[:, None] * down) + phases) / math.sqrt(
-        _STREAK_FEATURES / 2
-    )
+def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=device)

@@ -15,21 +15,27 @@ Surfaces (`HeadSurface`), in MonoNPHM's canonical frame:
   topology never changes; strong shapes can make lips or lids overlap locally).
 * **eyeballs**: the closed outer sclera/cornea shells (`sclera_left/right`); the iris shells
   nested inside them are left out. About 2/3 of a shell lies inside the skin solid.
+* **teeth**: ICT's 32 closed tooth shells (the lower ones follow the jaw), so an open mouth
+  shows them.
 
-The head's solid is the union of the three, so only triangles bounding that union are
-training surface: `exposed_faces` decides it per head (batched torch), because identity
-changes where an eyeball pokes through its socket and lids close over the cornea (with
-eyeBlink about 93 % of an eyeball is covered, on the mean head 64 %). A vertex is hidden when
-its winding number for another component's solid is positive (counted along a ray, which
-stays right where lids overlap themselves); only vertices near an eyeball are tested.
-Gums/tongue (an open surface) and teeth are not part of the training surface.
+The head's solid is the union of these, so only triangles bounding that union are training
+surface: `exposed_faces` decides it per head (batched torch), because identity changes where
+an eyeball pokes through its socket and lids close over the cornea (with eyeBlink about 93 %
+of an eyeball is covered, on the mean head 64 %). A vertex is hidden when its winding number
+for another component's solid is positive (counted along a ray, which stays right where lids
+overlap themselves); only vertices near an eyeball are tested (`ExposureTest`). The teeth sit
+in the gums the same way on every head (the lower ones move with the gums), so which of
+their vertices the skin covers, and which skin vertices they cover, is decided once, on the
+mean head with the jaw half open (`HeadSurface.always_hidden`). Gums/tongue (an open surface)
+are not training surface.
+Hair (`diffnphr.data.hair`) joins this union in `diffnphr.data.head_geometry`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -38,11 +44,27 @@ import trimesh
 if TYPE_CHECKING:
     from diffnphr.data.ict import ICTFaceModel
 
-COMPONENTS = ("skin", "eyeball_left", "eyeball_right")
-EYEBALL_SHELLS = ("sclera_left", "sclera_right")
+COMPONENTS = ("skin", "eyeball_left", "eyeball_right", "teeth")
+SHELLS = ("sclera_left", "sclera_right", "teeth")
+"""The closed ICT parts beside the skin, in the order of `COMPONENTS[1:]`."""
 # Rays of the inside tests: near +z, tilted so they do not run along the mesh's axis-aligned features.
 _RAY = np.array([0.0013, 0.0021, 1.0]) / np.linalg.norm([0.0013, 0.0021, 1.0])
 _TILE = 64  # query vertices tested together against the triangles their rays can reach
+
+
+class ExposureTest(NamedTuple):
+    """Query vertex rows whose exposure can change from head to head, and the triangles of the
+    closed solid that may cover them."""
+
+    queries: np.ndarray
+    solid: np.ndarray
+
+    def to(self, device: torch.device | str) -> ExposureTest:
+        """The same test with its rows as long tensors on `device`."""
+        return ExposureTest(
+            torch.as_tensor(self.queries, dtype=torch.long, device=device),
+            torch.as_tensor(self.solid, dtype=torch.long, device=device),
+        )
 
 
 def head_vertices(model: ICTFaceModel, identity: np.ndarray, expression: np.ndarray | None = None) -> np.ndarray:
@@ -80,7 +102,8 @@ class HeadSurface:
     Rows `0..N-1` of that array are ICT vertices `vertex_ids`; row N is the neck-cap centre,
     the mean of rows `cap_loop_rows`. `faces` index rows and are wound outward.
     `exposure_tests` pairs the vertex rows whose exposure can change from head to head with
-    the triangles of the closed solid that may cover them (an eyeball, or the skin around it).
+    the triangles of the closed solid that may cover them (an eyeball, or the skin around it);
+    `always_hidden` marks the rows hidden on every head.
     """
 
     vertex_ids: np.ndarray  # (N,) int64
@@ -88,7 +111,8 @@ class HeadSurface:
     faces: np.ndarray  # (F, 3) int64
     component: np.ndarray  # (F,) int64 index into COMPONENTS
     face_region: np.ndarray  # (F,) bool: triangles of the ICT `face` part
-    exposure_tests: tuple[tuple[np.ndarray, np.ndarray], ...]  # (query vertex rows, covering solid's faces)
+    exposure_tests: tuple[ExposureTest, ...]
+    always_hidden: np.ndarray  # (N+1,) bool: rows hidden on every head (teeth roots, skin inside teeth)
 
     def vertices(self, ict_vertices: np.ndarray) -> np.ndarray:
         """(N+1, 3) surface vertices of a head from its (V, 3) ICT vertices."""
@@ -96,7 +120,7 @@ class HeadSurface:
         return np.concatenate([rows, rows[self.cap_loop_rows].mean(axis=0, keepdims=True)]).astype(np.float32)
 
     def component_mesh(self, ict_vertices: np.ndarray, name: str) -> trimesh.Trimesh:
-        """One closed component ("skin", "eyeball_left", "eyeball_right") of a head as a mesh."""
+        """One closed component (one of `COMPONENTS`) of a head as a mesh."""
         if name not in COMPONENTS:
             raise ValueError(f"unknown surface component {name!r}; choose one of {', '.join(COMPONENTS)}")
         faces = self.faces[self.component == COMPONENTS.index(name)]
@@ -105,15 +129,16 @@ class HeadSurface:
 
 
 def head_surface(model: ICTFaceModel, motion_margin: float = 0.04) -> HeadSurface:
-    """The skin (capped) and eyeball surfaces of the model and the exposure tests they need.
+    """The skin (capped), eyeball and teeth surfaces of the model and the exposure tests they need.
 
     Exposure candidates are chosen on the mean head with `motion_margin` (canonical units;
-    0.04 = 1 cm, about the largest lid motion relative to the eyeball) of slack: skin
-    vertices near an eyeball may be inside it; an eyeball vertex may be covered by the skin
-    in front of it (that test's rays run toward +z, so only skin in the eyeball's column matters).
+    0.04 = 1 cm, about the largest lid motion relative to the eyeball) of slack: skin vertices
+    near an eyeball may be inside it; its vertices may be covered by the skin in front of them
+    (those rays run toward +z, so only skin in their column matters). The teeth's tests run
+    once, on the mean head with the jaw half open (`always_hidden`).
     """
     skin = np.concatenate([model.faces[model.part_faces(name)] for name in model.skin_parts])
-    shells = [model.faces[model.part_faces(name)] for name in EYEBALL_SHELLS]
+    shells = [model.faces[model.part_faces(name)] for name in SHELLS]
     in_face = np.zeros(len(model.faces), dtype=bool)
     in_face[model.part_faces("face")] = True
 
@@ -127,38 +152,50 @@ def head_surface(model: ICTFaceModel, motion_margin: float = 0.04) -> HeadSurfac
     face_region = np.concatenate([in_face[model.part_faces(name)] for name in model.skin_parts])
     face_region = np.concatenate([face_region, np.zeros(len(faces) - len(face_region), dtype=bool)])
 
-    surface = HeadSurface(vertex_ids, loop_rows, faces, component, face_region, exposure_tests=())
+    surface = HeadSurface(vertex_ids, loop_rows, faces, component, face_region, (), np.zeros(0, dtype=bool))
     positions = surface.vertices(model.neutral)
     triangles = positions[faces]
     skin_faces = np.flatnonzero(component == 0)
     skin_rows = np.unique(faces[skin_faces])
     tests = []
-    for eyeball in range(1, len(COMPONENTS)):
-        eyeball_faces = np.flatnonzero(component == eyeball)
-        low = triangles[eyeball_faces].reshape(-1, 3).min(axis=0) - motion_margin
-        high = triangles[eyeball_faces].reshape(-1, 3).max(axis=0) + motion_margin
+    for shell in range(1, len(COMPONENTS)):
+        shell_faces = np.flatnonzero(component == shell)
+        low = triangles[shell_faces].reshape(-1, 3).min(axis=0) - motion_margin
+        high = triangles[shell_faces].reshape(-1, 3).max(axis=0) + motion_margin
         skin_triangles = triangles[skin_faces]
         in_column = np.all(
             (skin_triangles[..., :2].max(axis=1) >= low[:2]) & (skin_triangles[..., :2].min(axis=1) <= high[:2]), axis=1
         )
         in_column &= skin_triangles[..., 2].max(axis=1) >= low[2]
         near = np.all((positions[skin_rows] >= low) & (positions[skin_rows] <= high), axis=1)
-        tests.append((_in_tile_order(np.unique(faces[eyeball_faces]), positions), skin_faces[in_column]))
-        tests.append((_in_tile_order(skin_rows[near], positions), eyeball_faces))
-    return HeadSurface(vertex_ids, loop_rows, faces, component, face_region, exposure_tests=tuple(tests))
+        tests.append(ExposureTest(_in_tile_order(np.unique(faces[shell_faces]), positions), skin_faces[in_column]))
+        tests.append(ExposureTest(_in_tile_order(skin_rows[near], positions), shell_faces))
+    teeth = len(tests) - 2
+    jaw = model.expression_modes[model.expression_index("jawOpen")]
+    half_open = torch.as_tensor(surface.vertices(model.neutral + 0.5 * jaw))[None]
+    hidden = torch.zeros(len(positions), dtype=torch.bool)
+    for test in tests[teeth:]:
+        winding = _winding_by_ray_crossings(half_open[:, test.queries], half_open[:, faces[test.solid]])[0]
+        hidden[test.queries] |= winding > 0
+    return HeadSurface(vertex_ids, loop_rows, faces, component, face_region, tuple(tests[:teeth]), hidden.numpy())
 
 
 def exposed_faces(
-    vertices: torch.Tensor, faces: torch.Tensor, exposure_tests: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    exposure_tests: Sequence[ExposureTest],
+    hidden: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, F) bool: triangles on the boundary of the union of the head's solids.
 
-    `vertices` (B, N+1, 3) are surface vertices of B heads, `faces` and `exposure_tests` the
-    `HeadSurface` arrays as tensors on the same device. A query vertex is hidden when its
-    winding number with respect to the covering solid is positive; a triangle is exposed
-    unless at least two of its corners are hidden.
+    `vertices` (B, N, 3) are surface vertices of B heads, `faces` and `exposure_tests` the
+    surface's arrays as tensors on the same device (`ExposureTest.to`), `hidden` (N,) or
+    (B, N) bool the rows known to be hidden already (`HeadSurface.always_hidden`, say). A query
+    vertex is hidden when its winding number with respect to the covering solid is positive;
+    a triangle is exposed unless at least two of its corners are hidden.
     """
-    hidden = torch.zeros(vertices.shape[:2], dtype=torch.long, device=vertices.device)
+    known = torch.zeros(vertices.shape[:2], dtype=torch.bool, device=vertices.device)
+    hidden = (known | hidden.to(vertices.device) if hidden is not None else known).long()
     for queries, solid in exposure_tests:
         winding = _winding_by_ray_crossings(vertices[:, queries], vertices[:, faces[solid]])
         hidden[:, queries] |= (winding > 0).long()

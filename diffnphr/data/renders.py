@@ -1,22 +1,22 @@
 """On-the-fly training renders of ICT heads: batched, seeded, on any torch device.
 
 The image encoder learns from photos of the training heads that are rendered anew at every
-step: `HeadRenderer.sample_scenes` draws everything random about B renders (pose, camera,
-lights, skin texture, crop jitter, hair style; one CPU `torch.Generator` from one seed, so
-CPU and GPU draw the same scenes), `render_crops` renders the encoder's input and
-`render_frames` the whole "photo" around it (for MediaPipe: the crop-agreement check).
+step: `HeadRenderer.sample_scenes` draws everything random about B renders
+(`diffnphr.data.scenes`), `render_crops` renders the encoder's input and `render_frames` the
+whole "photo" around it (for MediaPipe: the crop-agreement check).
 
 Scene (all in the camera's frame: x right, y up, the camera at the origin looking down -z):
 
 * geometry: `neutral + identity_modes·a + expression_modes·b`, the parts a photo shows
   (`RENDERED_PARTS`: skin, eye sockets, eyeballs, teeth, gums and tongue; ICT's transparent
   eye overlays are left out, and so are its eyelash cards, which render as opaque dark blobs
-  over the eye), with a hair style (bald to shoulder length, mostly the brows' colour) and a
-  torso in clothes (`diffnphr.data.hair`), turned by yaw / pitch / roll about `PIVOT`
+  over the eye), with the hair and beard volume (`diffnphr.data.hair`: the skin displaced,
+  the long-hair slab and the bun, exactly the surface the decoder learns for the same style)
+  and a torso in clothes (`diffnphr.data.torso`), turned by yaw / pitch / roll about `PIVOT`
   (between the ears, above the neck);
 * colours: each identity's own procedural appearance (`diffnphr.data.appearance`; the
-  decoder's z_app encodes exactly these), times what z_app does not hold: a few % of
-  per-vertex pore noise and mottling, sometimes freckles;
+  decoder's z_app encodes exactly these) with the hair's colour over the skin it covers, times
+  what z_app does not hold: a few % of per-vertex pore noise and mottling, sometimes freckles;
 * shading, per vertex (a triangle spans about one pixel at 256 px): Lambert from a key light
   anywhere in the front hemisphere and sometimes a fill light, each with a colour temperature,
   a tinted ambient term, Blinn-Phong sheen (strongest on the eyes); no shadows;
@@ -35,8 +35,6 @@ crop space (`diffnphr.data.backgrounds`), area-averaged and degraded like a phot
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,15 +42,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffnphr.data.appearance import REGIONS, AppearanceParams, appearance_basis, linear_to_srgb, vertex_colours
-from diffnphr.data.augment import AugmentConfig, augment_images
+from diffnphr.data.appearance import REGIONS, AppearanceParams, appearance_basis, vertex_colours
+from diffnphr.data.augment import augment_images
 from diffnphr.data.backgrounds import BackgroundBank, random_backgrounds
-from diffnphr.data.hair import HairModel, HairStyles
-from diffnphr.data.torso import TorsoModel, TorsoStyles
+from diffnphr.data.colour import linear_to_srgb
+from diffnphr.data.hair import HairModel
+from diffnphr.data.scenes import (
+    MOTTLE_FIELDS,
+    PIVOT,
+    PORE_FIELDS,
+    RenderConfig,
+    RenderScenes,
+    SceneSampler,
+    in_radians,
+    key_points,
+)
+from diffnphr.data.torso import TorsoModel
 from diffnphr.face.squares import head_squares
 from diffnphr.render import rasterise, vertex_normals
 
 if TYPE_CHECKING:
+    from diffnphr.data.hair_styles import HairStyles
     from diffnphr.data.ict import ICTFaceModel
 
 RENDERED_PARTS = (
@@ -66,10 +76,6 @@ RENDERED_PARTS = (
     "eyeball_left",
     "eyeball_right",
 )
-PIVOT = (0.0, 0.0, -0.3)
-"""Canonical point the head turns about: between the ears, at the top of the neck."""
-KEY_LANDMARKS = ((36, 39), (42, 45), 48, 54)
-"""iBUG landmarks of the crop rule's key points: eye (image left), eye (image right), mouth corners."""
 SPECULAR_BY_REGION = {
     "skin": 1.0,
     "lips": 1.5,
@@ -86,120 +92,8 @@ SPECULAR_BY_REGION = {
 SHININESS_BY_REGION = {"sclera": 6.0, "iris": 6.0, "pupil": 6.0, "eye_socket": 2.0}
 """Blinn-Phong exponent factor per region (1 elsewhere): corneas and wet tissue give tight highlights."""
 _TEXTURE_SEED = 20261125
-_PORE_FIELDS = 4
-_MOTTLE_FIELDS = 4
 _MOTTLE_SMOOTHING = 12  # neighbour-averaging passes: a few mm to 1 cm blotches
 _FRECKLE_SMOOTHING = 2
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """Every randomisation range of the training renders (angles in degrees, sizes as fractions).
-
-    Uniform ranges are (low, high). The crop square of the projected landmarks is changed by
-    (centre shift along the square's own x and y axes in square sides, log of the side's scale,
-    angle in degrees): always by `crop_calibration`, which moves the rule on ICT landmarks to
-    where the detector's rule on Face Mesh points lands on the same render, and per render by
-    N(0, `crop_jitter_std`), the detector's residual noise (`diffnphr.data.crop_agreement`).
-    """
-
-    image_size: int = 128
-    supersample: int = 2
-    fov_deg: tuple[float, float] = (15.0, 50.0)
-    head_fraction: tuple[float, float] = (0.35, 0.85)
-    yaw_deg: float = 45.0
-    pitch_deg: float = 20.0
-    roll_deg: float = 10.0
-    key_intensity: tuple[float, float] = (0.6, 1.2)
-    ambient: tuple[float, float] = (0.15, 0.55)
-    fill_probability: float = 0.5
-    fill_intensity: tuple[float, float] = (0.1, 0.45)
-    colour_temperature: tuple[float, float] = (-1.0, 1.0)  # -1 warm (tungsten) .. +1 cool (shade)
-    specular: tuple[float, float] = (0.02, 0.12)
-    shininess: tuple[float, float] = (8.0, 40.0)
-    pore_amplitude: tuple[float, float] = (0.0, 0.04)  # std of the log-brightness noise
-    mottle_amplitude: tuple[float, float] = (0.0, 0.05)
-    freckle_probability: float = 0.15
-    # Measured by `python -m diffnphr eval crops --count 300` (seed 0, 512 px frames, background bank):
-    # Face Mesh squares vs projected-landmark squares on 299 traced renders (1 without a face):
-    # shift x -0.0001 ± 0.0029, shift y -0.0007 ± 0.0034 sides, log scale +0.0160 ± 0.0281,
-    # angle -0.15 ± 1.31 degrees. Only the scale is systematic (Face Mesh's squares are 1.6 %
-    # larger); the standard deviations are the jitter.
-    crop_calibration: tuple[float, float, float, float] = (0.0, 0.0, 0.016, 0.0)
-    crop_jitter_std: tuple[float, float, float, float] = (0.003, 0.0035, 0.028, 1.3)
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
-
-    def __post_init__(self) -> None:
-        if self.image_size < 8 or self.supersample < 1:
-            raise ValueError(
-                f"RenderConfig needs image_size >= 8 and supersample >= 1, got {self.image_size} and {self.supersample}"
-            )
-        for name in (
-            "fov_deg",
-            "head_fraction",
-            "key_intensity",
-            "ambient",
-            "fill_intensity",
-            "colour_temperature",
-            "specular",
-            "shininess",
-            "pore_amplitude",
-            "mottle_amplitude",
-        ):
-            low, high = getattr(self, name)
-            if not low <= high:
-                raise ValueError(f"RenderConfig.{name} must be a range (low, high) with low <= high, got {(low, high)}")
-        if not (self.fov_deg[0] > 0.0 and self.fov_deg[1] < 180.0):
-            raise ValueError(f"RenderConfig.fov_deg must lie within (0, 180), got {self.fov_deg}")
-        if not (self.head_fraction[0] > 0.0 and self.head_fraction[1] <= 1.0):
-            raise ValueError(f"RenderConfig.head_fraction must lie within (0, 1], got {self.head_fraction}")
-        for name in ("fill_probability", "freckle_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"RenderConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("yaw_deg", "pitch_deg", "roll_deg"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"RenderConfig.{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("crop_calibration", "crop_jitter_std"):
-            if len(getattr(self, name)) != 4:
-                raise ValueError(
-                    f"RenderConfig.{name} needs 4 numbers (shift x, shift y, log scale, angle), "
-                    f"got {getattr(self, name)}"
-                )
-        if min(self.crop_jitter_std) < 0:
-            raise ValueError(f"RenderConfig.crop_jitter_std must be non-negative, got {self.crop_jitter_std}")
-
-
-@dataclass(frozen=True)
-class RenderScenes:
-    """Everything random about B renders, as tensors (B first); see the module docstring's frame."""
-
-    identity: Tensor  # (B, I) identity coefficients
-    expression: Tensor  # (B, E) blendshape weights
-    appearance: AppearanceParams  # B heads' procedural colours
-    rotation: Tensor  # (B, 3, 3) head rotation about PIVOT
-    translation: Tensor  # (B, 3) camera-frame position of PIVOT
-    focal: Tensor  # (B,) focal length in frame sides
-    crop_jitter: Tensor  # (B, 4) random square centre shift along its x and y axes (sides), log side scale, angle (rad)
-    light_directions: Tensor  # (B, 2, 3) unit vectors towards the key and the fill light
-    light_colours: Tensor  # (B, 2, 3) their linear RGB intensities (a zero fill where there is none)
-    ambient: Tensor  # (B, 3) linear RGB
-    specular: Tensor  # (B, 2) strength, shininess
-    skin_texture: Tensor  # (B, pore + mottle fields) log-brightness coefficients
-    freckles: Tensor  # (B, 2) threshold on the freckle field, strength (0: none)
-    hair: HairStyles  # the B heads' hair
-    torso: TorsoStyles  # the B heads' neck, shoulders and clothes
-    seed: int  # of the per-pixel streams: backgrounds and photo degradations
-
-    def to(self, device: torch.device | str) -> RenderScenes:
-        """The same scenes with their tensors on `device`."""
-        moved = {}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            moved[item.name] = value.to(device) if hasattr(value, "to") else value
-        return replace(self, **moved)
-
-    def __len__(self) -> int:
-        return int(self.identity.shape[0])
 
 
 class HeadRenderer:
@@ -209,9 +103,10 @@ class HeadRenderer:
         self,
         model: ICTFaceModel,
         device: torch.device | str,
-        config: RenderConfig = RenderConfig(),
+        config: RenderConfig | None = None,
         backgrounds: BackgroundBank | None = None,
     ) -> None:
+        config = config or RenderConfig()
         self.model, self.device, self.config, self.backgrounds = model, torch.device(device), config, backgrounds
         vertex_count = model.num_vertices
         self._neutral = torch.tensor(model.neutral, device=self.device)
@@ -229,100 +124,20 @@ class HeadRenderer:
         pores, mottles, freckles = _texture_fields(model)
         self._texture = torch.cat([pores, mottles], dim=1).to(self.device)  # (V, T)
         self._freckle_field = freckles.to(self.device)
-        # The mean head's square in a front view fixes the anchor placed in the frame and the head size.
-        key = _key_points(torch.tensor(model.neutral)[None, :, :2] * torch.tensor([1.0, -1.0]), model.landmarks_68)
-        centre, _, half_side = head_squares(*key)
-        eye_depth = float(model.neutral[list(KEY_LANDMARKS[0] + KEY_LANDMARKS[1]), 2].mean())
-        self._anchor = torch.tensor([float(centre[0, 0]), -float(centre[0, 1]), eye_depth], device=self.device)
-        self._square_units = 2.0 * float(half_side[0])
         self._hair_model, self._torso_model = HairModel(model, self.device), TorsoModel(model, self.device)
+        self._scenes = SceneSampler(model, config, self._torso_model)
 
-    # ----------------------------------------------------------------------------------------
     def sample_scenes(
-        self, identity_coefficients: Tensor, expression_weights: Tensor, appearance: AppearanceParams, seed: int
+        self,
+        identity_coefficients: Tensor,
+        expression_weights: Tensor,
+        appearance: AppearanceParams,
+        seed: int,
+        hair: HairStyles | None = None,
     ) -> RenderScenes:
-        """Random scenes of B heads (their identity, expression and appearance as given), from `seed` alone."""
-        identity = torch.as_tensor(identity_coefficients, dtype=torch.float32).cpu()
-        expression = torch.as_tensor(expression_weights, dtype=torch.float32).cpu()
-        count = identity.shape[0] if identity.ndim == 2 else -1
-        if identity.shape != (count, self.model.identity_modes.shape[0]):
-            raise ValueError(
-                f"identity_coefficients must have shape (B, {self.model.identity_modes.shape[0]}), "
-                f"got {tuple(identity.shape)}"
-            )
-        if expression.shape != (count, len(self.model.expression_names)):
-            raise ValueError(
-                f"expression_weights must have shape ({count}, {len(self.model.expression_names)}) "
-                f"to match the {count} identities, got {tuple(expression.shape)}"
-            )
-        if appearance.region_colours.shape[0] != count or appearance.variation.shape[0] != count:
-            raise ValueError(
-                f"appearance holds {appearance.region_colours.shape[0]} heads, but {count} identities were given"
-            )
-        config = self.config
-        generator = torch.Generator().manual_seed(int(seed))
-
-        def uniform(bounds: tuple[float, float], *shape: int) -> Tensor:
-            return bounds[0] + (bounds[1] - bounds[0]) * torch.rand((count, *shape), generator=generator)
-
-        angles = (2 * torch.rand(count, 3, generator=generator) - 1) * torch.tensor(
-            [config.yaw_deg, config.pitch_deg, config.roll_deg]
-        )
-        rotation = _rotation(*torch.deg2rad(angles).unbind(dim=1))
-        focal = 0.5 / torch.tan(torch.deg2rad(uniform(config.fov_deg)) / 2)
-        fraction = uniform(config.head_fraction)
-        place = fraction[:, None] / 2 + (1 - fraction[:, None]) * torch.rand(count, 2, generator=generator)
-        distance = focal * self._square_units / fraction
-        target = torch.stack(
-            [(place[:, 0] - 0.5) * distance / focal, (0.5 - place[:, 1]) * distance / focal, -distance], dim=1
-        )
-        translation = target - rotation @ (self._anchor.cpu() - self._pivot.cpu())
-
-        jitter = torch.randn(count, 4, generator=generator) * _in_radians(config.crop_jitter_std)
-
-        directions = torch.randn(count, 2, 3, generator=generator)
-        directions[..., 2] = directions[..., 2].abs() + 0.1  # the front hemisphere, not grazing
-        directions = F.normalize(directions, dim=-1)
-        intensity = torch.stack(
-            [
-                uniform(config.key_intensity),
-                uniform(config.fill_intensity) * (torch.rand(count, generator=generator) < config.fill_probability),
-            ],
-            dim=1,
-        )
-        light_colours = intensity[..., None] * _temperature_rgb(uniform(config.colour_temperature, 2))
-        ambient = uniform(config.ambient)[:, None] * _temperature_rgb(uniform(config.colour_temperature))
-        specular = torch.stack([uniform(config.specular), uniform(config.shininess)], dim=1)
-
-        texture = torch.randn(count, _PORE_FIELDS + _MOTTLE_FIELDS, generator=generator)
-        texture[:, :_PORE_FIELDS] *= uniform(config.pore_amplitude)[:, None] / math.sqrt(_PORE_FIELDS)
-        texture[:, _PORE_FIELDS:] *= uniform(config.mottle_amplitude)[:, None] / math.sqrt(_MOTTLE_FIELDS)
-        freckled = torch.rand(count, generator=generator) < config.freckle_probability
-        freckles = torch.stack([uniform((1.0, 2.5)), uniform((0.2, 0.6)) * freckled], dim=1)
-
-        hair = self._hair_model.sample_styles(
-            count, generator, appearance.region_colours[:, REGIONS.index("hair")].cpu()
-        )
-        torso = self._torso_model.sample_styles(count, generator)
-        pixel_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        return RenderScenes(
-            identity=identity,
-            expression=expression,
-            appearance=appearance.to("cpu"),
-            rotation=rotation,
-            translation=translation,
-            focal=focal,
-            crop_jitter=jitter,
-            light_directions=directions,
-            light_colours=light_colours,
-            ambient=ambient,
-            specular=specular,
-            skin_texture=texture,
-            freckles=freckles,
-            hair=hair,
-            torso=torso,
-            seed=pixel_seed,
-        )
+        """Random scenes of B heads (`SceneSampler.sample`): their identity, expression and appearance
+        as given, their hair when given (else a random style), everything else from `seed` alone."""
+        return self._scenes.sample(identity_coefficients, expression_weights, appearance, seed, hair)
 
     # ----------------------------------------------------------------------------------------
     def render_crops(self, scenes: RenderScenes) -> Tensor:
@@ -361,8 +176,8 @@ class HeadRenderer:
         (jitter=True) by the scenes' crop jitter.
         """
         scenes = self._on_device(scenes)
-        centre, x_axis, half_side = head_squares(*_key_points(self._landmark_points(scenes), range(68)))
-        change = _in_radians(self.config.crop_calibration).to(self.device).expand(len(scenes), 4)
+        centre, x_axis, half_side = head_squares(*key_points(self._landmark_points(scenes), range(68)))
+        change = in_radians(self.config.crop_calibration).to(self.device).expand(len(scenes), 4)
         change = change + scenes.crop_jitter if jitter else change
         shift, log_scale, angle = change[:, :2], change[:, 2], change[:, 3]
         y_axis = torch.stack([-x_axis[:, 1], x_axis[:, 0]], dim=1)
@@ -403,22 +218,31 @@ class HeadRenderer:
     def _posed(self, scenes: RenderScenes) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Camera-frame vertices (B, N, 3), faces (F, 3), sRGB albedo (B, N, 3), sheen and shininess (B, N)."""
         count = len(scenes)
-        vertices = self._head_vertices(scenes)
-        albedo = vertex_colours(self._basis, scenes.appearance)
-        albedo = albedo * self._skin_texture(scenes)
+        bare = self._head_vertices(scenes)
+        on_heads = self._hair_model.on_heads(bare, scenes.hair)
+        coverage = on_heads.coverage[..., None]
+        albedo = vertex_colours(self._basis, scenes.appearance) * self._skin_texture(scenes)
+        albedo = albedo * (1 - coverage) + on_heads.colours * coverage
         skin = linear_to_srgb(scenes.appearance.region_colours[:, REGIONS.index("skin")])
+        pieces = self._hair_model.pieces(on_heads.vertices, scenes.hair)
         meshes = [
-            (vertices, self._faces, albedo),
-            self._hair_model.mesh(vertices, scenes.hair),
-            self._torso_model.mesh(vertices, scenes.torso, skin),
+            (on_heads.vertices, self._faces, albedo),
+            (pieces.vertices, pieces.faces, pieces.colours),
+            self._torso_model.mesh(bare, scenes.torso, skin),
         ]
         offsets = np.cumsum([0] + [mesh[0].shape[1] for mesh in meshes[:-1]])
         faces = torch.cat([mesh[1] + offset for mesh, offset in zip(meshes, offsets)])
         vertices, albedo = (torch.cat([mesh[index] for mesh in meshes], dim=1) for index in (0, 2))
+        hair_sheen = SPECULAR_BY_REGION["hair"]
         added = vertices.shape[1] - len(self._sheen)
-        sheen = torch.cat([self._sheen, torch.full((added,), SPECULAR_BY_REGION["hair"], device=self.device)])
-        shininess = torch.cat([self._shininess, torch.ones(added, device=self.device)])
-        sheen, shininess = sheen.expand(count, -1), shininess.expand(count, -1)
+        sheen = torch.cat(
+            [
+                self._sheen * (1 - on_heads.coverage) + hair_sheen * on_heads.coverage,
+                torch.full((count, added), hair_sheen, device=self.device),
+            ],
+            dim=1,
+        )
+        shininess = torch.cat([self._shininess, torch.ones(added, device=self.device)]).expand(count, -1)
         return self._to_camera(vertices, scenes), faces, albedo, sheen, shininess
 
     def _skin_texture(self, scenes: RenderScenes) -> Tensor:
@@ -479,44 +303,9 @@ class HeadRenderer:
         return images.clamp(0.0, 1.0)
 
 
-def _key_points(points: Tensor, landmark_ids) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The crop rule's four key points (B, 2) from landmark positions `points[:, landmark_ids]`."""
-    ids = list(landmark_ids)
-    (a, b), (c, d), mouth_left, mouth_right = KEY_LANDMARKS
-    at = lambda landmark: points[:, ids[landmark]]  # noqa: E731
-    return (at(a) + at(b)) / 2, (at(c) + at(d)) / 2, at(mouth_left), at(mouth_right)
-
-
-def _in_radians(change: tuple[float, float, float, float]) -> Tensor:
-    """A square change (shift x, shift y, log scale, angle in degrees) as a tensor with the angle in radians."""
-    return torch.tensor([change[0], change[1], change[2], math.radians(change[3])])
-
-
 def _apply_affine(transform: Tensor, points: Tensor) -> Tensor:
     """Points (B, N, 2) through affine maps (B, 2, 3)."""
     return points @ transform[:, :, :2].transpose(1, 2) + transform[:, None, :, 2]
-
-
-def _rotation(yaw: Tensor, pitch: Tensor, roll: Tensor) -> Tensor:
-    """(B, 3, 3) roll · pitch · yaw: positive yaw turns the nose to the image's right, positive
-    pitch lifts it, positive roll turns the head counter-clockwise in the image."""
-    one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
-
-    def matrix(*rows: Tensor) -> Tensor:
-        return torch.stack(rows, dim=-1).view(-1, 3, 3)
-
-    c, s = torch.cos(yaw), torch.sin(yaw)
-    turn = matrix(c, zero, s, zero, one, zero, -s, zero, c)
-    c, s = torch.cos(pitch), torch.sin(pitch)
-    nod = matrix(one, zero, zero, zero, c, -s, zero, s, c)
-    c, s = torch.cos(roll), torch.sin(roll)
-    tilt = matrix(c, -s, zero, s, c, zero, zero, zero, one)
-    return tilt @ nod @ turn
-
-
-def _temperature_rgb(temperature: Tensor) -> Tensor:
-    """(..., 3) linear RGB gains of a light's colour temperature: -1 warm, 0 white, +1 cool."""
-    return torch.exp(temperature[..., None] * torch.tensor([-0.22, -0.02, 0.25]))
 
 
 def _texture_fields(model: ICTFaceModel) -> tuple[Tensor, Tensor, Tensor]:
@@ -533,7 +322,7 @@ def _texture_fields(model: ICTFaceModel) -> tuple[Tensor, Tensor, Tensor]:
         noise = noise - noise.mean(dim=0)
         return noise / noise.std(dim=0).clamp_min(1e-8)
 
-    pores = smoothed(torch.randn(count, _PORE_FIELDS, generator=generator), 0)
-    mottles = smoothed(torch.randn(count, _MOTTLE_FIELDS, generator=generator), _MOTTLE_SMOOTHING)
+    pores = smoothed(torch.randn(count, PORE_FIELDS, generator=generator), 0)
+    mottles = smoothed(torch.randn(count, MOTTLE_FIELDS, generator=generator), _MOTTLE_SMOOTHING)
     freckles = smoothed(torch.randn(count, 1, generator=generator), _FRECKLE_SMOOTHING)[:, 0]
     return pores, mottles, freckles

@@ -1,15 +1,17 @@
 """Batched, on-the-fly training samples for the decoder, on the device of your choice.
 
-`HeadSampler` holds the model's basis restricted to the training surface (`HeadSurface`:
-capped skin + eyeball shells) as tensors on one device. `sample` takes B heads (identity
-coefficients, expression weights, appearance parameters) and returns a `HeadBatch`, with
-every step batched over heads (no Python loop over heads):
+`HeadSampler` draws from the whole closed surface of `diffnphr.data.head_geometry` (skin with
+hair and beard, eyeballs, teeth, long-hair curtain, bun). `sample` takes B heads'
+`HeadFactors` and returns a `HeadBatch`, with every step batched over heads (no Python loop
+over heads):
 
-* surface points, uniform by area over the triangles exposed on that head (`exposed_faces`),
-  a fraction `face_fraction` of them drawn from the face region only (the ICT `face` part,
-  where detail and the evaluation's face metrics are); uniform barycentric coordinates;
+* surface points, uniform by area over the triangles exposed on that head (`HeadMeshes.exposed`),
+  a fraction `face_fraction` of them drawn from the face region only (ICT's `face` part, the
+  eyeballs and teeth: where detail and the evaluation's face metrics are), the eyeballs
+  weighted `eye_weight` times their area there (they are 2 % of the face, and a head is
+  recognised by its eyes); uniform barycentric coordinates;
   normals interpolated from area-weighted vertex normals (unit, outward) and sRGB colours
-  interpolated from the head's vertex colours (`diffnphr.data.appearance`);
+  interpolated from the head's vertex colours (appearance, with the hair's colour over it);
 * space points: surface points (drawn again from the ones above) plus N(0, sigma²) per axis
   for each of `near_sigmas` (1 mm and 1 cm by default), then points uniform in the
   canonical box (MonoNPHM's extraction box);
@@ -17,8 +19,8 @@ every step batched over heads (no Python loop over heads):
   give the point on the posed head and on the same identity's neutral head; both are moved
   along their own normal by the same offset, N(0, sigma²) for each of
   `correspondence_sigmas` in equal shares (MonoNPHM samples its correspondences likewise);
-* anchors: the 65 anchor vertices of each identity's neutral head (MonoNPHM supervises
-  every expression with its neutral anchors).
+* anchors: the 65 anchor vertices of each identity's neutral head with its hair (MonoNPHM
+  supervises every expression with its neutral anchors).
 
 Units are MonoNPHM's canonical frame (`diffnphr.data.ict`). Randomness comes only from the
 `seed` of each call.
@@ -26,60 +28,19 @@ Units are MonoNPHM's canonical frame (`diffnphr.data.ict`). Randomness comes onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from diffnphr.data.anchors import anchor_vertices
-from diffnphr.data.appearance import AppearanceParams, appearance_basis, vertex_colours
-from diffnphr.data.heads import exposed_faces, head_surface
+from diffnphr.data.head_geometry import HeadGeometry
+from diffnphr.data.samples import HeadBatch, SamplingConfig
 from diffnphr.frame import BOX_MAX, BOX_MIN
 
 if TYPE_CHECKING:
+    from diffnphr.data.factors import HeadFactors
     from diffnphr.data.ict import ICTFaceModel
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How many samples of each kind one head gets, and the noise scales (canonical units)."""
-
-    surface_points: int = 4096
-    face_fraction: float = 0.5
-    near_points: int = 2048  # shared equally by near_sigmas
-    near_sigmas: tuple[float, ...] = (0.004, 0.04)
-    uniform_points: int = 512
-    correspondences: int = 1024  # shared equally by correspondence_sigmas
-    correspondence_sigmas: tuple[float, ...] = (0.002, 0.01)
-
-    def __post_init__(self) -> None:
-        counts = (self.surface_points, self.near_points, self.uniform_points, self.correspondences)
-        if min(counts) < 0 or self.surface_points == 0:
-            raise ValueError(f"sample counts must be non-negative and surface_points positive, got {counts}")
-        if not 0.0 <= self.face_fraction <= 1.0:
-            raise ValueError(f"face_fraction must lie in [0, 1], got {self.face_fraction}")
-        if not self.near_sigmas or not self.correspondence_sigmas:
-            raise ValueError("near_sigmas and correspondence_sigmas need at least one scale each")
-
-
-@dataclass(frozen=True)
-class HeadBatch:
-    """Training samples of B heads; see the module docstring for how each is drawn."""
-
-    surface_points: torch.Tensor  # (B, S, 3) on the posed head
-    surface_normals: torch.Tensor  # (B, S, 3) unit, outward
-    surface_colours: torch.Tensor  # (B, S, 3) sRGB in [0, 1]
-    surface_faces: torch.Tensor  # (B, S) rows of HeadSurface.faces
-    surface_barycentric: torch.Tensor  # (B, S, 3)
-    surface_on_face: torch.Tensor  # (B, S) bool: the point lies in the face region
-    space_points: torch.Tensor  # (B, Q, 3): near points per sigma in order, then uniform ones
-    posed_points: torch.Tensor  # (B, C, 3) correspondences on the posed head ...
-    neutral_points: torch.Tensor  # (B, C, 3) ... and the same points on its neutral head
-    correspondence_faces: torch.Tensor  # (B, C)
-    correspondence_barycentric: torch.Tensor  # (B, C, 3)
-    correspondence_offsets: torch.Tensor  # (B, C) distance moved along the normals
-    anchors: torch.Tensor  # (B, 65, 3) on the neutral head
 
 
 class HeadSampler:
@@ -88,74 +49,45 @@ class HeadSampler:
     def __init__(self, model: ICTFaceModel, device: torch.device | str = "cpu", config: SamplingConfig | None = None):
         self.config = config or SamplingConfig()
         self.device = torch.device(device)
-        self.surface = head_surface(model)
+        self.geometry = HeadGeometry(model, self.device)
+        self.surface = self.geometry.surface
         rows = self.surface.vertex_ids
         anchor_ids = anchor_vertices(model)
         anchor_rows = np.searchsorted(rows, anchor_ids)
         if not np.array_equal(rows[np.minimum(anchor_rows, len(rows) - 1)], anchor_ids):
             raise ValueError("every anchor vertex must lie on the training surface")
+        self._anchor_rows = torch.as_tensor(anchor_rows, device=self.device)
+        self._box_min = torch.as_tensor(BOX_MIN, dtype=torch.float32, device=self.device)
+        self._box_max = torch.as_tensor(BOX_MAX, dtype=torch.float32, device=self.device)
+        self.num_identity_modes = int(model.identity_modes.shape[0])
+        self.num_expressions = len(model.expression_names)
 
-        def tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
-
-        self._neutral = tensor(model.neutral[rows])
-        self._identity_modes = tensor(model.identity_modes[:, rows].reshape(model.identity_modes.shape[0], -1))
-        self._expression_modes = tensor(model.expression_modes[:, rows].reshape(model.expression_modes.shape[0], -1))
-        self._faces = tensor(self.surface.faces, torch.long)
-        self._face_region = tensor(self.surface.face_region, torch.bool)
-        self._cap_loop = tensor(self.surface.cap_loop_rows, torch.long)
-        self._exposure_tests = [(tensor(q, torch.long), tensor(s, torch.long)) for q, s in self.surface.exposure_tests]
-        self._anchor_rows = tensor(anchor_rows, torch.long)
-        self._appearance = appearance_basis(model).rows(rows).to(self.device)
-        self._box_min, self._box_max = tensor(BOX_MIN), tensor(BOX_MAX)
-
-    @property
-    def num_identity_modes(self) -> int:
-        """I, the length of an identity coefficient vector."""
-        return self._identity_modes.shape[0]
-
-    @property
-    def num_expressions(self) -> int:
-        """E, the length of an expression weight vector."""
-        return self._expression_modes.shape[0]
-
-    def head_vertices(self, identity: torch.Tensor, expression: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N+1, 3) surface vertices (rows of `self.surface`, cap centre last) of B heads."""
-        identity = self._coefficients(identity, self.num_identity_modes, "identity")
-        vertices = self._neutral + (identity @ self._identity_modes).view(identity.shape[0], -1, 3)
-        if expression is not None:
-            expression = self._coefficients(expression, self.num_expressions, "expression")
-            if expression.shape[0] != identity.shape[0]:
-                raise ValueError(f"got {identity.shape[0]} identities but {expression.shape[0]} expressions")
-            vertices = vertices + (expression @ self._expression_modes).view(expression.shape[0], -1, 3)
-        return torch.cat([vertices, vertices[:, self._cap_loop].mean(dim=1, keepdim=True)], dim=1)
-
-    def sample(
-        self, identity: torch.Tensor, expression: torch.Tensor, appearance: AppearanceParams, seed: int
-    ) -> HeadBatch:
-        """Training samples of B heads: identity (B, I), expression (B, E), appearance of B heads."""
+    def sample(self, factors: HeadFactors, seed: int) -> HeadBatch:
+        """Training samples of B heads given by their generating factors."""
         config = self.config
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        neutral = self.head_vertices(identity)
-        posed = self.head_vertices(identity, expression)
+        self._check(factors)
+        posed_meshes = self.geometry.build(factors)
+        posed, faces = posed_meshes.vertices, posed_meshes.faces
+        neutral = self.geometry.vertices(factors.neutral())
         batch = posed.shape[0]
-        if appearance.region_colours.shape[0] != batch:
-            raise ValueError(f"got {batch} heads but appearance parameters for {appearance.region_colours.shape[0]}")
 
-        posed_normals = _vertex_normals(posed, self._faces)
-        areas = _face_areas(posed, self._faces) * exposed_faces(posed, self._faces, self._exposure_tests)
+        posed_normals = _vertex_normals(posed, faces)
+        areas = _face_areas(posed, faces) * posed_meshes.exposed
         face_count = round(config.surface_points * config.face_fraction)
-        faces = torch.cat(
+        drawn = torch.cat(
             [
-                _draw_faces(areas * self._face_region, face_count, generator),
+                _draw_faces(
+                    areas * posed_meshes.face_region * (1 + (config.eye_weight - 1) * posed_meshes.is_eye),
+                    face_count,
+                    generator,
+                ),
                 _draw_faces(areas, config.surface_points - face_count, generator),
             ],
             dim=1,
         )
-        barycentric = _uniform_barycentric(faces.shape, generator)
-        points = _interpolate(posed, self._faces, faces, barycentric)
-        colours = vertex_colours(self._appearance, appearance.to(self.device))
-        colours = torch.cat([colours, colours[:, self._cap_loop].mean(dim=1, keepdim=True)], dim=1)
+        barycentric = _uniform_barycentric(drawn.shape, generator)
+        points = _interpolate(posed, faces, drawn, barycentric)
 
         near = []
         for share, sigma in zip(_shares(config.near_points, len(config.near_sigmas)), config.near_sigmas):
@@ -175,19 +107,19 @@ class HeadSampler:
             ]
         )
         offsets = sigmas * torch.randn(corr_faces.shape, generator=generator, device=self.device)
-        neutral_normals = _vertex_normals(neutral, self._faces)
+        neutral_normals = _vertex_normals(neutral, faces)
 
         def moved(vertices: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-            direction = _unit(_interpolate(normals, self._faces, corr_faces, corr_barycentric))
-            return _interpolate(vertices, self._faces, corr_faces, corr_barycentric) + offsets[..., None] * direction
+            direction = _unit(_interpolate(normals, faces, corr_faces, corr_barycentric))
+            return _interpolate(vertices, faces, corr_faces, corr_barycentric) + offsets[..., None] * direction
 
         return HeadBatch(
             surface_points=points,
-            surface_normals=_unit(_interpolate(posed_normals, self._faces, faces, barycentric)),
-            surface_colours=_interpolate(colours, self._faces, faces, barycentric).clamp(0.0, 1.0),
-            surface_faces=faces,
+            surface_normals=_unit(_interpolate(posed_normals, faces, drawn, barycentric)),
+            surface_colours=_interpolate(posed_meshes.colours, faces, drawn, barycentric).clamp(0.0, 1.0),
+            surface_faces=drawn,
             surface_barycentric=barycentric,
-            surface_on_face=self._face_region[faces],
+            surface_on_face=posed_meshes.face_region[drawn],
             space_points=torch.cat(near, dim=1),
             posed_points=moved(posed, posed_normals),
             neutral_points=moved(neutral, neutral_normals),
@@ -197,11 +129,16 @@ class HeadSampler:
             anchors=neutral[:, self._anchor_rows],
         )
 
-    def _coefficients(self, values: torch.Tensor, width: int, name: str) -> torch.Tensor:
-        values = torch.as_tensor(values, dtype=torch.float32, device=self.device)
-        if values.ndim != 2 or values.shape[1] != width:
-            raise ValueError(f"{name} must have shape (B, {width}), got {tuple(values.shape)}")
-        return values
+    def _check(self, factors: HeadFactors) -> None:
+        """A clear error when the factors do not fit this model."""
+        if factors.identity.ndim != 2 or factors.identity.shape[1] != self.num_identity_modes:
+            raise ValueError(
+                f"identity must have shape (B, {self.num_identity_modes}), got {tuple(factors.identity.shape)}"
+            )
+        if factors.expression.ndim != 2 or factors.expression.shape[1] != self.num_expressions:
+            raise ValueError(
+                f"expression must have shape (B, {self.num_expressions}), got {tuple(factors.expression.shape)}"
+            )
 
 
 def _shares(total: int, parts: int) -> list[int]:

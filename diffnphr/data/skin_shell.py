@@ -1,4 +1,4 @@
-"""What the hair and torso meshes share: shells over the ICT skin, grid triangulation, checks.
+"""What the hair and torso meshes share: shells over the ICT skin, grid triangulation, closed slabs, checks.
 
 A shell is a copy of some skin triangles that a style moves along the vertex normals, outwards
 where it shows (hair, clothes) and `HIDDEN_DEPTH` inside the skin where it does not, so one fixed
@@ -7,10 +7,12 @@ topology serves every style and a batch rasterises in one go.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import trimesh
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -48,12 +50,6 @@ def grid_faces(grid: np.ndarray, closed: bool = False) -> np.ndarray:
     return np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
 
 
-def smoothstep(edge0: float, edge1: float, x: Tensor) -> Tensor:
-    """0 below edge0, 1 above edge1, Hermite-smooth between (as GLSL's smoothstep)."""
-    t = ((x - edge0) / (edge1 - edge0)).clamp(0.0, 1.0)
-    return t * t * (3 - 2 * t)
-
-
 def check_heads(head_vertices: Tensor, vertex_count: int) -> Tensor:
     """`head_vertices` as a float tensor (B, vertex_count, 3), or a ValueError saying what it is instead."""
     head_vertices = torch.as_tensor(head_vertices)
@@ -63,3 +59,34 @@ def check_heads(head_vertices: Tensor, vertex_count: int) -> Tensor:
             f"got {tuple(head_vertices.shape)} {head_vertices.dtype}"
         )
     return head_vertices.float()
+
+
+def slab_faces(rows: int, columns: int) -> np.ndarray:
+    """Faces of a closed slab: an outer (rows, columns) grid of vertices 0.., an inner one after it,
+    joined along all four edges, wound outward (for an outer sheet whose rows run downwards and
+    whose columns run round the back with increasing azimuth, as the curtain's do)."""
+    outer = np.arange(rows * columns).reshape(rows, columns)
+    inner = outer + rows * columns
+    faces = [grid_faces(outer), grid_faces(inner)[:, ::-1]]
+    for edge_outer, edge_inner in (
+        (outer[0], inner[0]),
+        (outer[-1], inner[-1]),
+        (outer[:, 0], inner[:, 0]),
+        (outer[:, -1], inner[:, -1]),
+    ):
+        faces.append(grid_faces(np.stack([edge_outer, edge_inner])))
+    faces = np.concatenate(faces)
+    # Orient every edge strip consistently with the sheets, on a slab of known shape.
+    t = np.linspace(0.0, 1.0, rows)[:, None]
+    azimuth = np.linspace(math.radians(80), 2 * math.pi - math.radians(80), columns)[None]
+    sheets = [
+        np.stack(np.broadcast_arrays(r * np.sin(azimuth), -t, r * np.cos(azimuth)), axis=-1).reshape(-1, 3)
+        for r in (1.0, 0.8)
+    ]
+    mesh = trimesh.Trimesh(np.concatenate(sheets), faces, process=False)
+    trimesh.repair.fix_winding(mesh)
+    if mesh.volume < 0:
+        mesh.invert()
+    if not mesh.is_watertight or not mesh.is_winding_consistent:
+        raise RuntimeError("the curtain slab is not a closed, consistently wound surface")
+    return np.asarray(mesh.faces, dtype=np.int64)

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffnphr.data.appearance import linear_to_srgb, srgb_to_linear
-from diffnphr.data.skin_shell import HIDDEN_DEPTH, check_heads, grid_faces, outer_skin_faces, skin_shell, smoothstep
+from diffnphr.data.colour import linear_to_srgb, srgb_to_linear
+from diffnphr.data.fields import smoothstep
+from diffnphr.data.skin_shell import HIDDEN_DEPTH, check_heads, grid_faces, outer_skin_faces, skin_shell
 from diffnphr.render import vertex_normals
 
 if TYPE_CHECKING:

@@ -25,7 +25,8 @@ from diffnphr.data.appearance import appearance_params
 from diffnphr.data.backgrounds import BackgroundBank
 from diffnphr.data.expressions import sample_expressions
 from diffnphr.data.ict import load_ict
-from diffnphr.data.renders import HeadRenderer, RenderConfig
+from diffnphr.data.renders import HeadRenderer
+from diffnphr.data.scenes import RenderConfig
 
 TURN_BUCKETS_DEG = (0.0, 15.0, 30.0, 90.0)
 """Head-turn ranges (angle of the nose direction from the camera axis) reported separately."""

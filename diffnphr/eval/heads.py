@@ -1,10 +1,15 @@
 """Ground-truth ICT heads and how a decoded head is compared with one: what every evaluation shares.
 
-Ground truth is the decoder's own training surface (`diffnphr.data.heads`): the skin and the
-eyeballs, only the triangles exposed on that head, in the canonical frame. Both surfaces are
-cropped to y ≥ `frame.FLOOR_Y`, the extraction box's floor (the neck below it is never
-extracted), by sampling each whole surface and keeping the points above the floor: the kept
-points are uniform by area on the cropped surface. The face region is the ICT `face` part.
+Ground truth is the decoder's own training surface (`diffnphr.data.head_geometry`): skin with
+hair and beard, eyeballs, teeth, the long-hair curtain and the bun, only the triangles exposed
+on that head, in the canonical frame. Both surfaces are cropped to the extraction box
+(`frame.BOX_MIN`..`BOX_MAX`: its floor cuts the neck, and a tall curly head or a bun may reach
+past its top or back; what lies outside it is never extracted), by sampling each whole surface
+and keeping the points inside the box: the kept points are uniform by area on the cropped
+surface. Regions: the face (ICT's `face` part, the eyeballs and teeth) and the hair (skin the
+hair covers, the curtain and the bun). Every metric is reported raw and after a similarity
+alignment of the prediction to the ground truth (`eval.metrics.similarity_alignment`), as
+"aligned_<region>".
 """
 
 from __future__ import annotations
@@ -14,53 +19,36 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from diffnphr.data.appearance import appearance_basis, vertex_colours
-from diffnphr.data.heads import exposed_faces
-from diffnphr.data.sampling import HeadSampler
-from diffnphr.eval.metrics import SurfaceSamples, head_and_face_metrics, sample_surface
-from diffnphr.frame import FLOOR_Y
+from diffnphr.eval.metrics import SurfaceSamples, region_metrics, sample_surface, similarity_alignment
+from diffnphr.frame import BOX_MAX, BOX_MIN
 
 if TYPE_CHECKING:
-    from diffnphr.data.ict import ICTFaceModel
+    from diffnphr.data.head_geometry import HeadGeometry
     from diffnphr.heads.split import HeadSplit
     from diffnphr.nphm.decoder import MonoNPHM
 
+REGIONS = ("face", "hair")
+
 
 class GroundTruthHeads:
-    """Ground-truth training surfaces (exposed skin + eyeballs) of ICT heads, with face labels and colours."""
+    """Ground-truth surfaces of ICT heads with hair (exposed triangles), with region labels and colours."""
 
-    def __init__(self, model: ICTFaceModel, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self._sampler = HeadSampler(model, self.device)
-        surface = self._sampler.surface
-        self._faces = torch.as_tensor(surface.faces, device=self.device)
-        self._face_region = torch.as_tensor(surface.face_region, device=self.device)
-        self._tests = [
-            (torch.as_tensor(q, device=self.device), torch.as_tensor(s, device=self.device))
-            for q, s in surface.exposure_tests
-        ]
-        self._cap_loop = torch.as_tensor(surface.cap_loop_rows, device=self.device)
-        self._appearance = appearance_basis(model).rows(surface.vertex_ids).to(self.device)
+    def __init__(self, geometry: HeadGeometry):
+        self.device = geometry.device
+        self._geometry = geometry
 
     def mesh(
         self, split: HeadSplit, identity: int, slot: int, expression_identity: int | None = None
     ) -> dict[str, Tensor]:
-        """The head of split row `identity` with expression `slot`: vertices (N+1, 3), faces (F', 3)
-        of its exposed triangles, face_region (F',) bool, colours (N+1, 3) sRGB in [0, 1].
-        With `expression_identity`, the expression is that row's slot instead (expression transfer)."""
-        coefficients = split.identity_coefficients[identity][None].to(self.device)
-        expression_row = identity if expression_identity is None else expression_identity
-        weights = split.expression_weights[expression_row, slot][None].to(self.device)
-        vertices = self._sampler.head_vertices(coefficients, weights)
-        exposed = exposed_faces(vertices, self._faces, self._tests)[0]
-        colours = vertex_colours(self._appearance, split.appearance(torch.tensor([identity])).to(self.device))
-        colours = torch.cat([colours, colours[:, self._cap_loop].mean(dim=1, keepdim=True)], dim=1)
-        return {
-            "vertices": vertices[0],
-            "faces": self._faces[exposed],
-            "face_region": self._face_region[exposed],
-            "colours": colours[0].clamp(0, 1),
-        }
+        """The head of split row `identity` with expression `slot`: vertices (N, 3), faces (F', 3)
+        of its exposed triangles, face_region and hair_region (F',) bool, colours (N, 3) sRGB in
+        [0, 1]. With `expression_identity`, the expression is that row's slot instead (expression
+        transfer)."""
+        factors = split.factors(torch.tensor([identity]), torch.tensor([slot]))
+        if expression_identity is not None:
+            moved = split.factors(torch.tensor([expression_identity]), torch.tensor([slot]))
+            factors = type(factors)(factors.identity, moved.expression, factors.appearance, factors.hair)
+        return self._geometry.build(factors).head(0)
 
 
 def decode_mesh(
@@ -82,41 +70,58 @@ def decode_mesh(
         )
 
 
-def sample_above_floor(
-    vertices: Tensor, faces: Tensor, count: int, seed: int, floor_y: float = FLOOR_Y
+def sample_in_box(
+    vertices: Tensor,
+    faces: Tensor,
+    count: int,
+    seed: int,
+    box: tuple[tuple[float, ...], tuple[float, ...]] = (BOX_MIN, BOX_MAX),
 ) -> SurfaceSamples:
-    """`count` points uniform by area on the part of a mesh at y ≥ floor_y (face_index into `faces`)."""
-    kept = (vertices[faces.long(), 1] >= floor_y).any(dim=1).nonzero().squeeze(1)
+    """`count` points uniform by area on the part of a mesh inside `box` (face_index into `faces`)."""
+    low = torch.as_tensor(box[0], dtype=vertices.dtype, device=vertices.device)
+    high = torch.as_tensor(box[1], dtype=vertices.dtype, device=vertices.device)
+
+    def inside(points: Tensor) -> Tensor:
+        return ((points >= low) & (points <= high)).all(dim=-1)
+
+    kept = inside(vertices[faces.long()]).any(dim=1).nonzero().squeeze(1)
     if len(kept) == 0:
-        raise ValueError(f"the mesh lies entirely below y = {floor_y}: nothing to compare")
+        raise ValueError("the mesh lies entirely outside the extraction box: nothing to compare")
     drawn = count
     for attempt in range(8):
         samples = sample_surface(vertices, faces[kept], int(drawn * 1.1) + 256, seed + attempt)
-        above = (samples.points[:, 1] >= floor_y).nonzero().squeeze(1)
-        if len(above) >= count:
-            above = above[:count]
-            return SurfaceSamples(samples.points[above], samples.normals[above], kept[samples.face_index[above]])
-        drawn = int(drawn * count / max(len(above), 1)) + 1
-    raise ValueError(f"could not draw {count} points above y = {floor_y}: the surface there is (almost) empty")
+        chosen = inside(samples.points).nonzero().squeeze(1)
+        if len(chosen) >= count:
+            chosen = chosen[:count]
+            return SurfaceSamples(samples.points[chosen], samples.normals[chosen], kept[samples.face_index[chosen]])
+        drawn = int(drawn * count / max(len(chosen), 1)) + 1
+    raise ValueError(f"could not draw {count} points inside the extraction box: the surface there is (almost) empty")
 
 
 def compare_head(
     pred_vertices: Tensor, pred_faces: Tensor, truth: dict[str, Tensor], points: int, seed: int, with_floor: bool = True
 ) -> dict[str, dict[str, float]]:
-    """Head and face metrics (`diffnphr.eval`) of a predicted mesh against a `GroundTruthHeads.mesh`,
-    both cropped to y ≥ -0.5, `points` samples per side; with `with_floor`, also "floor_head" and
+    """Head and region metrics (`diffnphr.eval.metrics`) of a predicted mesh against a
+    `GroundTruthHeads.mesh`, both cropped to the extraction box, `points` samples per side, raw ("head",
+    "face", "hair" where the head has hair) and after a similarity alignment ("aligned_head",
+    ...; its scale as "alignment": {"scale": s}); with `with_floor`, also "floor_head" and
     "floor_face": the ground truth against itself resampled with another seed."""
     device = truth["vertices"].device
-    gt = sample_above_floor(truth["vertices"], truth["faces"], points, seed)
-    pred = sample_above_floor(
+    gt = sample_in_box(truth["vertices"], truth["faces"], points, seed)
+    pred = sample_in_box(
         torch.as_tensor(pred_vertices, dtype=torch.float32, device=device),
         torch.as_tensor(pred_faces, device=device),
         points,
         seed + 1000,
     )
-    metrics = head_and_face_metrics(pred, gt, truth["face_region"])
+    regions = {name: truth[f"{name}_region"] for name in REGIONS}
+    metrics = region_metrics(pred, gt, regions)
+    scale, shift = similarity_alignment(pred.points, gt.points)
+    aligned = SurfaceSamples(scale * pred.points + shift, pred.normals, pred.face_index)
+    metrics.update({f"aligned_{name}": value for name, value in region_metrics(aligned, gt, regions).items()})
+    metrics["alignment"] = {"scale": scale}
     if with_floor:
-        again = sample_above_floor(truth["vertices"], truth["faces"], points, seed + 2000)
-        floor = head_and_face_metrics(again, gt, truth["face_region"])
+        again = sample_in_box(truth["vertices"], truth["faces"], points, seed + 2000)
+        floor = region_metrics(again, gt, {"face": truth["face_region"]})
         metrics.update({"floor_head": floor["head"], "floor_face": floor["face"]})
     return metrics

@@ -27,7 +27,7 @@ ICT head (2.3·10⁵ mm² with neck) a mesh against itself, freshly sampled, mea
 0.65 mm and F@1 mm 0.83 at 100k predicted / 200k ground-truth points, 0.54 mm and 0.93 at
 200k / 200k, 0.24 mm and 1.00 at 1M / 1M. Report that floor beside results in this range.
 
-Region metrics (the face): a ground-truth point is in the region when the triangle it was
+Region metrics (the face, the hair): a ground-truth point is in the region when the triangle it was
 sampled from is; a predicted point is when its nearest ground-truth point is. The metrics are
 then the same formulas over those two subsets. NPHM's own face metrics (its
 `scripts/evaluation/eval.py`) select both sides alike by proximity, within 1 cm of a face
@@ -35,6 +35,10 @@ vertex of the subject's FLAME registration and 5 mm of that vertex's tangent pla
 its scans carry no region labels. Ours do, so the ground-truth side is exact, and a predicted
 point counts however far it strays (NPHM leaves out of accuracy the predicted points more than
 5 mm off the face). On a perfect prediction either rule picks matching sets on the two sides.
+
+Size: the first identity mode of ICT-FaceKit is almost a uniform scale, which one photo of a
+head at an unknown distance cannot show, so raw distances punish every method for the head's
+size. `similarity_alignment` removes that: the metrics are reported raw and after it.
 """
 
 from __future__ import annotations
@@ -185,46 +189,88 @@ def nearest_region_mask(points: Tensor, gt_points: Tensor, gt_in_region: Tensor)
     return gt_in_region.to(nearest.device)[nearest]
 
 
-def head_and_face_metrics(
+def region_metrics(
     pred: SurfaceSamples,
     gt: SurfaceSamples,
-    gt_face_region: Tensor,
+    regions: dict[str, Tensor],
     thresholds_mm: Sequence[float] = DEFAULT_THRESHOLDS_MM,
     scale_to_mm: float = MM_PER_UNIT,
 ) -> dict[str, dict[str, float]]:
-    """`surface_metrics` for the whole surface ("head") and for the face region ("face").
+    """`surface_metrics` for the whole surface ("head") and for each named region of the ground truth.
 
-    `gt_face_region` (F,) bool marks the ground-truth mesh's face triangles; the region rule
-    is the module docstring's.
+    `regions` maps a name ("face", "hair", ...) to an (F,) bool array marking the ground-truth
+    mesh's triangles in it; the region rule is the module docstring's. A region with no
+    ground-truth sample (a bald head's hair) is left out; "face" must have some.
     """
-    gt_face_region = torch.as_tensor(gt_face_region, device=gt.face_index.device)
-    if gt_face_region.ndim != 1 or gt_face_region.dtype != torch.bool:
-        raise ValueError(
-            f"gt_face_region must be a 1-D bool array (one entry per ground-truth triangle), "
-            f"got {tuple(gt_face_region.shape)} {gt_face_region.dtype}"
-        )
-    if len(gt.face_index) and int(gt.face_index.max()) >= len(gt_face_region):
-        raise ValueError(
-            f"gt_face_region has {len(gt_face_region)} entries but the ground-truth samples "
-            f"come from triangle {int(gt.face_index.max())}: it must mark every triangle of the sampled mesh"
-        )
     settings = {"thresholds_mm": thresholds_mm, "scale_to_mm": scale_to_mm}
-    gt_in_face = gt_face_region[gt.face_index]
-    if not gt_in_face.any():
-        raise ValueError(f"none of the {len(gt_in_face)} ground-truth samples lies in the face region")
-    pred_in_face = nearest_region_mask(pred.points, gt.points, gt_in_face)
-    if not pred_in_face.any():
-        raise ValueError("no predicted point lies nearest to the ground-truth face: the prediction misses the face")
-    return {
-        "head": surface_metrics(pred.points, pred.normals, gt.points, gt.normals, **settings),
-        "face": surface_metrics(
-            pred.points[pred_in_face],
-            pred.normals[pred_in_face],
-            gt.points[gt_in_face],
-            gt.normals[gt_in_face],
-            **settings,
-        ),
-    }
+    metrics = {"head": surface_metrics(pred.points, pred.normals, gt.points, gt.normals, **settings)}
+    for name, marks in regions.items():
+        marks = torch.as_tensor(marks, device=gt.face_index.device)
+        if marks.ndim != 1 or marks.dtype != torch.bool:
+            raise ValueError(
+                f"the {name} region must be a 1-D bool array (one entry per ground-truth triangle), "
+                f"got {tuple(marks.shape)} {marks.dtype}"
+            )
+        if len(gt.face_index) and int(gt.face_index.max()) >= len(marks):
+            raise ValueError(
+                f"the {name} region has {len(marks)} entries but the ground-truth samples come from triangle "
+                f"{int(gt.face_index.max())}: it must mark every triangle of the sampled mesh"
+            )
+        gt_in = marks[gt.face_index]
+        if not gt_in.any():
+            if name == "face":
+                raise ValueError(f"none of the {len(gt_in)} ground-truth samples lies in the face region")
+            continue
+        pred_in = nearest_region_mask(pred.points, gt.points, gt_in)
+        if not pred_in.any():
+            raise ValueError(f"no predicted point lies nearest to the ground-truth {name}: the prediction misses it")
+        metrics[name] = surface_metrics(
+            pred.points[pred_in], pred.normals[pred_in], gt.points[gt_in], gt.normals[gt_in], **settings
+        )
+    return metrics
+
+
+def similarity_alignment(
+    pred_points: Tensor, gt_points: Tensor, iterations: int = 30, max_points: int = 20_000
+) -> tuple[float, Tensor]:
+    """Scale s and translation t (3,) that best bring predicted points onto the ground truth.
+
+    One photo shows neither a head's size nor its distance, so every geometry metric is also
+    reported after this alignment: the fit of s·p + t to the nearest points both ways
+    (prediction to ground truth and back) that minimises the sum of their distances (the
+    Chamfer-L1 itself; least squares weighted by 1 / distance, iteratively), alternated with
+    finding those neighbours again (ICP with a scale and no rotation: both surfaces are in the
+    canonical frame already), until s and t move by less than 1e-7 units or after `iterations`
+    rounds, on evenly spread subsets of at most `max_points` points of each side.
+    """
+    _check_points(pred_points, "predicted points")
+    _check_points(gt_points, "ground-truth points")
+
+    def subset(points: Tensor) -> Tensor:
+        step = max(1, len(points) // max_points)
+        return points.detach()[::step].to(torch.float64)
+
+    pred = subset(pred_points)
+    gt = subset(gt_points).to(pred.device)
+    scale, shift = 1.0, torch.zeros(3, dtype=torch.float64, device=pred.device)
+    for _ in range(iterations):
+        previous_scale, previous_shift = scale, shift
+        moved = scale * pred + shift
+        _, to_gt = nearest_neighbours(moved, gt)
+        _, to_pred = nearest_neighbours(gt, moved)
+        source = torch.cat([pred, pred[to_pred]])
+        target = torch.cat([gt[to_gt], gt])
+        weights = 1.0 / (scale * source + shift - target).norm(dim=1).clamp_min(1e-5)
+        weights = weights / weights.sum()
+        source_mean, target_mean = weights @ source, weights @ target
+        centred = source - source_mean
+        scale = float(
+            (weights[:, None] * centred * (target - target_mean)).sum() / (weights[:, None] * centred.square()).sum()
+        )
+        shift = target_mean - scale * source_mean
+        if abs(scale - previous_scale) < 1e-7 and float((shift - previous_shift).abs().max()) < 1e-7:
+            break
+    return scale, shift.to(pred_points.dtype)
 
 
 def _check_points(points: Tensor, what: str) -> None:

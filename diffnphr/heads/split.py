@@ -3,10 +3,12 @@
 A split holds `train + heldout` identities drawn from the ICT model (identity coefficients
 N(0, 1) per mode, `diffnphr.data.heads.sample_identities`), each with `expressions` expression
 weight vectors: slot 0 is the neutral face (all zeros), the others come from the realistic
-sampler (`diffnphr.data.expressions.sample_expressions`), and one appearance seed per
-identity (`diffnphr.data.appearance.appearance_params`). A seeded permutation decides which
-identities are held out. Decoder training only ever sees the train identities; the diffusion
-stage renders the same heads, so the split travels with the trained latents.
+sampler (`diffnphr.data.expressions.sample_expressions`), one appearance seed per identity
+(`diffnphr.data.appearance.appearance_params`) and one hair style per identity
+(`diffnphr.data.hair_styles`, in the identity's hair colour). A seeded permutation decides
+which identities are held out. The decoder trains on fresh random heads and is measured on the
+held-out identities; the latents of the training identities (from the factor map) are the
+reconstruction stage's targets, and its renders show the same heads with the same hair.
 
 Files (`save` / `load_head_split`): `split.json` (seed, counts, which rows are train and held
 out, the expression names) and `heads.safetensors` (the arrays). Arrays are stored rather than
@@ -27,8 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from diffnphr.data.appearance import AppearanceParams, appearance_params
+from diffnphr.data.appearance import REGIONS, AppearanceParams, appearance_params
 from diffnphr.data.expressions import sample_expressions
+from diffnphr.data.factors import HeadFactors
+from diffnphr.data.hair_styles import HairStyles, sample_hair_styles
 from diffnphr.data.heads import sample_identities
 
 if TYPE_CHECKING:
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
 
 SPLIT_FILE = "split.json"
 HEADS_FILE = "heads.safetensors"
-SPLIT_FORMAT = 1
+SPLIT_FORMAT = 2  # 2: with a hair style per identity
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class HeadSplit:
     train_identities: Tensor  # (n_train,) int64
     heldout_identities: Tensor  # (n_heldout,) int64
     expression_names: tuple[str, ...]
+    hair: HairStyles  # (n_identities rows)
 
     @property
     def expressions_per_identity(self) -> int:
@@ -64,6 +69,21 @@ class HeadSplit:
         """Procedural appearance parameters of the given identity rows, in their order."""
         return appearance_params(self.appearance_seeds[identities.cpu()].tolist())
 
+    def factors(self, identities: Tensor, slots: Tensor, appearance_identities: Tensor | None = None) -> HeadFactors:
+        """The generating factors of heads (identity row, expression slot), each [B]; with
+        `appearance_identities`, in those identities' colours (hair colour included)."""
+        identities, slots = identities.cpu(), slots.cpu()
+        colours = identities if appearance_identities is None else appearance_identities.cpu()
+        hair = self.hair.select(identities)
+        if appearance_identities is not None:
+            hair = hair.with_colours_of(self.hair.select(colours))
+        return HeadFactors(
+            self.identity_coefficients[identities],
+            self.expression_weights[identities, slots],
+            self.appearance(colours),
+            hair,
+        )
+
     def fingerprint(self) -> str:
         """A short hash of the arrays and the split, to tell whether a checkpoint belongs to this split."""
         digest = hashlib.sha256()
@@ -73,6 +93,7 @@ class HeadSplit:
             self.appearance_seeds,
             self.train_identities,
             self.heldout_identities,
+            *self.hair.tensors().values(),
         ):
             digest.update(tensor.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
@@ -86,6 +107,7 @@ class HeadSplit:
                 "identity_coefficients": self.identity_coefficients.contiguous(),
                 "expression_weights": self.expression_weights.contiguous(),
                 "appearance_seeds": self.appearance_seeds.contiguous(),
+                **{f"hair.{name}": value.contiguous() for name, value in self.hair.tensors().items()},
             },
             str(directory / HEADS_FILE),
         )
@@ -129,6 +151,8 @@ def make_head_split(
     expressions[:, 1:] = posed.reshape(total, expressions_per_identity - 1, -1)
     appearance_seeds = rng.choice(2**31 - 1, size=total, replace=False)
     order = rng.permutation(total)
+    hair_colours = appearance_params(appearance_seeds.tolist()).region_colours[:, REGIONS.index("hair")]
+    hair = sample_hair_styles(total, torch.Generator().manual_seed(int(seed)), hair_colours)
     return HeadSplit(
         seed=int(seed),
         identity_coefficients=torch.from_numpy(identities),
@@ -137,6 +161,7 @@ def make_head_split(
         train_identities=torch.from_numpy(np.sort(order[:train_identities]).astype(np.int64)),
         heldout_identities=torch.from_numpy(np.sort(order[train_identities:]).astype(np.int64)),
         expression_names=tuple(model.expression_names),
+        hair=hair,
     )
 
 
@@ -148,7 +173,10 @@ def load_head_split(directory: str | os.PathLike) -> HeadSplit:
         raise FileNotFoundError(f"{directory} holds no head split ({SPLIT_FILE} and {HEADS_FILE}).")
     description = json.loads(path.read_text())
     if description.get("format") != SPLIT_FORMAT:
-        raise ValueError(f"{path} has split format {description.get('format')}; this code reads format {SPLIT_FORMAT}.")
+        raise ValueError(
+            f"{path} has split format {description.get('format')}; this code reads format {SPLIT_FORMAT} "
+            "(heads with hair): train a new decoder run (python -m diffnphr train-decoder)."
+        )
     arrays = load_file(str(directory / HEADS_FILE))
     split = HeadSplit(
         seed=int(description["seed"]),
@@ -158,6 +186,7 @@ def load_head_split(directory: str | os.PathLike) -> HeadSplit:
         train_identities=torch.tensor(description["train_identities"], dtype=torch.int64),
         heldout_identities=torch.tensor(description["heldout_identities"], dtype=torch.int64),
         expression_names=tuple(description["expression_names"]),
+        hair=HairStyles.from_tensors({k[len("hair.") :]: v for k, v in arrays.items() if k.startswith("hair.")}),
     )
     if split.fingerprint() != description["fingerprint"]:
         raise ValueError(

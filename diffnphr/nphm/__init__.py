@@ -1,4 +1,5 @@
-"""MonoNPHM: the decoder (latents -> SDF + colour), its latent layout, and the official-checkpoint converter."""
+"""MonoNPHM: the decoder (latents -> SDF + colour), its latent layout, the official-checkpoint converter, and the
+factor map (a generated head's factors -> its latent)."""
 
 from diffnphr.nphm.config import MonoNPHMConfig
 from diffnphr.nphm.decoder import HeadField, MonoNPHM

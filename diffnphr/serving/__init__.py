@@ -31,6 +31,7 @@ from diffnphr.serving.requests import (
 from diffnphr.serving.results import (
     ExamplePhotos,
     done_status,
+    named_warnings,
     return_freed_memory,
     run_details,
     write_example_photos,
@@ -54,6 +55,7 @@ __all__ = [
     "done_status",
     "export_crop",
     "export_downloads",
+    "named_warnings",
     "read_request",
     "reconstruction_batches",
     "request_problems",

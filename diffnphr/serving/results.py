@@ -10,23 +10,44 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from diffnphr.face import FaceCrop
     from diffnphr.pipeline.pipeline import Reconstruction
 
 
 def run_details(result: Reconstruction) -> dict[str, Any]:
-    """What the app shows beside a result: seed, seconds per stage, mesh size, how the face was found, warnings."""
-    crop = result.crop
+    """What the app shows beside a result: seed, seconds per stage, mesh size, how the face was found, warnings.
+
+    `face` says how the face was found in the photo; for an expression transfer it holds one such block per photo,
+    named `identity_photo` and `expression_photo`, and each warning names its photo (`named_warnings`).
+    """
+    face = _face_facts(result.crop)
+    if result.expression_crop is not None:
+        face = {"identity_photo": face, "expression_photo": _face_facts(result.expression_crop)}
     return {
         "seed": result.seed,
         "seconds": result.timings,
         "vertices": len(result.mesh.vertices),
         "faces": len(result.mesh.faces),
-        "face": {
-            "found": not crop.centred_fallback,
-            "photo_turned_deg": crop.rotation,
-            "head_size_px": None if crop.face_size_px is None else round(crop.face_size_px),
-        },
-        "warnings": result.warnings,
+        "face": face,
+        "warnings": named_warnings(result),
+    }
+
+
+def named_warnings(result: Reconstruction) -> list[str]:
+    """The result's warnings, each naming its photo in an expression transfer ("Identity photo: …"; the pipeline
+    names only the expression photo's)."""
+    if result.expression_crop is None:
+        return list(result.warnings)
+    identity = set(result.crop.warnings)
+    return [f"Identity photo: {warning}" if warning in identity else warning for warning in result.warnings]
+
+
+def _face_facts(crop: FaceCrop) -> dict[str, Any]:
+    """Whether a face was found in the photo, how far the photo was turned to find it, and its size in pixels."""
+    return {
+        "found": not crop.centred_fallback,
+        "photo_turned_deg": crop.rotation,
+        "head_size_px": None if crop.face_size_px is None else round(crop.face_size_px),
     }
 
 

@@ -11,6 +11,8 @@ A checkpoint is a folder `checkpoint-<step>` in the run folder holding
   interrupted save and is ignored.
 
 Folders are written under a temporary name and renamed, and only the newest `keep` are kept.
+`slim_checkpoint` makes a run folder light enough to carry to the next GPU command: the newest
+checkpoint alone, its floating-point tensors in half precision, no optimiser moments.
 """
 
 from __future__ import annotations
@@ -107,3 +109,20 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if (path / OPTIMIZER_FILE).is_file():
         optimizers = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
     return Checkpoint(path, tensors, optimizers, json.loads((path / STATE_FILE).read_text()))
+
+
+def slim_checkpoint(run_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+    """Keep only a run's newest checkpoint, its floating-point tensors stored as `dtype` (they load
+    back into float32 modules), without `optimizer.pt`; returns its folder. For carrying a run to
+    the next short GPU command: resumed, it restarts the optimiser moments with a warm-up."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint to slim.")
+    newest = found[-1]
+    for old in found[:-1]:
+        shutil.rmtree(old)
+    for shard in sorted(newest.glob(TENSORS_PATTERN.format(suffix="*"))):
+        tensors = load_file(str(shard))
+        save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, str(shard))
+    (newest / OPTIMIZER_FILE).unlink(missing_ok=True)
+    return newest

@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffnphr.data.sampling import SamplingConfig
+from diffnphr.data.samples import SamplingConfig
 from diffnphr.nphm.config import MonoNPHMConfig
+from diffnphr.nphm.factor_map import FactorMapConfig
 from diffnphr.train.losses import LossWeights
 
 
@@ -123,10 +124,14 @@ class DecoderTrainingConfig(JsonConfig):
     )
 
     seed: int = 0
+    # The split: held-out identities to measure on, training identities whose mapped latents the
+    # reconstruction stage learns (the decoder itself trains on fresh random heads).
     train_identities: int = 1000
     heldout_identities: int = 100
     expressions_per_identity: int = 8
     model: MonoNPHMConfig = field(default_factory=MonoNPHMConfig.small)
+    factor_map: FactorMapConfig = field(default_factory=FactorMapConfig)  # hidden sizes (widths follow the data)
+    init_decoder: str | None = None  # a decoder weights folder to start from (None: a new decoder)
     sampling: SamplingConfig = field(default_factory=training_sampling)
     losses: LossWeights = field(default_factory=LossWeights)
     heads_per_step: int = 64
@@ -134,11 +139,9 @@ class DecoderTrainingConfig(JsonConfig):
     far_extent: float = 1.25
     total_steps: int = 8000  # about three 9-minute H100 commands at 64 heads per step
     lr_network: float = 5e-4
+    lr_factor_map: float = 5e-4
     weight_decay: float = 5e-4
-    lr_shape_codes: float = 2e-3  # z_geo and z_app
-    lr_expression_codes: float = 1e-2
     grad_clip: float = 1.0
-    code_max_norm: float = 1.0
     lr_halving_fractions: tuple[float, ...] = (0.14, 0.28, 0.42, 0.52, 0.62, 0.72, 0.82, 0.92)
     correspondence_decay_fraction: float = 0.3
     correspondence_decay_factor: float = 0.25

@@ -1,23 +1,28 @@
-"""Auto-decoder training of our MonoNPHM decoder on ICT-FaceKit heads, in resumable time-boxed runs.
+"""Training our MonoNPHM decoder and its factor map on fresh ICT-FaceKit heads, in resumable time-boxed runs.
 
-As MonoNPHM does (reference note §5.1): the decoder and three codebooks are optimised together,
-z_geo and z_app per training identity and z_exp per (identity, expression), all codes starting
-at zero and kept within norm 1 (`nn.Embedding(max_norm=1)`). The default decoder keeps the
-official latent layout (2176/100/2176) with narrower MLPs (`MonoNPHMConfig.small()`). Each step draws
-`heads_per_step` (identity, expression) heads at random, samples them on the device
-(`diffnphr.data.sampling.HeadSampler`) and applies `diffnphr.train.losses`. The networks use
-AdamW (lr 5e-4, weight decay 5e-4, gradient norm clipped to 1 per network), the codes
-SparseAdam (2e-3 geometry/appearance, 1e-2 expression); all rates halve at the reference's
-epochs 350, 700, 1050, 1300, ... 2300 of 2500, here the same fractions of `total_steps`, and
-the correspondence weight drops to a quarter after 30 % (the reference's epoch 750).
+MonoNPHM trains its decoder as an auto-decoder: fixed codebooks of one latent per training
+scan, optimised with the network (reference note §5.1). Our heads are generated, so instead of
+codebooks a factor map (`diffnphr.nphm.factor_map.FactorMap`) learns, jointly with the
+decoder, the latent of any head from its generating factors (`diffnphr.data.factors`): z_geo
+from identity and hair shape, z_exp from the expression alone, z_app from the colours. Every
+step draws `heads_per_step` new random heads (no head is seen twice; one in
+`NEUTRAL_EVERY` is neutral, which the neutral-offset terms need), samples their whole closed
+surface with hair, eyes and teeth on the device (`diffnphr.data.sampling.HeadSampler`) and
+applies `diffnphr.train.losses` to the latents the map gives them. The default decoder keeps
+the official latent layout (2176/100/2176) with narrower MLPs (`MonoNPHMConfig.small()`);
+`init_decoder` starts it from a trained decoder folder (its anchor template included).
+Decoder and map use AdamW (gradient norm clipped to 1 per network), with the reference's
+learning-rate halvings at the same fractions of `total_steps`, and the correspondence weight
+drops to a quarter after 30 %.
 
-A run lives in one folder: `split.json` + `heads.safetensors` (the fixed seeded split),
-`train_log.jsonl` (losses and steps/s) and `checkpoint-<step>` folders
-(`diffnphr.train.checkpoints`). `train_decoder` resumes from the newest checkpoint and stops
-cleanly, checkpoint written, before its time budget ends, so training proceeds in GPU commands
-of under 10 minutes. To move a run between machines, copy the folder without the checkpoints'
-`optimizer.pt` (it exceeds what travels); the optimiser moments then restart, with a short
-learning-rate warm-up. `export_decoder` turns a run into the deliverables.
+A run lives in one folder: `split.json` + `heads.safetensors` (the fixed seeded split: its
+held-out identities are what the decoder is measured on, its training identities' mapped
+latents the reconstruction stage's targets), `train_log.jsonl` (losses and steps/s) and
+`checkpoint-<step>` folders (`diffnphr.train.checkpoints`). `train_decoder` resumes from the
+newest checkpoint and stops cleanly, checkpoint written, before its time budget ends, so
+training proceeds in GPU commands of under 10 minutes. To move a run between machines, copy
+the folder without the checkpoints' `optimizer.pt`; the optimiser moments then restart, with a
+short learning-rate warm-up. `export_decoder` turns a run into the deliverables.
 """
 
 from __future__ import annotations
@@ -30,16 +35,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffnphr.data.anchors import anchor_vertices
-from diffnphr.data.heads import head_vertices
+from diffnphr.data.factors import APPEARANCE_DIM, HeadFactors, sample_head_factors
+from diffnphr.data.hair_styles import GEOMETRY_DIM
 from diffnphr.data.ict import ICTFaceModel, load_ict
 from diffnphr.data.sampling import HeadSampler
 from diffnphr.devices import resolve_device
 from diffnphr.heads.latents import CODEBOOKS_NAME, LATENT_STATISTICS_FILE, SplitLatents, save_latent_statistics
 from diffnphr.heads.split import HeadSplit, load_head_split, make_head_split
 from diffnphr.nphm.decoder import MonoNPHM
+from diffnphr.nphm.factor_map import FactorMap, FactorMapConfig
 from diffnphr.train.checkpoints import (
     Checkpoint,
     list_checkpoints,
@@ -53,56 +60,43 @@ from diffnphr.train.loop import LoopSchedule, StepResult, TimeBox, run_training,
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
 
 if TYPE_CHECKING:
-    from diffnphr.nphm.config import MonoNPHMConfig
+    pass
 
 DECODER_DIR = "decoder"
+FACTOR_MAP_DIR = "factor_map"
 LATENTS_DIR = "decoder_latents"
+NEUTRAL_EVERY = 8  # one head in eight of every batch is neutral (the split's slot 0 has the same share)
+_ANCHOR_TEMPLATE_HEADS = 256  # random neutral heads whose mean anchors are a new decoder's template
 
 
-class Codebooks(nn.Module):
-    """The auto-decoder's latent codes: z_geo and z_app per training identity, z_exp per (identity, expression slot).
-
-    Row r of `geo`/`app` belongs to the split's r-th training identity; row r·X + x of `exp` to
-    its expression slot x. Zero-initialised sparse embeddings whose looked-up rows are pulled
-    back to norm `max_norm`, as in MonoNPHM.
-    """
-
-    def __init__(self, identities: int, expressions_per_identity: int, config: MonoNPHMConfig, max_norm: float):
-        super().__init__()
-        self.expressions_per_identity = expressions_per_identity
-
-        def table(rows: int, dim: int) -> nn.Embedding:
-            embedding = nn.Embedding(rows, dim, max_norm=max_norm, sparse=True)
-            nn.init.zeros_(embedding.weight)
-            return embedding
-
-        self.geo = table(identities, config.z_geo_dim)
-        self.exp = table(identities * expressions_per_identity, config.lat_dim_exp)
-        self.app = table(identities, config.z_app_dim)
-
-    def forward(self, identities: Tensor, slots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(z_geo, z_exp, z_app) of heads given by training-identity rows and expression slots, each [B]."""
-        return self.geo(identities), self.exp(identities * self.expressions_per_identity + slots), self.app(identities)
-
-    def latents(self, split: HeadSplit) -> SplitLatents:
-        """The codebooks as `SplitLatents` of the split's training identities."""
-        rows = self.geo.weight.shape[0]
-        return SplitLatents(
-            identities=split.train_identities.clone(),
-            z_geo=self.geo.weight.detach().cpu().clone(),
-            z_exp=self.exp.weight.detach().cpu().reshape(rows, self.expressions_per_identity, -1).clone(),
-            z_app=self.app.weight.detach().cpu().clone(),
-        )
+def factor_map_config(ict: ICTFaceModel, config: DecoderTrainingConfig) -> FactorMapConfig:
+    """The factor map's config: widths from the ICT model and the data, hidden sizes from the run's config."""
+    return dataclasses.replace(
+        config.factor_map,
+        geometry_dim=ict.identity_modes.shape[0] + GEOMETRY_DIM,
+        expression_dim=len(ict.expression_names),
+        appearance_dim=APPEARANCE_DIM,
+        z_geo_dim=config.model.z_geo_dim,
+        z_exp_dim=config.model.lat_dim_exp,
+        z_app_dim=config.model.z_app_dim,
+    )
 
 
-def mean_anchor_template(ict: ICTFaceModel, split: HeadSplit) -> Tensor:
-    """Anchor positions [65, 3] of the mean neutral training head (the decoder's anchor template).
+def training_heads(ict: ICTFaceModel, count: int, seed: int) -> HeadFactors:
+    """`count` fresh random heads of one step (`seed`), one in `NEUTRAL_EVERY` of them neutral."""
+    factors = sample_head_factors(count, seed, ict.expression_names, ict.identity_modes.shape[0])
+    factors.expression[::NEUTRAL_EVERY] = 0.0
+    return factors
 
-    MonoNPHM's `anchors_65.npy` is the mean of its training anchors; heads are linear in the
-    identity coefficients, so the anchors of the mean coefficients are the mean anchors.
-    """
-    mean_identity = split.identity_coefficients[split.train_identities].mean(dim=0).numpy()
-    return torch.from_numpy(head_vertices(ict, mean_identity)[anchor_vertices(ict)])
+
+def mean_anchor_template(sampler: HeadSampler, ict: ICTFaceModel, seed: int) -> Tensor:
+    """Anchor positions [65, 3] of the mean of `_ANCHOR_TEMPLATE_HEADS` random neutral heads with
+    their hair (a new decoder's anchor template; MonoNPHM's `anchors_65.npy` is the mean of its
+    training anchors)."""
+    heads = training_heads(ict, _ANCHOR_TEMPLATE_HEADS, seed).neutral()
+    vertices = sampler.geometry.vertices(heads)
+    rows = torch.as_tensor(np.searchsorted(sampler.surface.vertex_ids, anchor_vertices(ict)), device=vertices.device)
+    return vertices[:, rows].mean(dim=0).cpu()
 
 
 def _learning_rate_factor(config: DecoderTrainingConfig, step: int, restart_step: int | None) -> float:
@@ -181,60 +175,57 @@ def train_decoder(
 
 
 class _DecoderRun:
-    """The trainable state of a run (decoder, codebooks, optimisers, batch RNG) and one training step."""
+    """The trainable state of a run (decoder, factor map, optimiser, batch RNG) and one training step."""
 
     def __init__(
         self, run_dir: Path, config: DecoderTrainingConfig, ict: ICTFaceModel, split: HeadSplit, device: torch.device
     ):
-        self.run_dir, self.config, self.split, self.device = run_dir, config, split, device
+        self.run_dir, self.config, self.split, self.ict, self.device = run_dir, config, split, ict, device
         self.restart_step: int | None = None  # the step a resume without optimiser moments restarted them at
         self.trained_s, self.resumed_at = 0.0, time.monotonic()
         self.sampler = HeadSampler(ict, device, config.sampling)
         with seeded(config.seed):
-            self.model = MonoNPHM(config.model, mean_anchor_template(ict, split)).to(device).train()
-        self.slots = split.expressions_per_identity
-        self.codebooks = Codebooks(len(split.train_identities), self.slots, config.model, config.code_max_norm).to(
-            device
-        )
-        self.network_optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr_network, weight_decay=config.weight_decay
-        )
-        self.code_optimizer = torch.optim.SparseAdam(
+            if config.init_decoder is not None:
+                self.model = MonoNPHM.from_pretrained(config.init_decoder, device=device)
+                if self.model.config != config.model:
+                    raise ValueError(
+                        f"The decoder in {config.init_decoder} has other sizes than the run's config.model; "
+                        "set config.model to its config.json."
+                    )
+            else:
+                self.model = MonoNPHM(config.model, mean_anchor_template(self.sampler, ict, config.seed))
+            self.model = self.model.to(device).train()
+            self.factor_map = FactorMap(factor_map_config(ict, config)).to(device).train()
+        self.optimizer = torch.optim.AdamW(
             [
-                {"params": [self.codebooks.geo.weight, self.codebooks.app.weight], "lr": config.lr_shape_codes},
-                {"params": [self.codebooks.exp.weight], "lr": config.lr_expression_codes},
-            ]
+                {"params": list(self.model.parameters()), "lr": config.lr_network},
+                {"params": list(self.factor_map.parameters()), "lr": config.lr_factor_map},
+            ],
+            weight_decay=config.weight_decay,
         )
-        self.groups = self.network_optimizer.param_groups + self.code_optimizer.param_groups
-        self.base_rates = [group["lr"] for group in self.groups]
+        self.base_rates = [group["lr"] for group in self.optimizer.param_groups]
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.coefficients = split.identity_coefficients[split.train_identities].to(device)
-        self.expressions = split.expression_weights[split.train_identities].to(device)
-        self.appearance = split.appearance(split.train_identities).to(device)
         self.autocast_dtype = PRECISIONS[config.precision] if device.type == "cuda" else None
 
     def restore(self, checkpoint: Checkpoint) -> bool:
         """Load a checkpoint's state; returns whether the optimiser moments were restored too."""
         tensors = checkpoint.tensors
-        self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.codebooks.load_state_dict(
-            {k[len("codebooks.") :]: v for k, v in tensors.items() if k.startswith("codebooks.")}
-        )
+        self.model.load_state_dict(_prefixed(tensors, "model."))
+        self.factor_map.load_state_dict(_prefixed(tensors, "factor_map."))
         self.generator.set_state(tensors["rng.batches"].cpu())
         if checkpoint.optimizers is None:
             return False
-        self.network_optimizer.load_state_dict(checkpoint.optimizers["network"])
-        self.code_optimizer.load_state_dict(checkpoint.optimizers["codes"])
+        self.optimizer.load_state_dict(checkpoint.optimizers["network"])
         return True
 
     def save(self, step: int) -> Path:
         """Write checkpoint-<step> with everything needed to continue exactly."""
         state = {"restart_step": self.restart_step, "trained_s": self.trained_s + time.monotonic() - self.resumed_at}
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"codebooks.{k}": v for k, v in self.codebooks.state_dict().items()})
+        tensors.update({f"factor_map.{k}": v for k, v in self.factor_map.state_dict().items()})
         tensors["rng.batches"] = self.generator.get_state()
         tensors["anchor_template"] = self.model.id_decoder.anchor_template
-        optimizers = {"network": self.network_optimizer.state_dict(), "codes": self.code_optimizer.state_dict()}
+        optimizers = {"network": self.optimizer.state_dict()}
         state = {**state, "config": self.config.to_dict(), "split_fingerprint": self.split.fingerprint()}
         return save_checkpoint(self.run_dir, step, tensors, optimizers, state, keep=self.config.keep_checkpoints)
 
@@ -243,39 +234,40 @@ class _DecoderRun:
         return {}
 
     def train_step(self, step: int) -> StepResult:
-        """One optimisation step on a fresh batch of heads (its loss terms, the loss and the rate factor)."""
+        """One optimisation step on a batch of new random heads (its loss terms, the loss and the rate factor)."""
         config, device = self.config, self.device
-        rows = torch.randint(len(self.coefficients), (config.heads_per_step,), generator=self.generator).to(device)
-        slot = torch.randint(self.slots, (config.heads_per_step,), generator=self.generator).to(device)
         seed = int(torch.randint(2**62, (), generator=self.generator))
-        weights = self.expressions[rows, slot]
-        batch = self.sampler.sample(self.coefficients[rows], weights, self.appearance.select(rows), seed)
+        factors = training_heads(self.ict, config.heads_per_step, seed)
+        batch = self.sampler.sample(factors, seed)
         far_generator = torch.Generator(device).manual_seed(seed + 1)
         unit = torch.rand((config.heads_per_step, config.far_points, 3), generator=far_generator, device=device)
-        z_geo, z_exp, z_app = self.codebooks(rows, slot)
+        z_geo, z_exp, z_app = self.factor_map.latents(factors)
         terms = head_loss_terms(
             self.model,
             z_geo,
             z_exp,
             z_app,
             batch,
-            (weights == 0).all(dim=-1),
+            (factors.expression == 0).all(dim=-1).to(device),
             config.sampling.uniform_points,
             config.far_extent * (2 * unit - 1),
             self.autocast_dtype,
         )
         loss = total_loss(terms, _loss_weights(config, step))
-        self.network_optimizer.zero_grad(set_to_none=True)
-        self.code_optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.id_decoder.parameters(), config.grad_clip)
-        torch.nn.utils.clip_grad_norm_(self.model.ex_decoder.parameters(), config.grad_clip)
+        for network in (self.model.id_decoder, self.model.ex_decoder, self.factor_map):
+            torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
         factor = _learning_rate_factor(config, step, self.restart_step)
-        for group, rate in zip(self.groups, self.base_rates):
+        for group, rate in zip(self.optimizer.param_groups, self.base_rates):
             group["lr"] = rate * factor
-        self.network_optimizer.step()
-        self.code_optimizer.step()
+        self.optimizer.step()
         return StepResult(terms, loss, {"lr_factor": factor, "heads_per_step": config.heads_per_step})
+
+
+def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of a checkpoint under `prefix`, without it."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _train(
@@ -320,14 +312,15 @@ def _train(
 
 
 def export_decoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write a run's newest checkpoint as deliverables; returns {"decoder": folder, "latents": folder}.
+    """Write a run's newest checkpoint as deliverables; returns {"decoder", "factor_map", "latents": folder}.
 
     * `out_dir/decoder/`: the decoder (`MonoNPHM.save_pretrained`: config.json, safetensors
-      shards ≤ 15 MiB, anchors.npy), loadable with `MonoNPHM.from_pretrained`; parameters
-      and codebooks are stored in float16 (half the download; near the surface the SDF moves
-      by 0.012 mm on average, 0.07 mm at most, measured on three training heads);
-    * `out_dir/decoder_latents/`: what the diffusion stage needs: the split (split.json,
-      heads.safetensors), the codebooks as `SplitLatents` named "codebooks" (shards ≤ 15 MB)
+      shards ≤ 15 MiB, anchors.npy), loadable with `MonoNPHM.from_pretrained`, and
+      `out_dir/factor_map/` the factor map (`FactorMap.from_pretrained`); parameters are stored
+      in float16 (half the download);
+    * `out_dir/decoder_latents/`: what the reconstruction stage needs: the split (split.json,
+      heads.safetensors), the mapped latents of its training heads as `SplitLatents` named
+      "codebooks" (shards ≤ 15 MB; computed with the float16 map, as the shipped map gives them)
       and the per-dimension statistics of their flat latents (latent_statistics.safetensors).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -341,15 +334,33 @@ def export_decoder(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> di
     split = load_head_split(run_dir)
     tensors = checkpoint.tensors
     model = MonoNPHM(config.model, tensors["anchor_template"])
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    codebooks = Codebooks(
-        len(split.train_identities), split.expressions_per_identity, config.model, config.code_max_norm
-    )
-    codebooks.load_state_dict({k[len("codebooks.") :]: v for k, v in tensors.items() if k.startswith("codebooks.")})
+    model.load_state_dict(_prefixed(tensors, "model."))
+    ict = load_ict()
+    factor_map = FactorMap(factor_map_config(ict, config))
+    factor_map.load_state_dict(_prefixed(tensors, "factor_map."))
     decoder_dir = model.save_pretrained(out_dir / DECODER_DIR, dtype=torch.float16)
+    map_dir = factor_map.save_pretrained(out_dir / FACTOR_MAP_DIR, dtype=torch.float16)
+    factor_map = FactorMap.from_pretrained(map_dir)
     latents_dir = out_dir / LATENTS_DIR
     split.save(latents_dir)
-    latents = codebooks.latents(split)
+    latents = split_latents(factor_map, split, split.train_identities)
     latents.save(latents_dir, CODEBOOKS_NAME, dtype=torch.float16)
     save_latent_statistics(latents.statistics(), latents_dir / LATENT_STATISTICS_FILE)
-    return {"decoder": decoder_dir, "latents": latents_dir}
+    return {"decoder": decoder_dir, "factor_map": map_dir, "latents": latents_dir}
+
+
+def split_latents(factor_map: FactorMap, split: HeadSplit, identities: Tensor) -> SplitLatents:
+    """The mapped latents of a split's identities (every expression slot) as `SplitLatents`."""
+    slots = split.expressions_per_identity
+    rows = identities.repeat_interleave(slots)
+    with torch.no_grad():
+        z_geo, z_exp, z_app = (
+            z.detach().cpu()
+            for z in factor_map.latents(split.factors(rows, torch.arange(slots).repeat(len(identities))))
+        )
+    return SplitLatents(
+        identities=identities.clone(),
+        z_geo=z_geo[::slots].clone(),
+        z_exp=z_exp.reshape(len(identities), slots, -1),
+        z_app=z_app[::slots].clone(),
+    )

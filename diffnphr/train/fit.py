@@ -1,13 +1,15 @@
 """Latents for heads the decoder never saw, fitted with the decoder frozen.
 
-This is how MonoNPHM validates its auto-decoder (reference note §5.2 a) and how we get
-ground-truth latents for held-out identities: starting from zero, z_geo and z_app per identity
-and z_exp per expression are optimised with Adam on the training losses of the heads' own
-samples (surface points with normals and colours, space points, correspondences to the
-neutral, neutral anchors), minus the term that only shapes the network (zero offsets far from
-the head). Codes are kept within norm 1, as the training codebooks are, so fitted latents
-follow the codebook distribution. All heads of a group of identities are fitted together, one
-batch per step.
+This is how MonoNPHM validates its auto-decoder (reference note §5.2 a) and how we get the
+best latent the decoder has for a head, the ceiling the factor map and every image-based
+method are measured against: z_geo and z_app per identity and z_exp per expression are
+optimised with Adam on the training losses of the heads' own samples (surface points with
+normals and colours, space points, correspondences to the neutral, neutral anchors), minus the
+term that only shapes the network (zero offsets far from the head). They start from the
+factor map's latents when a map is given (the fit then measures what per-head optimisation
+adds: the amortisation gap), else from zero; `code_max_norm` optionally keeps codes within a
+norm, as MonoNPHM's codebooks are. All heads of a group of identities are fitted together,
+one batch per step.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ import torch
 from torch import Tensor
 
 from diffnphr.data.ict import load_ict
-from diffnphr.data.sampling import HeadSampler, SamplingConfig
+from diffnphr.data.sampling import HeadSampler
 from diffnphr.devices import resolve_device
 from diffnphr.heads.latents import SplitLatents, load_head_latents
 from diffnphr.heads.split import load_head_split
 from diffnphr.nphm.decoder import MonoNPHM
+from diffnphr.nphm.factor_map import FactorMap
 from diffnphr.train.config import PRECISIONS, training_sampling
 from diffnphr.train.losses import LossWeights, head_loss_terms, total_loss
 
 if TYPE_CHECKING:
-    from diffnphr.data.appearance import AppearanceParams
+    from diffnphr.data.factors import HeadFactors
+    from diffnphr.data.samples import SamplingConfig
+    from diffnphr.heads.split import HeadSplit
 
 FIT_SETS = ("heldout", "train")
 
@@ -49,7 +54,7 @@ class FitConfig:
     lr_shape_codes: float = 2e-3  # z_geo and z_app
     lr_expression_codes: float = 1e-2
     lr_halving_fractions: tuple[float, ...] = (0.5, 0.75)
-    code_max_norm: float = 1.0
+    code_max_norm: float | None = None  # MonoNPHM's codebooks stay within norm 1; ours come from the factor map
     sampling: SamplingConfig = field(default_factory=_fit_sampling)
     losses: LossWeights = field(default_factory=lambda: LossWeights(offsets_far=0.0))
     identities_per_group: int = 16  # with 8 expressions: 128 heads per step
@@ -67,46 +72,46 @@ class FitConfig:
 def fit_latents(
     model: MonoNPHM,
     sampler: HeadSampler,
-    identity_coefficients: Tensor,
-    expression_weights: Tensor,
-    appearance: AppearanceParams,
+    heads: HeadFactors,
+    slots: int,
     config: FitConfig | None = None,
     seed: int = 0,
+    start: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fit (z_geo [N, ·], z_exp [N, X, ·], z_app [N, ·]) to N identities with X expressions each.
+    """Fit (z_geo [N, ·], z_exp [N, X, ·], z_app [N, ·]) to N identities with X = `slots` expressions each.
 
-    identity_coefficients (N, I), expression_weights (N, X, E) and appearance (N heads) describe
-    the heads as `diffnphr.data` draws them; the sampler's device is used. The decoder's
-    weights are not changed. Deterministic for a given seed on a given device.
+    `heads` holds the N·X heads identity by identity (their identity, hair and colours the same
+    within an identity); `start` optional latents of those N·X heads to start from (z_geo and
+    z_app are taken from each identity's first head), else zeros. The sampler's device is used;
+    the decoder's weights are not changed. Deterministic for a given seed on a given device.
     """
     config = config or FitConfig()
     device = sampler.device
-    n, slots = expression_weights.shape[:2]
-    if identity_coefficients.shape[0] != n or appearance.region_colours.shape[0] != n:
-        raise ValueError(
-            f"Got {identity_coefficients.shape[0]} identities, expression weights for {n} and appearance for "
-            f"{appearance.region_colours.shape[0]}; they must agree."
-        )
+    if len(heads) % slots:
+        raise ValueError(f"{len(heads)} heads do not make whole identities of {slots} expressions each.")
+    n = len(heads) // slots
     model_config = model.config
-    z_geo = torch.zeros(n, model_config.z_geo_dim, device=device, requires_grad=True)
-    z_exp = torch.zeros(n, slots, model_config.lat_dim_exp, device=device, requires_grad=True)
-    z_app = torch.zeros(n, model_config.z_app_dim, device=device, requires_grad=True)
+    if start is None:
+        z_geo = torch.zeros(n, model_config.z_geo_dim, device=device)
+        z_exp = torch.zeros(n, slots, model_config.lat_dim_exp, device=device)
+        z_app = torch.zeros(n, model_config.z_app_dim, device=device)
+    else:
+        z_geo, z_exp, z_app = (z.detach().to(device).clone() for z in start)
+        z_geo, z_exp, z_app = z_geo[::slots], z_exp.reshape(n, slots, -1), z_app[::slots]
+    for code in (z_geo, z_exp, z_app):
+        code.requires_grad_(True)
     optimizer = torch.optim.Adam(
         [{"params": [z_geo, z_app], "lr": config.lr_shape_codes}, {"params": [z_exp], "lr": config.lr_expression_codes}]
     )
     base_rates = [group["lr"] for group in optimizer.param_groups]
-    coefficients = identity_coefficients.to(device).repeat_interleave(slots, dim=0)
-    weights = expression_weights.to(device).reshape(n * slots, -1)
-    heads = torch.arange(n, device=device).repeat_interleave(slots)
-    head_appearance = appearance.to(device).select(heads)
-    is_neutral = (weights == 0).all(dim=-1)
+    heads = heads.to(device)
+    rows = torch.arange(n, device=device).repeat_interleave(slots)
+    is_neutral = (heads.expression == 0).all(dim=-1)
     autocast_dtype = PRECISIONS[config.precision] if device.type == "cuda" else None
     generator = torch.Generator().manual_seed(seed)
     for step in range(config.steps):
-        batch = sampler.sample(
-            coefficients, weights, head_appearance, int(torch.randint(2**62, (), generator=generator))
-        )
-        codes = [z_geo[heads], z_exp.reshape(n * slots, -1), z_app[heads]]
+        batch = sampler.sample(heads, int(torch.randint(2**62, (), generator=generator)))
+        codes = [z_geo[rows], z_exp.reshape(n * slots, -1), z_app[rows]]
         terms = head_loss_terms(model, *codes, batch, is_neutral, config.sampling.uniform_points, None, autocast_dtype)
         loss = total_loss(terms, config.losses)
         gradients = torch.autograd.grad(loss, [z_geo, z_exp, z_app])
@@ -116,11 +121,17 @@ def fit_latents(
         for group, rate in zip(optimizer.param_groups, base_rates):
             group["lr"] = rate * 0.5**halvings
         optimizer.step()
-        with torch.no_grad():
-            for code in (z_geo, z_exp, z_app):
-                norms = code.norm(dim=-1, keepdim=True)
-                code.mul_((config.code_max_norm / norms.clamp_min(1e-12)).clamp(max=1.0))
+        if config.code_max_norm is not None:
+            with torch.no_grad():
+                for code in (z_geo, z_exp, z_app):
+                    norms = code.norm(dim=-1, keepdim=True)
+                    code.mul_((config.code_max_norm / norms.clamp_min(1e-12)).clamp(max=1.0))
     return z_geo.detach(), z_exp.detach(), z_app.detach()
+
+
+def identity_heads(split: HeadSplit, identities: Tensor, slots: int) -> HeadFactors:
+    """The heads of `identities` with their first `slots` expressions, identity by identity."""
+    return split.factors(identities.repeat_interleave(slots), torch.arange(slots).repeat(len(identities)))
 
 
 def fit_heads(
@@ -134,6 +145,7 @@ def fit_heads(
     steps: int | None = None,
     time_budget_s: float | None = None,
     config: FitConfig | None = None,
+    factor_map_dir: str | os.PathLike | None = None,
     ict_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
@@ -141,7 +153,8 @@ def fit_heads(
     """Fit latents to the `which` ("heldout" or "train") identities of a split, in resumable groups.
 
     `decoder_dir` is a decoder weights folder (`export_decoder`'s decoder/), `split_dir` a
-    folder with split.json and heads.safetensors (a run folder or decoder_latents/). The first
+    folder with split.json and heads.safetensors (a run folder or decoder_latents/);
+    `factor_map_dir` a factor map folder whose latents the fit starts from. The first
     `count` identities of the set (default all) with their first `expressions` slots (default
     all) are fitted, `identities_per_group` at a time; after every group the latents so far are
     written to `out_dir` as `SplitLatents` named "fitted_<which>", and a later call skips the
@@ -174,25 +187,21 @@ def fit_heads(
         if len(todo):
             model = MonoNPHM.from_pretrained(decoder_dir, device=device)
             model.requires_grad_(False)
+            factor_map = FactorMap.from_pretrained(factor_map_dir, device=device) if factor_map_dir else None
             sampler = HeadSampler(load_ict(ict_path), device, config.sampling)
         for start in range(0, len(todo), config.identities_per_group):
             if time_budget_s is not None and time.monotonic() - started + 1.2 * group_s > time_budget_s:
                 break
             tick = time.monotonic()
             group = todo[start : start + config.identities_per_group]
-            z_geo, z_exp, z_app = fit_latents(
-                model,
-                sampler,
-                split.identity_coefficients[group],
-                split.expression_weights[group, :slots],
-                split.appearance(group),
-                config,
-                seed=seed + int(group[0]),
-            )
+            heads = identity_heads(split, group, slots)
+            with torch.no_grad():
+                initial = factor_map.latents(heads) if factor_map is not None else None
+            z_geo, z_exp, z_app = fit_latents(model, sampler, heads, slots, config, seed + int(group[0]), initial)
             fitted = SplitLatents(group, z_geo.cpu(), z_exp.cpu(), z_app.cpu())
             done = fitted if done is None else _merge(done, fitted)
             done.save(out_dir, name)
-            last_loss = _group_loss(model, sampler, split, group, slots, fitted, config, seed)
+            last_loss = _group_loss(model, sampler, heads, slots, fitted, config, seed)
             group_s = time.monotonic() - tick
     finally:
         torch.set_float32_matmul_precision(previous_precision)
@@ -226,25 +235,17 @@ def _merge(first: SplitLatents, second: SplitLatents) -> SplitLatents:
     return SplitLatents(*(tensor[order] for tensor in merged))
 
 
-def _group_loss(model, sampler, split, group, slots, fitted, config, seed) -> float:
+def _group_loss(model, sampler, heads, slots, fitted, config, seed) -> float:
     """Total fitting loss of a fitted group on fresh samples (reported, not optimised)."""
     device = sampler.device
-    n = len(group)
-    weights = split.expression_weights[group, :slots].to(device).reshape(n * slots, -1)
-    heads = torch.arange(n, device=device).repeat_interleave(slots)
-    batch = sampler.sample(
-        split.identity_coefficients[group].to(device).repeat_interleave(slots, dim=0),
-        weights,
-        split.appearance(group).to(device).select(heads),
-        seed + 1_000_003,
-    )
+    rows = torch.arange(len(fitted.identities), device=device).repeat_interleave(slots)
+    batch = sampler.sample(heads, seed + 1_000_003)
     codes = [
-        fitted.z_geo.to(device)[heads],
-        fitted.z_exp.to(device).reshape(n * slots, -1),
-        fitted.z_app.to(device)[heads],
+        fitted.z_geo.to(device)[rows],
+        fitted.z_exp.to(device).reshape(len(rows), -1),
+        fitted.z_app.to(device)[rows],
     ]
     dtype = PRECISIONS[config.precision] if device.type == "cuda" else None
-    terms = head_loss_terms(
-        model, *codes, batch, (weights == 0).all(dim=-1), config.sampling.uniform_points, None, dtype
-    )
+    is_neutral = (heads.expression == 0).all(dim=-1).to(device)
+    terms = head_loss_terms(model, *codes, batch, is_neutral, config.sampling.uniform_points, None, dtype)
     return float(total_loss(terms, config.losses).detach())

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from diffnphr.data.sampling import HeadBatch
+    from diffnphr.data.samples import HeadBatch
     from diffnphr.nphm.config import MonoNPHMConfig
     from diffnphr.nphm.decoder import MonoNPHM
 

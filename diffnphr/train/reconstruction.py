@@ -45,7 +45,8 @@ from torch import Tensor
 from diffnphr.baselines.regression import LatentRegressor, RegressionHead, RegressionHeadConfig
 from diffnphr.data.backgrounds import BackgroundBank
 from diffnphr.data.ict import ICTFaceModel, load_ict
-from diffnphr.data.renders import HeadRenderer, RenderConfig
+from diffnphr.data.renders import HeadRenderer
+from diffnphr.data.scenes import RenderConfig
 from diffnphr.devices import resolve_device
 from diffnphr.diffusion.config import DiffusionConfig
 from diffnphr.diffusion.model import LatentDiffusion

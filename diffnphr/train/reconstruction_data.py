@@ -2,9 +2,10 @@
 
 `TrainingHeads` reads the decoder's latents folder (split, codebooks, statistics, fitted held-out
 latents). `RenderBatches` renders random training heads (or fixed held-out ones) on the device
-with fresh pose, light, hair, background and camera, crops them by the app's crop rule and pairs
-each crop with its target latent and its standardised generating factors. With `mix_appearance`
-a head wears another training identity's colours and its target that identity's z_app.
+with their own hair (the style their target latent was made with) and fresh pose, light,
+background and camera, crops them by the app's crop rule and pairs each crop with its target
+latent and its standardised generating factors. With `mix_appearance` a head wears another
+training identity's colours (hair colour included) and its target that identity's z_app.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class TrainingHeads:
 
     split: HeadSplit
     latents: Tensor  # (n_train * slots, 4456) raw, row = train row * slots + slot
-    heldout_latents: Tensor | None  # (n_heldout * fitted slots, 4456) fitted latents of held-out identities
+    heldout_latents: Tensor | None  # (n_fitted * fitted slots, 4456) fitted latents of held-out identities
+    heldout_identities: Tensor  # (n_fitted,) the held-out identities those latents belong to
     heldout_slots: int
     mean: Tensor
     std: Tensor
@@ -59,14 +61,15 @@ class TrainingHeads:
             fitted = load_head_latents(directory, FITTED_HELDOUT_NAME)
         except FileNotFoundError:
             fitted = None
-        if fitted is not None and not torch.equal(fitted.identities, split.heldout_identities):
+        if fitted is not None and not torch.isin(fitted.identities, split.heldout_identities).all():
             raise ValueError(
-                f"The fitted held-out latents in {directory} do not match its split's held-out identities."
+                f"The fitted held-out latents in {directory} include identities its split does not hold out."
             )
         return cls(
             split=split,
             latents=codebooks.flat(),
             heldout_latents=fitted.flat() if fitted is not None else None,
+            heldout_identities=fitted.identities if fitted is not None else torch.zeros(0, dtype=torch.long),
             heldout_slots=int(fitted.z_exp.shape[1]) if fitted is not None else 0,
             mean=statistics.mean,
             std=statistics.std,
@@ -95,16 +98,18 @@ class RenderBatches:
         self._colours = appearance.region_colours.flatten(1)  # (identities, regions · 3), on the CPU like the split
         self.latents = heads.latents.to(device)
         self.heldout_latents = heads.heldout_latents.to(device) if heads.heldout_latents is not None else None
+        self._hair_shapes = split.hair.geometry_vector()  # (identities, ·), on the CPU like the split
         train = split.train_identities
         self._factor_scale = [
             _standardiser(split.identity_coefficients[train]),
             _standardiser(split.expression_weights[train].flatten(0, 1)),
             _standardiser(self._colours[train]),
+            _standardiser(self._hair_shapes[train]),
         ]
 
     @property
     def factor_dim(self) -> int:
-        """Length of a head's factor vector (identity coefficients + expression weights + region colours)."""
+        """Length of a head's factor vector (identity coefficients + expression weights + region colours + hair shape)."""
         return sum(len(mean) for mean, _ in self._factor_scale)
 
     def factors(self, identities: Tensor, slots: Tensor, appearance_identities: Tensor) -> Tensor:
@@ -114,6 +119,7 @@ class RenderBatches:
             split.identity_coefficients[identities],
             split.expression_weights[identities, slots],
             self._colours[appearance_identities],
+            self._hair_shapes[identities],
         ]
         return torch.cat([(value - mean) / std for value, (mean, std) in zip(raw, self._factor_scale)], 1).to(
             self.device
@@ -122,13 +128,16 @@ class RenderBatches:
     def _render(
         self, identities: Tensor, slots: Tensor, appearance_identities: Tensor, seed: int
     ) -> tuple[Tensor, Tensor]:
-        """Crops of the heads (identity, slot) in the colours of `appearance_identities`, and their factors."""
+        """Crops of the heads (identity, slot) with their hair, in the colours of `appearance_identities`
+        (hair colour included), and their factors."""
         split = self.heads.split
+        hair = split.hair.select(identities).with_colours_of(split.hair.select(appearance_identities))
         scenes = self.renderer.sample_scenes(
             split.identity_coefficients[identities].to(self.device),
             split.expression_weights[identities, slots].to(self.device),
             self.appearance.select(appearance_identities.to(self.device)),
             seed=seed,
+            hair=hair,
         )
         return self.renderer.render_crops(scenes), self.factors(identities, slots, appearance_identities)
 
@@ -148,15 +157,16 @@ class RenderBatches:
         return Batch(crops, latents, factors)
 
     def heldout(self, count: int) -> Batch | None:
-        """Fixed renders of held-out identities, in their own colours, with their fitted latents (None without them)."""
+        """Fixed renders of the held-out identities that have fitted latents, in their own colours, with those
+        latents (None without any)."""
         if self.heldout_latents is None:
             return None
-        split, slots_per_id = self.heads.split, self.heads.heldout_slots
+        fitted, slots_per_id = self.heads.heldout_identities, self.heads.heldout_slots
         seed = VALIDATION_SEED + self.config.seed
         generator = torch.Generator().manual_seed(seed)
-        rows = torch.randint(0, len(split.heldout_identities), (count,), generator=generator)
+        rows = torch.randint(0, len(fitted), (count,), generator=generator)
         slots = torch.randint(0, slots_per_id, (count,), generator=generator)
-        identities = split.heldout_identities[rows]
+        identities = fitted[rows]
         crops, factors = self._render(identities, slots, identities, seed)
         return Batch(crops, self.heldout_latents[(rows * slots_per_id + slots).to(self.device)], factors)
 

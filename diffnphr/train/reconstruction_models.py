@@ -93,11 +93,13 @@ def initialise_from(models: ReconstructionModels, weights_dir: str | os.PathLike
     Lets a run continue a shipped model with a changed recipe instead of starting from scratch.
     Shapes must match; what the folder lacks may only be the diffusion's mean head (a run that
     adds one starts it fresh); a frozen encoder stays the one the config names. The factor
-    read-outs are not exported, so they start fresh.
+    read-outs are not exported, so they start fresh. The latent normalisation statistics stay
+    the run's own: its targets may come from another decoder than the folder's models saw.
     """
     weights_dir = Path(weights_dir)
     if not (weights_dir / DIFFUSION_DIR).is_dir():
         raise FileNotFoundError(f"{weights_dir} holds no {DIFFUSION_DIR}/ folder to start the run from.")
+    own = models.diffusion.data_mean.clone(), models.diffusion.data_std.clone()
     if "encoder" in models.trained:
         models.encoder.load_state_dict(FaceEncoder.from_pretrained(weights_dir / ENCODER_DIR).state_dict())
     diffusion = LatentDiffusion.from_pretrained(weights_dir / DIFFUSION_DIR)
@@ -113,3 +115,6 @@ def initialise_from(models: ReconstructionModels, weights_dir: str | os.PathLike
             models.regressor.load_state_dict(regressor.state_dict())
         else:
             models.regressor.head.load_state_dict(regressor.head.state_dict())
+        models.regressor.head.data_mean.copy_(own[0])
+        models.regressor.head.data_std.copy_(own[1])
+    models.diffusion.set_normalization(*own)

@@ -1,4 +1,5 @@
-"""What the app reads of Gradio's own state, in one place: sessions, uploads, the queue's waiting and running jobs.
+"""What the app reads of Gradio's own state, in one place: sessions, uploads, the queue's waiting and running jobs
+(and the one thing it sets there: where the example's progress shows).
 
 Gradio (pinned in requirements.txt) has no public way to ask how many requests wait, which jobs run for
 which client, or which files came in through its upload route; these functions read its `Blocks`
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+from gradio.context import get_blocks_context
 
 from diffnphr.serving.queue import ClientWatch
 
@@ -65,3 +67,13 @@ def client_watch(demo: gr.Blocks, request: gr.Request | None) -> ClientWatch:
         return [(event.session_hash, event.alive) for job in jobs if job for event in job]
 
     return ClientWatch(running, session(request))
+
+
+def show_progress_only_on(event: dict[str, Any] | None, component: gr.components.Component) -> None:
+    """Draw the progress of `event` (an event Gradio registered itself, such as `gr.Examples`' cached run, whose
+    `show_progress_on` cannot be passed) on `component` alone, not over every output: sets `show_progress_on` of its
+    `BlockFunction` in the Blocks being built (`BlocksConfig.fns`, by the event's id). Call it inside that Blocks."""
+    blocks = get_blocks_context()
+    function = blocks.fns.get(event.get("id")) if blocks is not None and event else None
+    if function is not None:
+        function.show_progress_on = [component]

@@ -91,7 +91,8 @@ def default_renderer(
 ):
     """The training renderer (`diffnphr.data.renders.HeadRenderer`) with crops of the encoder's input size."""
     from diffnphr.data.backgrounds import BackgroundBank
-    from diffnphr.data.renders import HeadRenderer, RenderConfig
+    from diffnphr.data.renders import HeadRenderer
+    from diffnphr.data.scenes import RenderConfig
 
     bank = BackgroundBank.load(backgrounds, device) if backgrounds else None
     return HeadRenderer(model, device, RenderConfig(image_size=image_size), backgrounds=bank)

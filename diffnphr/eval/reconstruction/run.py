@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from diffnphr.data.head_geometry import HeadGeometry
 from diffnphr.data.ict import load_ict
 from diffnphr.devices import resolve_device
 from diffnphr.eval.heads import GroundTruthHeads
@@ -94,7 +95,7 @@ def evaluate_reconstruction(
     model = load_ict(ict_path)
     if renderer is None:
         renderer = default_renderer(model, device, pipeline.encoder.model.config.image_size, backgrounds)
-    truth_heads = GroundTruthHeads(model, device)
+    truth_heads = GroundTruthHeads(HeadGeometry(model, device))
 
     chosen, notes = _choose_methods(methods, regression_dir, landmarks_file)
     conditional_mean = METHODS_BY_NAME["diffusion_conditional_mean"]
