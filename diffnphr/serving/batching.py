@@ -18,27 +18,13 @@ one thing at a time. Each caller blocks in `submit` until its own outcome:
   progress step.
 
 On a CPU the batcher is off (`BatchingOptions.for_device("cpu")`: `max_batch_size` 1): `submit`
-runs the request in the caller's thread, one at a time as Gradio's queue hands them over,
-exactly as the app does today.
+runs the request in the caller's thread, one at a time as Gradio's queue hands them over.
 
-How `app.py` should wire it (not wired yet):
-
-    batching = BatchingOptions.for_device(pipeline.device.type)   # 8 a batch, 50 ms on a GPU
-    batcher = RequestBatcher(reconstruction_batches(pipeline), batching)
-    pipeline.warm_up(heads=batching.max_batch_size)                # at start-up, before launch
-    # /reconstruct: its own concurrency group, wide enough for a whole batch to wait in the
-    # batcher (run.click(..., concurrency_id="reconstruct", concurrency_limit=batching.max_batch_size));
-    # the queue's default limit of 1 stays for /transfer.
-    # In reconstruct(), instead of calling the pipeline:
-    watch = client_watch(demo, request)
-    result = run_request(lambda: batcher.submit(
-        ReconstructionRequest(uploaded_path(image, "photo"), pipeline.settings(**settings), allow),
-        progress=progress_bar(progress, watch), check=watch.check), admission)
-    # In transfer(), so that it never runs beside a batch on the GPU:
-    result = run_request(lambda: batcher.run_alone(
-        lambda report: pipeline.transfer_expression(..., progress=report),
-        progress=progress_bar(progress, watch), check=watch.check), admission)
-    # and batcher.close() when the app stops.
+How `app.py` wires it: `/reconstruct` calls `submit` with a `ReconstructionRequest`, `/transfer`
+calls `run_alone` (a transfer never runs beside a batch on the GPU); both events share one
+concurrency group whose limit is `max_batch_size`, so Gradio's queue lets a whole batch's
+requests into the batcher at once (on the CPU the limit stays 1: one request at a time); a GPU
+server warms a batch of that size up before it takes requests.
 
 Why not Gradio's own `batch=True` / `max_batch_size`: Gradio then calls the function with lists
 and sends one exception to every request of the batch (its queue's `process_events`), and a
@@ -69,6 +55,7 @@ Request = TypeVar("Request")
 Result = TypeVar("Result")
 Progress = Callable[[str, float], None]
 BatchRunner = Callable[[list[Any], Progress], list[Any]]
+GPU_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -76,7 +63,7 @@ class BatchingOptions:
     """How requests are gathered: up to `max_batch_size` (1: no batching) arriving within `window_s` of the first;
     a waiting caller checks its client every `poll_s`."""
 
-    max_batch_size: int = 8
+    max_batch_size: int = GPU_BATCH_SIZE
     window_s: float = 0.05
     poll_s: float = 0.1
 
@@ -87,9 +74,12 @@ class BatchingOptions:
             raise ValueError(f"window_s must be at least 0 and poll_s above 0; got {self.window_s!r}, {self.poll_s!r}.")
 
     @classmethod
-    def for_device(cls, device_type: str, max_batch_size: int = 8, window_s: float = 0.05) -> BatchingOptions:
-        """Batches on a GPU (`"cuda"`); one request at a time anywhere else (the CPU server keeps its single worker)."""
-        return cls(max_batch_size if device_type == "cuda" else 1, window_s)
+    def for_device(cls, device_type: str, max_batch_size: int | None = None, window_s: float = 0.05) -> BatchingOptions:
+        """Batches of up to `max_batch_size`; None: 8 on a GPU (`"cuda"`) and one request at a time anywhere else
+        (the CPU server keeps its single worker: batching did not pay there)."""
+        if max_batch_size is None:
+            max_batch_size = GPU_BATCH_SIZE if device_type == "cuda" else 1
+        return cls(max_batch_size, window_s)
 
     @property
     def enabled(self) -> bool:
