@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from diffnphr.pipeline import MAX_SEED, PipelineDefaults
+from diffnphr.pipeline.settings import MAX_SEED, PipelineDefaults
 
 if TYPE_CHECKING:
     from diffnphr.serving import ServingLimits
