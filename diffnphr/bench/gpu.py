@@ -8,8 +8,8 @@ offset, whether the faces agree, and both seconds. `precision`: whole reconstruc
 example portrait at the default resolution with float32 (TF32 off), TF32, and bfloat16 autocast
 on the SDF and colour queries or on every stage (`ExecutionOptions`); seconds (median of 3 after
 a warm-up) and a Chamfer-L1 of each mesh to the float32 one in mm (the issue's bound: 0.05 mm),
-measured by the fields rather than by sampled points (two samplings of one surface lie about
-0.2 mm apart at a million points, four times the bound): the mean distance of each mesh's
+measured by the fields rather than by sampled points (two samplings of one surface lie, by
+estimate, about 0.2 mm apart at a million points, four times the bound): the mean distance of each mesh's
 vertices from the other head's zero level, both decoded in float32 (near its zero level the
 decoder's SDF is about the distance to it), halved; `fp32_floor_mm` is the float32 mesh's own
 vertices against its own field (marching cubes' interpolation), the least any row can show, and
