@@ -27,20 +27,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gradio as gr
 
-from diffnphr.pipeline import MAX_SEED, HeadReconstructionPipeline, PipelineDefaults
+from diffnphr.pipeline import HeadReconstructionPipeline
 from diffnphr.serving import (
     ExamplePhotos,
     QueueAdmission,
+    ReconstructionRequest,
+    RequestBatcher,
     ServedFiles,
     ServerOptions,
     ServingLimits,
     export_crop,
     export_downloads,
+    reconstruction_batches,
     return_freed_memory,
     run_details,
     write_example_photos,
 )
 from diffnphr.webapp.checks import admission_checks, request_settings, settings_checks, uploaded_path
+from diffnphr.webapp.components import head_viewer, photo_input, result_panel, settings_panel
 from diffnphr.webapp.gradio_state import (
     client_watch,
     is_upload,
@@ -62,6 +66,8 @@ from diffnphr.webapp.outcomes import (
 from diffnphr.weights import WeightsNotFoundError
 
 if TYPE_CHECKING:
+    from diffnphr.pipeline import Reconstruction
+    from diffnphr.serving.batching import Progress
     from diffnphr.serving.files import ResultRun
 
 TITLE = "diffnphr: one photo to a 3D head"
@@ -99,12 +105,15 @@ def build_demo(
 
 
 class _Server:
-    """What both tabs share: the pipeline, this server's limits, the refusals kept for the status lines, the
-    queue's admission and the files' lifetimes; `demo` is the Blocks once it exists (Gradio's state is read there)."""
+    """What both tabs share: the pipeline and the batcher before it, this server's limits, the refusals kept for the
+    status lines, the queue's admission and the files' lifetimes; `demo` is the Blocks once it exists (Gradio's
+    state is read there)."""
 
     def __init__(self, pipeline: HeadReconstructionPipeline, results_root: Path, options: ServerOptions) -> None:
         self.pipeline = pipeline
         self.limits = ServingLimits.for_device(pipeline.device.type)
+        self.batching = options.batching(pipeline.device.type)
+        self.batcher = RequestBatcher(reconstruction_batches(pipeline), self.batching)
         self.failures = Failures()
         self.demo: gr.Blocks | None = None
         self.admission = QueueAdmission(options.queue_size, lambda: waiting(self.demo))
@@ -123,9 +132,22 @@ class _Server:
         with self.failures.recorded(request, endpoint), self.files.request(session(request), photos) as run:
             yield run
 
-    def progress(self, progress: gr.Progress, request: gr.Request | None) -> Callable[[str, float], None]:
-        """The pipeline's progress callback for this request (it stops the work once the client has gone)."""
-        return progress_bar(progress, client_watch(self.demo, request))
+    def reconstruct(
+        self, job: ReconstructionRequest, progress: gr.Progress, request: gr.Request | None
+    ) -> Reconstruction:
+        """`job`'s head through the batcher (with the requests that arrive with it, on a GPU), its progress on this
+        request's bar; it stops once the client has gone, while it waits or runs."""
+        watch = client_watch(self.demo, request)
+        return run_request(lambda: self.batcher.submit(job, progress_bar(progress, watch), watch.check), self.admission)
+
+    def alone(
+        self, work: Callable[[Progress], Reconstruction], progress: gr.Progress, request: gr.Request | None
+    ) -> Reconstruction:
+        """`work(progress)` on the batcher's worker between batches (so never beside one on the GPU), as
+        `reconstruct`."""
+        watch = client_watch(self.demo, request)
+        report, check = progress_bar(progress, watch), watch.check
+        return run_request(lambda: self.batcher.run_alone(work, report, check), self.admission)
 
     def page_opened(self, request: gr.Request) -> None:
         """A page opened: its session holds its photos and results until it closes."""
@@ -182,15 +204,8 @@ def _reconstruct_endpoint(server: _Server) -> _Endpoint:
         with server.request(request, "reconstruct", upload_paths(image)) as run:
             settings = request_settings(server.limits, *values)
             allow = settings.pop("allow_no_face")
-            result = run_request(
-                lambda: pipeline(
-                    uploaded_path(image, "photo"),
-                    pipeline.settings(**settings),
-                    allow_no_face=allow,
-                    progress=server.progress(progress, request),
-                ),
-                server.admission,
-            )
+            job = ReconstructionRequest(uploaded_path(image, "photo"), pipeline.settings(**settings), allow)
+            result = server.reconstruct(job, progress, request)
             folder = run.folder()
             downloads = export_downloads(result, folder, "head")
             crop = export_crop(result, folder)
@@ -229,16 +244,16 @@ def _transfer_endpoint(server: _Server) -> _Endpoint:
         with server.request(request, "transfer", upload_paths(identity_image, expression_image)) as run:
             settings = request_settings(server.limits, *values)
             allow = settings.pop("allow_no_face")
-            result = run_request(
-                lambda: pipeline.transfer_expression(
-                    uploaded_path(identity_image, "identity photo"),
-                    uploaded_path(expression_image, "expression photo"),
-                    pipeline.settings(**settings),
-                    allow_no_face=allow,
-                    progress=server.progress(progress, request),
-                ),
-                server.admission,
+            photos = (
+                uploaded_path(identity_image, "identity photo"),
+                uploaded_path(expression_image, "expression photo"),
             )
+            chosen = pipeline.settings(**settings)
+
+            def work(report: Progress) -> Reconstruction:
+                return pipeline.transfer_expression(*photos, chosen, allow_no_face=allow, progress=report)
+
+            result = server.alone(work, progress, request)
             downloads = export_downloads(result, run.folder(), "transfer")
         return_freed_memory()
         return downloads[0], downloads, result.seed, run_details(result)
@@ -260,15 +275,15 @@ def _reconstruct_tab(server: _Server, endpoint: _Endpoint, example_photos: Examp
     with gr.Row(variant="panel"):
         with gr.Column():
             with gr.Row():
-                photo = _photo_input("Photo", "photo")
+                photo = photo_input("Photo", "photo")
                 crop = gr.Image(label="Face crop", format="png", interactive=False, elem_id="crop_preview")
             no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
-            settings = _settings(pipeline.defaults, pipeline.default_resolution, server.limits)
+            settings = settings_panel(pipeline.defaults, pipeline.default_resolution, server.limits)
             button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct_button")
             status = gr.Markdown("", elem_id="reconstruct_status")  # the status line
         with gr.Column():
-            head = _viewer("head_model")
-            downloads, details = _result_panel("head_downloads")
+            head = head_viewer("head_model")
+            downloads, details = result_panel("head_downloads")
     results = [crop, head, downloads, settings[0], details]
     about = "NASA's public-domain astronaut portrait"
     _example(endpoint, [str(example_photos.portrait)], [photo, settings[0], settings[1]], results, head, about)
@@ -283,15 +298,15 @@ def _transfer_tab(server: _Server, endpoint: _Endpoint, example_photos: ExampleP
     with gr.Row(variant="panel"):
         with gr.Column():
             with gr.Row():
-                identity = _photo_input("Head from this photo", "identity_photo")
-                expression = _photo_input("Expression from this photo", "expression_photo")
+                identity = photo_input("Head from this photo", "identity_photo")
+                expression = photo_input("Expression from this photo", "expression_photo")
             no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
-            settings = _settings(pipeline.defaults, pipeline.default_resolution, server.limits)
+            settings = settings_panel(pipeline.defaults, pipeline.default_resolution, server.limits)
             button = gr.Button("Transfer expression", variant="primary", elem_id="transfer_button")
             status = gr.Markdown("", elem_id="transfer_status")
         with gr.Column():
-            head = _viewer("transfer_model")
-            downloads, details = _result_panel("transfer_downloads")
+            head = head_viewer("transfer_model")
+            downloads, details = result_panel("transfer_downloads")
     results = [head, downloads, settings[0], details]
     photos = [str(example_photos.portrait), str(example_photos.expression)]
     about = "the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0"
@@ -332,7 +347,8 @@ def _request_wiring(
 ) -> None:
     """A tab's request and its status line: an upload that is not an image is named at once; the button says
     "Working…" at once, or why the request is refused before the queue; the request runs (public as `api_name`,
-    one at a time with the other tab's) with its progress, stage by stage, drawn once: over the 3D `head`; then
+    in the concurrency group of the other tab's: one at a time, or on a GPU as many together as a batch holds,
+    which the batcher then runs as one) with its progress, stage by stage, drawn once: over the 3D `head`; then
     the line says it is done, or why not, until the next request."""
     for photo, what in zip(inputs, endpoint.photos):
         upload_status(photo, status, what)
@@ -345,58 +361,10 @@ def _request_wiring(
         preprocess=False,
         validator=server.validator(endpoint),
         concurrency_id="model",
+        concurrency_limit=server.batching.max_batch_size,
         show_progress_on=head,
     )
     status_outcome(event, status, details, server.failures)
-
-
-def _photo_input(label: str, elem_id: str) -> gr.Image:
-    # The upload reaches the pipeline as a file (preprocess=False on the events), so that
-    # diffnphr.face reads it and a non-image gets the pipeline's own sentence.
-    return gr.Image(label=label, type="filepath", sources=["upload", "clipboard", "webcam"], elem_id=elem_id)
-
-
-def _settings(defaults: PipelineDefaults, resolution: int, limits: ServingLimits) -> list[gr.components.Component]:
-    """The closed "Advanced" accordion: seed (+ randomize), DDIM steps, guidance, mesh resolution (default
-    `resolution`), samples averaged; each slider ends at what this server accepts (`limits`)."""
-    with gr.Accordion("Advanced", open=False):
-        with gr.Row():
-            seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-            randomize = gr.Checkbox(label="Randomize seed", value=True)
-        steps = gr.Slider(1, limits.max_steps, value=defaults.steps, step=1, label="DDIM steps")
-        guidance = gr.Slider(0.0, limits.max_guidance, value=defaults.guidance_scale, step=0.1, label="Guidance scale")
-        resolution = gr.Slider(
-            limits.min_resolution,
-            limits.max_resolution,
-            value=min(resolution, limits.max_resolution),
-            step=16,
-            label=f"Mesh resolution (grid samples per axis; at most {limits.max_resolution} on this server)",
-        )
-        samples = gr.Slider(
-            1,
-            limits.max_samples,
-            value=defaults.samples,
-            step=1,
-            label="Samples averaged (1: one sample, with the model's variation; more: closer to the likeliest head)",
-        )
-    return [seed, randomize, steps, guidance, resolution, samples]
-
-
-def _viewer(elem_id: str) -> gr.Model3D:
-    # (90°, 90°) looks straight at +Z, where the face points; the radius is Gradio's default framing.
-    return gr.Model3D(
-        label="3D head",
-        clear_color=(0.93, 0.93, 0.93, 1.0),
-        camera_position=(90, 90, None),
-        height=460,
-        elem_id=elem_id,
-    )
-
-
-def _result_panel(downloads_id: str) -> tuple[gr.File, gr.JSON]:
-    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id=downloads_id)
-    details = gr.JSON(label="Run details")
-    return downloads, details
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,14 +387,27 @@ def main(argv: list[str] | None = None) -> int:
         default=ServerOptions.keep_results_s,
         help="seconds an API caller's results and uploads stay after the answer (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="reconstructions run together, from requests arriving within 50 ms (default: 8 on a GPU, 1 on the CPU)",
+    )
     args = parser.parse_args(argv)
+    if args.max_batch_size is not None and args.max_batch_size < 1:
+        parser.error(f"--max-batch-size must be at least 1; got {args.max_batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         pipeline = HeadReconstructionPipeline.from_pretrained(args.weights, device=args.device)
     except WeightsNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    options = ServerOptions(args.queue_size, args.keep_results_s)
+    options = ServerOptions(args.queue_size, args.keep_results_s, max_batch_size=args.max_batch_size)
+    if pipeline.device.type == "cuda":  # a GPU's first call sets up CUDA and its kernels: before the first user
+        pipeline.warm_up()
+        batch = options.batching("cuda").max_batch_size
+        if batch > 1:
+            pipeline.warm_up(heads=batch)
     # Results live in Gradio's own cache folder, so they are served from where they are written, not copied.
     cache = Path(gr.utils.get_upload_folder())
     cache.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ real sizes: speed depends on shapes, not on values.
 
 Rows by module: `blocks` (decoder, extraction, U-Net, DDIM, FaRL with random weights of the real
 sizes), `pipeline` (one whole reconstruction stage by stage through the pipeline's own stages:
-after a warm-up call, the median of 3 timed calls, 1 with quick), `served` (the app through
-`gradio_client`: request time and peak RSS, and the app under load).
+after a warm-up call, the median of 3 timed calls, 1 with quick), `batch` (heads per second with
+several photos in one pipeline call, at batch 1, 4 and 16), `served` (the app through `gradio_client`: request time and peak RSS, and the app under load, batched and
+one at a time), `gpu` (torch marching cubes on the GPU against PyMCubes; TF32 and bf16 against float32).
 """
 
 from diffnphr.bench.run import run_benchmarks

@@ -34,6 +34,16 @@ def face_photo() -> tuple[Any, str | None]:
     return Image.fromarray(data.astronaut()), None
 
 
+def pipeline_input() -> tuple[Any, str | None]:
+    """What the rows that call the whole pipeline reconstruct: the example portrait (cropped inside the call, so the
+    crop is timed), or where MediaPipe (or scikit-image) is missing, the centre square of `face_photo` as a ready
+    crop and the note saying the crop is not timed (a GPU image without MediaPipe)."""
+    from diffnphr.face.crop import centre_crop
+
+    photo, crop_note = face_photo()
+    return (photo, None) if crop_note is None else (centre_crop(photo), crop_note)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that wall-clock seconds cover it."""
     if device.type == "cuda":

@@ -24,7 +24,7 @@ _SMALL_ENCODER = dict(
 )
 
 
-def _pipeline(device: torch.device) -> tuple[Any, str]:
+def bench_pipeline_models(device: torch.device) -> tuple[Any, str]:
     """The pipeline of the repo's weights, with random stand-ins for missing blocks, and which it is."""
     from transformers import CLIPVisionConfig
 
@@ -58,7 +58,7 @@ def bench_pipeline(device: torch.device, quick: bool, resolution: int | None) ->
     from diffnphr.nphm.latents import HeadLatents, unpack
     from diffnphr.pipeline import REPO_WEIGHTS_DIR
 
-    pipeline, weights = _pipeline(device)
+    pipeline, weights = bench_pipeline_models(device)
     settings = pipeline.settings(seed=0, resolution=resolution or pipeline.defaults.resolution)
     photo, crop_note = face_photo()
     stand_in = None

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from diffnphr.bench.batch import bench_batch, bench_served_batches
 from diffnphr.bench.blocks import (
     bench_baseline,
     bench_ddim,
@@ -21,12 +22,25 @@ from diffnphr.bench.blocks import (
     bench_farl,
     bench_unet_step,
 )
+from diffnphr.bench.gpu import bench_marching, bench_precision
 from diffnphr.bench.pipeline import bench_pipeline
 from diffnphr.bench.served import bench_app, bench_load
 from diffnphr.devices import resolve_device
 
 logger = logging.getLogger(__name__)
-OPT_IN = ("load",)
+# minutes of work, or GPU-only: run only when named
+OPT_IN = (
+    "load",
+    "load_16x5",
+    "load_16x5_one_at_a_time",
+    "served_batches",
+    "batch_extraction_together",
+    "batch_extraction_head_by_head",
+    "pipeline_384",
+    "pipeline_512",
+    "marching_gpu",
+    "precision",
+)
 
 
 def _cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], dict[str, Any]]]:
@@ -53,8 +67,21 @@ def _cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], dict[s
     if not quick:
         cases.append(("pipeline_default", bench_pipeline, {"resolution": None}))
     cases.append(("pipeline_128", bench_pipeline, {"resolution": 128}))
+    # the rest of the GPU's scaling table (128 and the default 256 above): opt-in
+    cases.append(("pipeline_384", bench_pipeline, {"resolution": 384}))
+    cases.append(("pipeline_512", bench_pipeline, {"resolution": 512}))
+    cases.append(("marching_gpu", bench_marching, {}))  # torch marching cubes on the GPU against PyMCubes
+    cases.append(("precision", bench_precision, {}))  # TF32 / bf16 against float32: seconds and Chamfer
+    cases.append(("batch", bench_batch, {}))  # heads/s at batch 1, 4, 16 (64³ on a CPU)
+    # the two ways of extracting a batch, whichever the device would choose: opt-in, to compare them
+    cases.append(("batch_extraction_together", bench_batch, {"batch_extraction": True}))
+    cases.append(("batch_extraction_head_by_head", bench_batch, {"batch_extraction": False}))
     cases.append(("app", bench_app, {}))
     cases.append(("load", bench_load, {}))  # minutes of requests: runs only when named (OPT_IN)
+    # issue 29's served load: 16 clients × 5 requests, batched (the device's batch size) and one at a time
+    cases.append(("load_16x5", bench_load, {"clients": 16, "requests": 5}))
+    cases.append(("load_16x5_one_at_a_time", bench_load, {"clients": 16, "requests": 5, "max_batch_size": 1}))
+    cases.append(("served_batches", bench_served_batches, {}))  # the same through the batcher, without Gradio
     return cases
 
 
@@ -91,8 +118,10 @@ def _result_of(process, queue) -> dict[str, Any]:
 def run_benchmarks(device: str | None = None, quick: bool = False, only: Sequence[str] | None = None) -> dict[str, Any]:
     """Time every block (decoder, extraction, U-Net, DDIM, FaRL) and whole reconstructions, with peak memory.
 
-    `only` names the cases to run (default all but those in `OPT_IN`, which take minutes: the `load` row,
-    8 clients × 10 requests to the served app), e.g. just the whole pipeline on a machine with little time.
+    `only` names the cases to run (default all but those in `OPT_IN`, which take minutes or need a GPU: the
+    `load` rows (8 clients × 10 requests to the served app; 16 × 5 batched and one at a time), `served_batches`
+    (16 × 5 through the batcher, without Gradio), the batch rows with either extraction forced, the pipeline at
+    384³ and 512³, `marching_gpu` and `precision`), e.g. just the whole pipeline on a machine with little time.
 
     Returns {"device": ..., "torch": ..., "threads": ..., "results": [{"name": ..., ...}, ...]}.
     """

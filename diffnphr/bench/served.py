@@ -56,9 +56,12 @@ class ServedApp:
 
 
 @contextmanager
-def served_app(device: torch.device, keep_results_s: float = ServerOptions.keep_results_s) -> Iterator[ServedApp]:
+def served_app(
+    device: torch.device, keep_results_s: float = ServerOptions.keep_results_s, max_batch_size: int | None = None
+) -> Iterator[ServedApp]:
     """Start `app.py` on a free port (models on `device`; API callers' files kept `keep_results_s` after their
-    answer), yield it once it serves, stop it after."""
+    answer; `max_batch_size` reconstructions together, None: the app's default for the device), yield it once it
+    serves, stop it after."""
     if not APP_FILE.is_file():
         raise FileNotFoundError(f"this row needs the repository's app.py, not found at {APP_FILE}")
     photo, crop_note = face_photo()
@@ -81,9 +84,12 @@ def served_app(device: torch.device, keep_results_s: float = ServerOptions.keep_
             "TMPDIR": str(folder / "tmp"),
         }
         log_path = folder / "app.log"
+        command = [sys.executable, str(APP_FILE), "--device", device.type, "--keep-results-s", str(keep_results_s)]
+        if max_batch_size is not None:
+            command += ["--max-batch-size", str(max_batch_size)]
         with log_path.open("w") as log:
             app = subprocess.Popen(
-                [sys.executable, str(APP_FILE), "--device", device.type, "--keep-results-s", str(keep_results_s)],
+                command,
                 env=env,
                 stdout=log,
                 stderr=log,
@@ -133,16 +139,17 @@ def bench_load(
     clients: int = 8,
     requests: int = 10,
     keep_results_s: float = ServerOptions.keep_results_s,
+    max_batch_size: int | None = None,
 ) -> dict[str, Any]:
     """The app under load: `clients` API users at once, `requests` reconstructions each at the app's defaults
-    (2 each when quick). Every request must come back with a mesh or be refused with words; reports latency
+    (2 each when quick), `max_batch_size` of them together (None: the app's default for the device). Every request must come back with a mesh or be refused with words; reports latency
     p50 / p95, the app's peak RSS, and the files the app still holds right after the last answer and once
     `keep_results_s` (how long the app keeps an API caller's files) has passed since then."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError, ValidationError
 
     requests = 2 if quick else requests
-    with served_app(device, keep_results_s) as served:
+    with served_app(device, keep_results_s, max_batch_size) as served:
 
         def one_user(index: int) -> list[tuple[str, float, str]]:
             client, outcomes = served.client(), []
@@ -168,6 +175,7 @@ def bench_load(
     answered = sorted(seconds for kind, seconds, _ in outcomes if kind == "answered")
     return {
         "clients": clients,
+        "max_batch_size": ServerOptions(max_batch_size=max_batch_size).batching(device.type).max_batch_size,
         "requests": len(outcomes),
         "answered": len(answered),
         "refused_with_words": sum(kind == "refused" for kind, _, _ in outcomes),

@@ -7,7 +7,7 @@ training and sampling noise schedules always agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -179,10 +179,10 @@ class LatentDiffusion(PretrainedModule):
         z_cond: Tensor,
         num_steps: int = 25,
         eta: float = 0.0,
-        seed: int | None = 0,
+        seed: int | Sequence[int] | None = 0,
         guidance_scale: float = 1.0,
         scheduler: str = "ddim",
-        average_of: int = 1,
+        average_of: int | Sequence[int] = 1,
         progress: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Draw raw latents [B, L] for image embeddings `z_cond` [B, cond_dim].
@@ -191,37 +191,38 @@ class LatentDiffusion(PretrainedModule):
         DDIM with `eta > 0`. `guidance_scale != 1` applies classifier-free guidance (conditional
         and null condition in one batched forward; with a mean head the guidance acts on the
         residual, the centre always being the conditional mean). `progress(step, total)` is called
-        after each denoising step. `average_of=k` draws k samples per condition (one batch) and
-        returns their mean: an estimate of the latent's posterior mean, which scores better than
-        a single sample against the true head (test-time ensembling, as Marigold does for depth).
+        after each denoising step. `average_of=k` draws k samples per condition and returns their
+        mean: an estimate of the latent's posterior mean, which scores better than a single sample
+        against the true head (test-time ensembling, as Marigold does for depth).
+
+        Every sample of every condition goes through the U-Net together: one forward per step.
+        One `seed` draws the whole batch's noise from one generator (row b's noise then depends on
+        the rows before it). A sequence of B seeds gives each condition its own generator, so
+        row b is the latent `z_cond[b:b+1]` gets alone with `seed[b]`, whatever its batch-mates
+        (up to the float rounding of a larger batch). `average_of` may be a sequence of B counts,
+        samples per condition.
         """
         self._check_condition(z_cond)
         if not 1 <= num_steps <= self.max_sampling_steps:
             raise ValueError(f"num_steps must be between 1 and {self.max_sampling_steps}; got {num_steps}.")
         if eta < 0:
             raise ValueError(f"eta must be >= 0; got {eta}.")
-        if isinstance(average_of, bool) or not isinstance(average_of, int) or average_of < 1:
-            raise ValueError(f"average_of must be a whole number of at least 1; got {average_of!r}.")
         if eta != 0 and scheduler != "ddim":
             raise ValueError("eta only applies to the 'ddim' sampler.")
+        counts = _sample_counts(average_of, z_cond.shape[0])
+        generators = self._generators(seed, z_cond.shape[0])
         sampler = self.make_sampler(scheduler)
         sampler.set_timesteps(num_steps, device=self.device)
 
-        generator = torch.Generator(device=self.device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-
         dtype = self.data_mean.dtype
-        z_cond = z_cond.to(device=self.device, dtype=dtype).repeat_interleave(average_of, dim=0)
+        z_cond = z_cond.to(device=self.device, dtype=dtype)
+        z_cond = z_cond.repeat_interleave(torch.tensor(counts, device=self.device), dim=0)
         batch = z_cond.shape[0]
         guided = guidance_scale != 1.0
         if guided:
             cond_input = torch.cat([z_cond, z_cond])
             drop = torch.arange(2 * batch, device=self.device) >= batch
-        shape = (batch, 1, self.config.sample_length)
-        sample = torch.randn(shape, generator=generator, device=self.device, dtype=dtype) * sampler.init_noise_sigma
+        sample = self._noise(generators, counts, dtype) * sampler.init_noise_sigma
 
         total = len(sampler.timesteps)
         for index, timestep in enumerate(sampler.timesteps):
@@ -232,11 +233,56 @@ class LatentDiffusion(PretrainedModule):
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
             else:
                 prediction = self.unet(model_input, timestep, z_cond)
-            if scheduler == "ddim":
-                sample = sampler.step(prediction, timestep, sample, eta=eta, generator=generator).prev_sample
-            else:
-                sample = sampler.step(prediction, timestep, sample, generator=generator).prev_sample
+            if scheduler != "ddim":
+                sample = sampler.step(prediction, timestep, sample, generator=generators[0]).prev_sample
+            elif len(generators) == 1 or eta == 0:
+                sample = sampler.step(prediction, timestep, sample, eta=eta, generator=generators[0]).prev_sample
+            else:  # each condition's step noise from its own generator
+                noise = self._noise(generators, counts, prediction.dtype)
+                sample = sampler.step(prediction, timestep, sample, eta=eta, variance_noise=noise).prev_sample
             if progress is not None:
                 progress(index + 1, total)
         samples = sample.squeeze(1) + self.conditional_mean(z_cond)
-        return self.denormalize(samples.view(-1, average_of, self.config.sample_length).mean(dim=1))
+        if len(set(counts)) == 1:
+            return self.denormalize(samples.view(-1, counts[0], self.config.sample_length).mean(dim=1))
+        return self.denormalize(torch.stack([part.mean(dim=0) for part in samples.split(counts)]))
+
+    def _generators(self, seed: int | Sequence[int] | None, batch: int) -> list[torch.Generator]:
+        """One generator for the batch (`seed` an int or None), or one per condition (a sequence of B seeds)."""
+        if seed is None or isinstance(seed, int):
+            generator = torch.Generator(device=self.device)
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(seed)
+            return [generator]
+        seeds = list(seed)
+        if len(seeds) != batch or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(f"seed must be a whole number or a sequence of {batch} (one per condition); got {seed!r}.")
+        return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+
+    def _noise(self, generators: list[torch.Generator], counts: list[int], dtype: torch.dtype) -> Tensor:
+        """Standard normal noise [sum(counts), 1, L]: from one generator, or each condition's rows from its own."""
+        length = self.config.sample_length
+        if len(generators) == 1:
+            return torch.randn((sum(counts), 1, length), generator=generators[0], device=self.device, dtype=dtype)
+        return torch.cat(
+            [
+                torch.randn((count, 1, length), generator=generator, device=self.device, dtype=dtype)
+                for generator, count in zip(generators, counts)
+            ]
+        )
+
+
+def _sample_counts(average_of: int | Sequence[int], batch: int) -> list[int]:
+    """Samples to average per condition: `average_of` for each, or the sequence given (one per condition)."""
+    counts = [average_of] * batch if isinstance(average_of, int) and not isinstance(average_of, bool) else average_of
+    try:
+        counts = list(counts)
+    except TypeError:
+        counts = []
+    if len(counts) != batch or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts):
+        raise ValueError(
+            f"average_of must be a whole number of at least 1, or one such per condition; got {average_of!r}."
+        )
+    return counts

@@ -202,7 +202,7 @@ def crop_face(image: ImageSource, *, allow_no_face: bool = False, output_size: i
                 "No face was found in this photo; please use one with a clearly visible face "
                 "seen from the front or the side."
             )
-        return _centre_crop(photo, output_size)
+        return centre_crop(photo, output_size)
 
     factor = np.array(photo.size) / np.array(small.size)
     face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
@@ -242,7 +242,9 @@ def crop_face(image: ImageSource, *, allow_no_face: bool = False, output_size: i
     )
 
 
-def _centre_crop(photo: Image.Image, output_size: int) -> FaceCrop:
+def centre_crop(photo: Image.Image, output_size: int = 512) -> FaceCrop:
+    """The largest centred square of `photo` as a crop, flagged as a fallback with its warning: what a photo without
+    a face gets when the centre is allowed, and what the benchmarks use where MediaPipe is missing."""
     side = float(min(photo.size))
     square = HeadSquare(
         centre=np.array(photo.size, np.float64) / 2.0, x_axis=np.array([1.0, 0.0]), half_side=side / 2.0

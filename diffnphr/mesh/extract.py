@@ -18,9 +18,8 @@ surface where it leaves them; see
 
 from __future__ import annotations
 
-import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,16 +28,33 @@ import trimesh
 from torch import Tensor
 
 from diffnphr.frame import BOX_MAX, BOX_MIN
-from diffnphr.mesh.grid import dense_grid, narrow_band_grid
-from diffnphr.mesh.marching import close_at_box_faces, marching_cubes
+from diffnphr.mesh.grid import (
+    DEFAULT_CHUNK_SIZE,
+    METHODS,
+    Box,
+    check_settings,
+    checked_box,
+    dense_grid,
+    expected_queries,
+    narrow_band_grid,
+)
+from diffnphr.mesh.marching import NoSurfaceError, close_grid, grid_mesh
 
-METHODS: tuple[str, ...] = ("dense", "narrow_band")
-DEFAULT_CHUNK_SIZE = 65_536
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "METHODS",
+    "MeshExtraction",
+    "NoSurfaceError",
+    "expected_queries",
+    "extract_mesh",
+    "extract_mesh_with_stats",
+    "vertex_colors",
+]
+
 
 SdfFn = Callable[[Tensor], Tensor]
 ColorFn = Callable[[Tensor], Tensor]
 ProgressFn = Callable[[str, float], None]
-Box = tuple[Sequence[float], Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -130,8 +146,8 @@ def extract_mesh_with_stats(
     surface. ``progress(stage, fraction)`` follows the work: ``"extraction"`` as SDF queries are
     answered (against `expected_queries`) and marching cubes ends, then ``"colour"`` by chunk.
     """
-    box_min, box_max = _checked_box(bbox)
-    _check_settings(resolution, method, chunk_size, coarse_resolution)
+    box_min, box_max = checked_box(bbox)
+    check_settings(resolution, method, chunk_size, coarse_resolution)
     resolution, chunk_size = int(resolution), int(chunk_size)
     device = torch.device(device) if device is not None else torch.get_default_device()
     spacing = (box_max - box_min) / (resolution - 1)
@@ -148,39 +164,24 @@ def extract_mesh_with_stats(
                 sdf_fn, box_min, spacing, resolution, max(2, coarse), chunk_size, device
             )
         grid = grid[:resolution, :resolution, :resolution]
-        inside_everywhere = bool((grid < 0).all())
-        if close_at_box and not inside_everywhere:
-            close_at_box_faces(grid)
+        inside_everywhere = close_grid(grid, close_at_box)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     seconds_sdf = time.perf_counter() - start
 
     start = time.perf_counter()
-    mesh = marching_cubes(grid, box_min, spacing, keep_largest_component)
+    mesh = grid_mesh(grid, inside_everywhere, (box_min, box_max), spacing, keep_largest_component)
     seconds_mcubes = time.perf_counter() - start
     if progress is not None:
         progress("extraction", 1.0)
-    if len(mesh.faces) == 0:
-        sign = "negative (inside)" if inside_everywhere else "positive (outside)"
-        raise ValueError(
-            f"No surface found in the box {box_min.tolist()}..{box_max.tolist()} at resolution "
-            f"{resolution}: the SDF is {sign} at every grid node, so the shape misses the box "
-            "or the latent code does not describe a head."
-        )
 
     start = time.perf_counter()
     if color_fn is not None:
         with torch.inference_mode():
-            colors = _vertex_colors(color_fn, mesh.vertices, chunk_size, device, progress)
+            colors = vertex_colors(color_fn, mesh.vertices, chunk_size, device, progress)
         mesh.visual.vertex_colors = colors
     seconds_color = time.perf_counter() - start
     return MeshExtraction(mesh, num_queries, seconds_sdf, seconds_mcubes, seconds_color)
-
-
-def expected_queries(resolution: int, method: str) -> int:
-    """About how many SDF queries an extraction makes: every node of the dense grid; for the narrow band, about
-    7.5 × resolution² for a head (28.5k at 64³, 120k at 128³, 278k at 192³, 505k at 256³ were measured)."""
-    return resolution**3 if method == "dense" else round(7.5 * resolution**2)
 
 
 def _counting(sdf_fn: SdfFn, expected: int, progress: ProgressFn) -> SdfFn:
@@ -197,30 +198,7 @@ def _counting(sdf_fn: SdfFn, expected: int, progress: ProgressFn) -> SdfFn:
     return counted
 
 
-def _checked_box(bbox: Box) -> tuple[np.ndarray, np.ndarray]:
-    """Return the box corners as float64 arrays, refusing a box that is not min < max in 3D."""
-    try:
-        box_min, box_max = (np.asarray(corner, dtype=np.float64) for corner in bbox)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"bbox must be (min_xyz, max_xyz), two triples of numbers; got {bbox!r}.") from error
-    if box_min.shape != (3,) or box_max.shape != (3,) or not np.all(box_min < box_max):
-        raise ValueError(f"bbox must be (min_xyz, max_xyz) with min < max on every axis; got {bbox!r}.")
-    return box_min, box_max
-
-
-def _check_settings(resolution: int, method: str, chunk_size: int, coarse_resolution: int | None) -> None:
-    """Refuse extraction settings that cannot give a mesh, with a sentence saying why."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown extraction method '{method}': choose 'narrow_band' or 'dense'.")
-    if not isinstance(resolution, numbers.Integral) or resolution < 3:
-        raise ValueError(f"resolution must be an integer of at least 3 samples per axis; got {resolution!r}.")
-    if not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
-    if coarse_resolution is not None and (not isinstance(coarse_resolution, numbers.Integral) or coarse_resolution < 2):
-        raise ValueError(f"coarse_resolution must be an integer of at least 2; got {coarse_resolution!r}.")
-
-
-def _vertex_colors(
+def vertex_colors(
     color_fn: ColorFn, vertices: np.ndarray, chunk_size: int, device: torch.device, progress: ProgressFn | None
 ) -> np.ndarray:
     """Query ``color_fn`` at the vertices in chunks; return uint8 RGBA (alpha 255)."""

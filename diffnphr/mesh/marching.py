@@ -15,7 +15,6 @@ import trimesh
 from torch import Tensor
 
 from diffnphr.mesh.grid import sign_change_cells
-from diffnphr.mesh.torch_marching import torch_marching_cubes
 from diffnphr.mesh.weld import edge_keys, weld
 
 # Marching cubes runs on blocks of this many cells per axis, and only where they hold a face.
@@ -40,6 +39,35 @@ def close_at_box_faces(grid: Tensor) -> Tensor:
     return grid
 
 
+class NoSurfaceError(ValueError):
+    """The box holds no surface of the field (its sign is the same at every grid node)."""
+
+
+def close_grid(grid: Tensor, close_at_box: bool) -> bool:
+    """Close the surface where the box cuts it (`close_at_box_faces`, in place) unless the grid is inside everywhere;
+    return whether it is."""
+    inside_everywhere = bool((grid < 0).all())
+    if close_at_box and not inside_everywhere:
+        close_at_box_faces(grid)
+    return inside_everywhere
+
+
+def grid_mesh(
+    grid: Tensor, inside_everywhere: bool, box: tuple[np.ndarray, np.ndarray], spacing: np.ndarray, largest: bool
+) -> trimesh.Trimesh:
+    """Marching cubes on one head's grid; `NoSurfaceError`, in a sentence, when it holds no face."""
+    box_min, box_max = box
+    mesh = marching_cubes(grid, box_min, spacing, largest)
+    if len(mesh.faces) == 0:
+        sign = "negative (inside)" if inside_everywhere else "positive (outside)"
+        raise NoSurfaceError(
+            f"No surface found in the box {box_min.tolist()}..{box_max.tolist()} at resolution "
+            f"{grid.shape[0]}: the SDF is {sign} at every grid node, so the shape misses the box "
+            "or the latent code does not describe a head."
+        )
+    return mesh
+
+
 def marching_cubes(
     grid: Tensor, box_min: np.ndarray, spacing: np.ndarray, keep_largest_component: bool
 ) -> trimesh.Trimesh:
@@ -52,6 +80,9 @@ def marching_cubes(
     face; ``_weld_grid_vertices`` joins them by the grid edge they lie on.
     """
     if grid.device.type == "cuda":  # mesh where the grid is; only the triangles travel
+        # imported here: its case table is built at import (11 ms), which a CPU process never needs
+        from diffnphr.mesh.torch_marching import torch_marching_cubes
+
         vertices, faces = (part.cpu().numpy() for part in torch_marching_cubes(-grid))
     else:
         vertices, faces = pymcubes_by_blocks(grid)

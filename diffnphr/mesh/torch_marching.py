@@ -50,6 +50,15 @@ def _case_table() -> Tensor:
 
 
 _EDGES = _case_table()
+_EDGES_ON: dict[torch.device, Tensor] = {}  # the table on each device it was used on, copied there once
+
+
+def _edges_on(device: torch.device) -> Tensor:
+    """The case table on `device` (copied on its first use there, not at every grid)."""
+    table = _EDGES_ON.get(device)
+    if table is None:
+        table = _EDGES_ON[device] = _EDGES.to(device)
+    return table
 
 
 def torch_marching_cubes(field: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,7 +72,7 @@ def torch_marching_cubes(field: Tensor) -> tuple[Tensor, Tensor]:
         corner = inside[i : i + cells[0], j : j + cells[1], k : k + cells[2]]
         case |= corner.to(torch.uint8) << (7 - bit)
     active = ((case > 0) & (case < 255)).nonzero()
-    edges = _EDGES.to(field.device)[case[active[:, 0], active[:, 1], active[:, 2]].long()]  # [M, 5, 3, 4]
+    edges = _edges_on(field.device)[case[active[:, 0], active[:, 1], active[:, 2]].long()]  # [M, 5, 3, 4]
     used = edges[:, :, 0, 0] >= 0
     edges = edges[used]  # [T, 3, 4]: every triangle of every cell, in cell order, then PyMCubes' order
     cell = active.unsqueeze(1).expand(-1, _MAX_TRIANGLES, -1)[used]  # [T, 3]

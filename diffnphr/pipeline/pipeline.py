@@ -9,62 +9,51 @@
       decoder/        MonoNPHM
 
 Calling it on a photo returns a `Reconstruction` (mesh with vertex colours, the crop, the latents,
-the seed used, seconds per stage, warnings); `transfer_expression` puts the expression of one
-photo (or a given `z_exp`) on the head of another. Its stages (`crop`, `encode`,
-`sample_latents` / `sample_flat`, `decode`, `mesh`) are public, so the benchmark and the
-evaluation run exactly them.
+the seed used, seconds per stage, warnings); on a list of photos, a list of them, the photos taken
+through every stage together (`batch`); `transfer_expression` puts the expression of one photo
+(or a given `z_exp`) on the head of another. Its stages (`crop`, `encode`, `sample_latents` /
+`sample_flat`, `decode`, `mesh`) are public, so the benchmark and the evaluation run exactly
+them. How it runs (batched extraction, TF32 and bf16 on a GPU) is its `execution`
+(`ExecutionOptions`); `warm_up` makes a server's first request as fast as the next.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
-import trimesh
+from PIL import Image
 
 from diffnphr.devices import resolve_device
 from diffnphr.diffusion.model import LatentDiffusion
 from diffnphr.encoders.farl import FaceEncoder
 from diffnphr.face.crop import FaceCrop, crop_face
-from diffnphr.face.images import ImageInputError
 from diffnphr.mesh.extract import MeshExtraction, extract_mesh_with_stats
 from diffnphr.nphm.decoder import HeadField, MonoNPHM
 from diffnphr.nphm.latents import HeadLatents, unpack
+from diffnphr.pipeline.batch import reconstruct_batch
+from diffnphr.pipeline.execution import ExecutionOptions
 from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
+from diffnphr.pipeline.reconstruction import Reconstruction, naming_the_photo, usable_copy
 from diffnphr.pipeline.settings import PIPELINE_CONFIG_NAME, PipelineDefaults, SamplingSettings
 from diffnphr.weights import WeightsNotFoundError, resolve_weights_dir
 
 if TYPE_CHECKING:
+    import trimesh
+
     from diffnphr.face.images import ImageSource
+
+__all__ = ["HeadReconstructionPipeline", "Reconstruction", "resolve_pipeline_weights"]
+logger = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "DIFFNPHR_WEIGHTS"
 REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 ENCODER_FOLDER, DIFFUSION_FOLDER, DECODER_FOLDER = "encoder", "diffusion", "decoder"
-
-
-@dataclass
-class Reconstruction:
-    """What one reconstruction gives back.
-
-    `mesh` is in MonoNPHM's frame (+y up, face towards +z; 1 unit = 0.25 m) with RGBA vertex
-    colours. `crop` is the face crop the model saw (the identity photo's, for a transfer;
-    `expression_crop` then holds the other one). `seed` is the seed actually used, so a result
-    can be repeated. `timings` holds seconds per stage: crop, encode, diffusion, extraction,
-    colour and total. `warnings` are sentences worth showing to the person (e.g. a small face).
-    """
-
-    mesh: trimesh.Trimesh
-    crop: FaceCrop
-    latents: HeadLatents
-    seed: int
-    timings: dict[str, float]
-    warnings: list[str] = field(default_factory=list)
-    expression_crop: FaceCrop | None = None
 
 
 def resolve_pipeline_weights(path_or_hub_id: str | os.PathLike | None = None) -> Path:
@@ -101,21 +90,24 @@ class HeadReconstructionPipeline:
         diffusion: LatentDiffusion,
         decoder: MonoNPHM,
         defaults: PipelineDefaults | None = None,
+        execution: ExecutionOptions | None = None,
     ) -> None:
         self.encoder = encoder.eval()
         self.diffusion = diffusion.eval()
         self.decoder = decoder.eval()
         self.defaults = defaults or PipelineDefaults()
+        self.execution = execution or ExecutionOptions()
 
     @classmethod
     def from_pretrained(
         cls,
         path_or_hub_id: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
+        execution: ExecutionOptions | None = None,
     ) -> HeadReconstructionPipeline:
         """Load encoder, diffusion model and decoder from one folder or Hub repo (see `resolve_pipeline_weights`).
 
-        `device=None` picks CUDA when available.
+        `device=None` picks CUDA when available; `execution` says how to run (default `ExecutionOptions()`).
         """
         root = resolve_pipeline_weights(path_or_hub_id)
         device = resolve_device(device)
@@ -129,6 +121,7 @@ class HeadReconstructionPipeline:
             LatentDiffusion.from_pretrained(root, subfolder=DIFFUSION_FOLDER, device=device),
             MonoNPHM.from_pretrained(root, subfolder=DECODER_FOLDER, device=device),
             PipelineDefaults.load(root / PIPELINE_CONFIG_NAME),
+            execution,
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -158,16 +151,38 @@ class HeadReconstructionPipeline:
             self.defaults, self.default_resolution, self.diffusion.max_sampling_steps, **given
         )
 
+    @overload
     def __call__(
         self,
-        image: ImageSource,
+        image: ImageSource | FaceCrop,
         settings: SamplingSettings | None = None,
         *,
         allow_no_face: bool = False,
         progress: ProgressCallback | None = None,
         **given: Any,
-    ) -> Reconstruction:
-        """Reconstruct the head in `image` (a PIL image, a file path, bytes or an RGB array).
+    ) -> Reconstruction: ...
+
+    @overload
+    def __call__(
+        self,
+        image: list[ImageSource | FaceCrop] | tuple[ImageSource | FaceCrop, ...],
+        settings: SamplingSettings | Sequence[SamplingSettings] | None = None,
+        *,
+        allow_no_face: bool = False,
+        progress: ProgressCallback | None = None,
+        **given: Any,
+    ) -> list[Reconstruction]: ...
+
+    def __call__(
+        self,
+        image: ImageSource | FaceCrop | list[ImageSource | FaceCrop] | tuple[ImageSource | FaceCrop, ...],
+        settings: SamplingSettings | Sequence[SamplingSettings] | None = None,
+        *,
+        allow_no_face: bool = False,
+        progress: ProgressCallback | None = None,
+        **given: Any,
+    ) -> Reconstruction | list[Reconstruction]:
+        """Reconstruct the head in `image` (a PIL image, a file path, bytes, an RGB array, or a `FaceCrop` from `crop`).
 
         `settings` (`self.settings(...)`), or the settings given by name (`seed`, `steps`,
         `guidance_scale`, `samples`, `resolution`; the rest default to `self.defaults`, `seed=None`
@@ -176,17 +191,41 @@ class HeadReconstructionPipeline:
         open). `allow_no_face=True` uses the centre of the image when no face is found instead of
         raising `NoFaceError`. `progress(stage, fraction)` is called as the work advances:
         `stage` is a short sentence (`STAGE_LABELS`), `fraction` the part of the whole call done.
+
+        A list (or tuple) of photos gives a list of reconstructions, one per photo, the photos
+        taken through the stages together (`pipeline.batch`): each the one a single call with
+        its settings gives (the same seed, the same mesh up to float rounding). `settings` is
+        then one for every photo or a sequence of one per photo; an error about one photo
+        names it ("Photo 2 of 3 (name.jpg): ...").
         """
         settings = self._resolved(settings, given)
+        if isinstance(image, (list, tuple)):
+            return reconstruct_batch(self, image, settings, allow_no_face, progress)
+        if not isinstance(settings, SamplingSettings):
+            raise TypeError("One photo takes one SamplingSettings; give a list of photos for a list of settings.")
         tracker = StageProgress(progress, ["crop", "encode", "diffusion", "extraction", "colour"])
         timer = StageTimer(self.device)
         crop = self._timed_crop(image, allow_no_face, timer, tracker)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.execution.precision(self.device):
             z_cond = self._timed_encode(crop, timer, tracker)
             latents = self._timed_sample(z_cond, settings, timer, tracker)
             mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
         warnings = list(crop.warnings)
-        return Reconstruction(mesh, crop, _usable_copy(latents), settings.seed, timer.summary(), warnings)
+        return Reconstruction(mesh, crop, usable_copy(latents), settings.seed, timer.summary(), warnings)
+
+    def warm_up(self, resolution: int | None = None, heads: int = 1) -> float:
+        """Reconstruct a grey test image once (its centre, no face needed), so that a server's first request does
+        not pay for the first call's set-up (CUDA's start, kernels, the face detector's models); its seconds.
+
+        `heads > 1` warms a batch of that many. For a server to call at start-up, before it takes requests.
+        """
+        photo = Image.new("RGB", (512, 512), (128, 128, 128))
+        settings = self.settings(seed=0, resolution=resolution)
+        start = time.perf_counter()
+        self([photo] * heads if heads > 1 else photo, settings, allow_no_face=True)
+        seconds = time.perf_counter() - start
+        logger.info("warm-up: %d head(s) at %d³ in %.2f s on %s", heads, settings.resolution, seconds, self.device)
+        return seconds
 
     def transfer_expression(
         self,
@@ -212,13 +251,13 @@ class HeadReconstructionPipeline:
             sampling = ["crop", "crop", "encode", "diffusion", "encode", "diffusion"]
         tracker = StageProgress(progress, [*sampling, "extraction", "colour"])
         timer = StageTimer(self.device)
-        with _naming_the_photo("Identity photo"):
+        with naming_the_photo("Identity photo"):
             crop = self._timed_crop(identity_image, allow_no_face, timer, tracker)
         expression_crop = None
         if from_photo:
-            with _naming_the_photo("Expression photo"):
+            with naming_the_photo("Expression photo"):
                 expression_crop = self._timed_crop(expression, allow_no_face, timer, tracker)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.execution.precision(self.device):
             identity = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
             if expression_crop is not None:
                 z_cond = self._timed_encode(expression_crop, timer, tracker)
@@ -228,19 +267,23 @@ class HeadReconstructionPipeline:
         warnings = list(crop.warnings)
         if expression_crop is not None:
             warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings]
-        latents = _usable_copy(latents)
+        latents = usable_copy(latents)
         return Reconstruction(mesh, crop, latents, settings.seed, timer.summary(), warnings, expression_crop)
 
     # -- the stages, public so that the benchmark and the evaluation time and call these very steps ----------
 
-    def crop(self, image: ImageSource, allow_no_face: bool = False) -> FaceCrop:
-        """Find the face in `image` and cut the model's crop (`diffnphr.face.crop_face`)."""
+    def crop(self, image: ImageSource | FaceCrop, allow_no_face: bool = False) -> FaceCrop:
+        """Find the face in `image` and cut the model's crop (`diffnphr.face.crop_face`); a `FaceCrop` is kept as it is."""
+        if isinstance(image, FaceCrop):
+            return image
         return crop_face(image, allow_no_face=allow_no_face)
 
     @torch.inference_mode()
-    def encode(self, crop: FaceCrop) -> torch.Tensor:
-        """The crop's image embedding `z_cond` [1, cond_dim]."""
-        return self.encoder.encode([crop.image])
+    def encode(self, crop: FaceCrop | Sequence[FaceCrop]) -> torch.Tensor:
+        """The image embedding `z_cond` [B, cond_dim] of a crop (B = 1) or of several, in one batch."""
+        crops = [crop] if isinstance(crop, FaceCrop) else list(crop)
+        with self.execution.autocast(self.device, "encode"):
+            return self.encoder.encode([one.image for one in crops]).float()
 
     @torch.inference_mode()
     def sample_latents(
@@ -257,15 +300,16 @@ class HeadReconstructionPipeline:
     ) -> torch.Tensor:
         """Padded flat latents [B, 4456] sampled for a batch of embeddings `z_cond` [B, cond_dim], on the device
         (what `sample_latents` unpacks; the evaluation samples whole batches of renders this way)."""
-        return self.diffusion.sample(
-            z_cond,
-            num_steps=settings.steps,
-            seed=settings.seed,
-            guidance_scale=settings.guidance_scale,
-            average_of=settings.samples,
-            scheduler=self.defaults.scheduler,
-            progress=progress,
-        )
+        with self.execution.autocast(self.device, "diffusion"):
+            return self.diffusion.sample(
+                z_cond,
+                num_steps=settings.steps,
+                seed=settings.seed,
+                guidance_scale=settings.guidance_scale,
+                average_of=settings.samples,
+                scheduler=self.defaults.scheduler,
+                progress=progress,
+            )
 
     @torch.inference_mode()
     def decode(self, latents: HeadLatents) -> HeadField:
@@ -279,13 +323,19 @@ class HeadReconstructionPipeline:
     ) -> MeshExtraction:
         """The coloured mesh of a decoded head at `resolution`³, with the seconds of each step and the query count;
         `progress(stage, fraction)` follows the extraction, then the colouring."""
+        execution, device = self.execution, self.device
         return extract_mesh_with_stats(
-            head.point_sdf, resolution=resolution, color_fn=head.point_colour, device=self.device, progress=progress
+            execution.in_autocast(head.point_sdf, device, "sdf"),
+            resolution=resolution,
+            color_fn=execution.in_autocast(head.point_colour, device, "colour"),
+            chunk_size=execution.chunk_size,
+            device=device,
+            progress=progress,
         )
 
     # -- the stages with progress and timing ----------------------------------------------------------------
 
-    def _resolved(self, settings: SamplingSettings | None, given: dict[str, Any]) -> SamplingSettings:
+    def _resolved(self, settings: Any, given: dict[str, Any]) -> Any:
         if settings is not None and given:
             raise TypeError(f"Give either settings or {', '.join(given)}, not both.")
         return settings if settings is not None else self.settings(**given)
@@ -335,20 +385,6 @@ class HeadReconstructionPipeline:
             tracker.next()
         tracker.next()
         return extraction.mesh
-
-
-@contextmanager
-def _naming_the_photo(label: str) -> Iterator[None]:
-    """Errors about a photo of a transfer say which of the two photos they are about."""
-    try:
-        yield
-    except ImageInputError as error:
-        raise type(error)(f"{label}: {error}") from error
-
-
-def _usable_copy(latents: HeadLatents) -> HeadLatents:
-    """Copies made outside inference mode, so callers may optimise or differentiate through them."""
-    return HeadLatents(latents.z_geo.clone(), latents.z_exp.clone(), latents.z_app.clone())
 
 
 def _checked_expression_code(z_exp: torch.Tensor, size: int) -> torch.Tensor:

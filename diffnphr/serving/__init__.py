@@ -4,11 +4,18 @@
 - `queue`: a busy server's refusal in words, and the watch that stops work whose client left;
 - `files`: result folders and uploads, each removed when the last one who needs it is done;
 - `options`: how many requests may wait and how long files are kept (`ServerOptions`);
-- `results`: the details and status line beside a result, the example photos, freed memory.
+- `results`: the details and status line beside a result, the example photos, freed memory;
+- `batching`: concurrent requests reconstructed together on a GPU, each caller getting its own outcome.
 
 The app (`app.py`) joins these to Gradio; nothing here imports it.
 """
 
+from diffnphr.serving.batching import (
+    BatchingOptions,
+    ReconstructionRequest,
+    RequestBatcher,
+    reconstruction_batches,
+)
 from diffnphr.serving.files import ServedFiles, export_crop, export_downloads
 from diffnphr.serving.options import ServerOptions
 from diffnphr.serving.queue import ClientWatch, QueueAdmission, RequestCancelled
@@ -34,9 +41,12 @@ __all__ = [
     "CPU_MAX_RESOLUTION",
     "GPU_MAX_RESOLUTION",
     "REQUEST_PARAMETERS",
+    "BatchingOptions",
     "ClientWatch",
     "ExamplePhotos",
     "QueueAdmission",
+    "ReconstructionRequest",
+    "RequestBatcher",
     "RequestCancelled",
     "RequestError",
     "ServedFiles",
@@ -47,6 +57,7 @@ __all__ = [
     "export_downloads",
     "named_warnings",
     "read_request",
+    "reconstruction_batches",
     "request_problems",
     "return_freed_memory",
     "run_details",
