@@ -192,3 +192,13 @@ def test_exponential_average_follows_the_weights_slowly():
         ema.update(step)
     moved = ema.shadow["net"].weight - start
     assert torch.allclose(moved, torch.full_like(moved, 1 - 0.9**3), atol=1e-5)
+
+
+def test_exponential_average_takes_the_live_batchnorm_statistics():
+    """Averaged weights with the statistics of the initial ones would normalise a ResNet by the wrong scale."""
+    live = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    ema = ExponentialAverage({"net": live}, decay=0.999)
+    live(torch.randn(8, 3, 4, 4) * 5 + 3)
+    ema.update(1000)
+    assert torch.equal(ema.shadow["net"][1].running_var, live[1].running_var)
+    assert int(ema.shadow["net"][1].num_batches_tracked) == 1
