@@ -41,6 +41,8 @@ def test_held_out_head_is_reconstructed_from_its_factors(report):
     mean = result["mean latent"]["heads"][0]
     assert mean["head"]["chamfer_l1_mm"] > 1.2 * head["head"]["chamfer_l1_mm"]
     assert result["paired"]["mean latent - mapped"] == {}  # one head: no interval to give
+    # Eyes read as eyes: the decoded colour at the front of each eyeball is white round a dark pupil.
+    assert head["eyes"]["sclera"] > 0.6 and head["eyes"]["pupil"] < 0.3
     assert "fit" in result["notes"]["fitted"]  # no fitted latents given: skipped with a pointer
     assert "mapped" in format_summary(result)
     (picture_path,) = renders.glob("heldout_*_slot0.png")

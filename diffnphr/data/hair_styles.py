@@ -196,9 +196,11 @@ def sample_hair_styles(count: int, generator: torch.Generator, colours: Tensor |
             drawn = torch.exp(math.log(low) + unit * (math.log(high) - math.log(low)))
             thickness = torch.where(is_kind[name], drawn, thickness)
     thickness = torch.where(balding, thickness.clamp(max=0.8), thickness) / CM_PER_UNIT
-    lumps = torch.randn(count, LUMP_FEATURES, generator=g) * uniform(0.05, 0.25)[:, None]
-    curl_amplitude = torch.where(is_kind["curly"], uniform(0.15, 0.35), uniform(0.0, 0.04))
-    curls = torch.randn(count, CURL_FEATURES, generator=g) * curl_amplitude[:, None]
+    # The fields are sums of unit cosines: coefficients scaled by 1/sqrt(count/2) make the relative
+    # thickness change about the drawn amplitude (std), rounded curls rather than spikes.
+    lumps = torch.randn(count, LUMP_FEATURES, generator=g) * uniform(0.05, 0.25)[:, None] / math.sqrt(LUMP_FEATURES / 2)
+    curl_amplitude = torch.where(is_kind["curly"], uniform(0.15, 0.3), uniform(0.0, 0.04))
+    curls = torch.randn(count, CURL_FEATURES, generator=g) * curl_amplitude[:, None] / math.sqrt(CURL_FEATURES / 2)
 
     length = torch.where(long_, uniform(-1.1, -0.15), torch.full((count,), CURTAIN_TOP))
     curtain_thickness = uniform(0.6, 2.5) / CM_PER_UNIT

@@ -37,7 +37,7 @@ from diffnphr.data.ict import load_ict
 from diffnphr.devices import resolve_device
 from diffnphr.eval.heads import REGIONS, GroundTruthHeads, compare_head, decode_mesh
 from diffnphr.eval.metrics import REPORTED
-from diffnphr.frame import FLOOR_Y
+from diffnphr.frame import BOX_MAX, BOX_MIN
 from diffnphr.heads.latents import (
     FITTED_HELDOUT_NAME,
     LATENT_STATISTICS_FILE,
@@ -99,7 +99,7 @@ def evaluate_decoder(
             "count": len(identities),
             "seed": seed,
             "device": str(device),
-            "floor_y": FLOOR_Y,
+            "box": [BOX_MIN, BOX_MAX],
         },
         "notes": {}
         if fitted is not None
@@ -175,8 +175,9 @@ def _fitted(fitted_dir: str | os.PathLike | None) -> tuple[list[int], Any] | Non
 
 
 def _pictured(split, identities: Tensor, slots: int) -> dict[int, str]:
-    """Six evaluated heads to draw: long hair, bald, bun, open mouth, closed eyes, and the darkest and
-    lightest skin (by the skin colour's luminance); each identity at most once."""
+    """Evaluated heads to draw: the longest-haired, a bald one and one with a bun (where the evaluated
+    heads have them), the widest-open mouth, the most closed eyes, and the darkest and lightest
+    skin (by the skin colour's luminance); each identity at most once."""
     from diffnphr.data.appearance import REGIONS as APPEARANCE_REGIONS
     from diffnphr.data.hair_styles import HAIR_KINDS
 
@@ -188,10 +189,11 @@ def _pictured(split, identities: Tensor, slots: int) -> dict[int, str]:
     skin = evaluated.appearance.region_colours[:, APPEARANCE_REGIONS.index("skin")] @ torch.tensor(
         [0.2126, 0.7152, 0.0722]
     )
-    scores = {
-        "long_hair": (evaluated.hair.kind == HAIR_KINDS.index("long")).float() - evaluated.hair.length,
-        "bald": (evaluated.hair.kind == HAIR_KINDS.index("bald")).float(),
-        "bun": (evaluated.hair.kind == HAIR_KINDS.index("bun")).float(),
+    kinds = evaluated.hair.kind
+    scores = {  # a kind's category only among heads of that kind (-inf elsewhere)
+        "long_hair": torch.where(kinds == HAIR_KINDS.index("long"), -evaluated.hair.length, -math.inf),
+        "bald": torch.where(kinds == HAIR_KINDS.index("bald"), 0.0, -math.inf),
+        "bun": torch.where(kinds == HAIR_KINDS.index("bun"), 0.0, -math.inf),
         "open_mouth": jaw,
         "closed_eyes": blink,
         "dark_skin": -skin,
@@ -200,7 +202,7 @@ def _pictured(split, identities: Tensor, slots: int) -> dict[int, str]:
     chosen: dict[int, str] = {}
     for name, score in scores.items():
         for row in torch.argsort(score, descending=True).tolist():
-            if int(identities[row]) not in chosen:
+            if score[row] > -math.inf and int(identities[row]) not in chosen:
                 chosen[int(identities[row])] = name
                 break
     return chosen

@@ -2,9 +2,10 @@
 
 Ground truth is the decoder's own training surface (`diffnphr.data.head_geometry`): skin with
 hair and beard, eyeballs, teeth, the long-hair curtain and the bun, only the triangles exposed
-on that head, in the canonical frame. Both surfaces are cropped to y ≥ `frame.FLOOR_Y`, the
-extraction box's floor (the neck below it is never extracted), by sampling each whole surface
-and keeping the points above the floor: the kept points are uniform by area on the cropped
+on that head, in the canonical frame. Both surfaces are cropped to the extraction box
+(`frame.BOX_MIN`..`BOX_MAX`: its floor cuts the neck, and a tall curly head or a bun may reach
+past its top or back; what lies outside it is never extracted), by sampling each whole surface
+and keeping the points inside the box: the kept points are uniform by area on the cropped
 surface. Regions: the face (ICT's `face` part, the eyeballs and teeth) and the hair (skin the
 hair covers, the curtain and the bun). Every metric is reported raw and after a similarity
 alignment of the prediction to the ground truth (`eval.metrics.similarity_alignment`), as
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from diffnphr.eval.metrics import SurfaceSamples, region_metrics, sample_surface, similarity_alignment
-from diffnphr.frame import FLOOR_Y
+from diffnphr.frame import BOX_MAX, BOX_MIN
 
 if TYPE_CHECKING:
     from diffnphr.data.head_geometry import HeadGeometry
@@ -69,35 +70,45 @@ def decode_mesh(
         )
 
 
-def sample_above_floor(
-    vertices: Tensor, faces: Tensor, count: int, seed: int, floor_y: float = FLOOR_Y
+def sample_in_box(
+    vertices: Tensor,
+    faces: Tensor,
+    count: int,
+    seed: int,
+    box: tuple[tuple[float, ...], tuple[float, ...]] = (BOX_MIN, BOX_MAX),
 ) -> SurfaceSamples:
-    """`count` points uniform by area on the part of a mesh at y ≥ floor_y (face_index into `faces`)."""
-    kept = (vertices[faces.long(), 1] >= floor_y).any(dim=1).nonzero().squeeze(1)
+    """`count` points uniform by area on the part of a mesh inside `box` (face_index into `faces`)."""
+    low = torch.as_tensor(box[0], dtype=vertices.dtype, device=vertices.device)
+    high = torch.as_tensor(box[1], dtype=vertices.dtype, device=vertices.device)
+
+    def inside(points: Tensor) -> Tensor:
+        return ((points >= low) & (points <= high)).all(dim=-1)
+
+    kept = inside(vertices[faces.long()]).any(dim=1).nonzero().squeeze(1)
     if len(kept) == 0:
-        raise ValueError(f"the mesh lies entirely below y = {floor_y}: nothing to compare")
+        raise ValueError("the mesh lies entirely outside the extraction box: nothing to compare")
     drawn = count
     for attempt in range(8):
         samples = sample_surface(vertices, faces[kept], int(drawn * 1.1) + 256, seed + attempt)
-        above = (samples.points[:, 1] >= floor_y).nonzero().squeeze(1)
-        if len(above) >= count:
-            above = above[:count]
-            return SurfaceSamples(samples.points[above], samples.normals[above], kept[samples.face_index[above]])
-        drawn = int(drawn * count / max(len(above), 1)) + 1
-    raise ValueError(f"could not draw {count} points above y = {floor_y}: the surface there is (almost) empty")
+        chosen = inside(samples.points).nonzero().squeeze(1)
+        if len(chosen) >= count:
+            chosen = chosen[:count]
+            return SurfaceSamples(samples.points[chosen], samples.normals[chosen], kept[samples.face_index[chosen]])
+        drawn = int(drawn * count / max(len(chosen), 1)) + 1
+    raise ValueError(f"could not draw {count} points inside the extraction box: the surface there is (almost) empty")
 
 
 def compare_head(
     pred_vertices: Tensor, pred_faces: Tensor, truth: dict[str, Tensor], points: int, seed: int, with_floor: bool = True
 ) -> dict[str, dict[str, float]]:
     """Head and region metrics (`diffnphr.eval.metrics`) of a predicted mesh against a
-    `GroundTruthHeads.mesh`, both cropped to y ≥ -0.5, `points` samples per side, raw ("head",
+    `GroundTruthHeads.mesh`, both cropped to the extraction box, `points` samples per side, raw ("head",
     "face", "hair" where the head has hair) and after a similarity alignment ("aligned_head",
     ...; its scale as "alignment": {"scale": s}); with `with_floor`, also "floor_head" and
     "floor_face": the ground truth against itself resampled with another seed."""
     device = truth["vertices"].device
-    gt = sample_above_floor(truth["vertices"], truth["faces"], points, seed)
-    pred = sample_above_floor(
+    gt = sample_in_box(truth["vertices"], truth["faces"], points, seed)
+    pred = sample_in_box(
         torch.as_tensor(pred_vertices, dtype=torch.float32, device=device),
         torch.as_tensor(pred_faces, device=device),
         points,
@@ -110,7 +121,7 @@ def compare_head(
     metrics.update({f"aligned_{name}": value for name, value in region_metrics(aligned, gt, regions).items()})
     metrics["alignment"] = {"scale": scale}
     if with_floor:
-        again = sample_above_floor(truth["vertices"], truth["faces"], points, seed + 2000)
+        again = sample_in_box(truth["vertices"], truth["faces"], points, seed + 2000)
         floor = region_metrics(again, gt, {"face": truth["face_region"]})
         metrics.update({"floor_head": floor["head"], "floor_face": floor["face"]})
     return metrics

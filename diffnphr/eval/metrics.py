@@ -236,11 +236,12 @@ def similarity_alignment(
     """Scale s and translation t (3,) that best bring predicted points onto the ground truth.
 
     One photo shows neither a head's size nor its distance, so every geometry metric is also
-    reported after this alignment: the least-squares fit of s·p + t to the nearest points both
-    ways (prediction to ground truth and back), alternated with finding those neighbours again
-    (ICP with a scale and no rotation: both surfaces are in the canonical frame already), until
-    s moves by less than 1e-7 and t by less than 1e-7 units or after `iterations` rounds, on
-    evenly spread subsets of at most `max_points` points of each side (enough for 4 numbers).
+    reported after this alignment: the fit of s·p + t to the nearest points both ways
+    (prediction to ground truth and back) that minimises the sum of their distances (the
+    Chamfer-L1 itself; least squares weighted by 1 / distance, iteratively), alternated with
+    finding those neighbours again (ICP with a scale and no rotation: both surfaces are in the
+    canonical frame already), until s and t move by less than 1e-7 units or after `iterations`
+    rounds, on evenly spread subsets of at most `max_points` points of each side.
     """
     _check_points(pred_points, "predicted points")
     _check_points(gt_points, "ground-truth points")
@@ -259,9 +260,13 @@ def similarity_alignment(
         _, to_pred = nearest_neighbours(gt, moved)
         source = torch.cat([pred, pred[to_pred]])
         target = torch.cat([gt[to_gt], gt])
-        source_mean, target_mean = source.mean(dim=0), target.mean(dim=0)
+        weights = 1.0 / (scale * source + shift - target).norm(dim=1).clamp_min(1e-5)
+        weights = weights / weights.sum()
+        source_mean, target_mean = weights @ source, weights @ target
         centred = source - source_mean
-        scale = float((centred * (target - target_mean)).sum() / centred.square().sum())
+        scale = float(
+            (weights[:, None] * centred * (target - target_mean)).sum() / (weights[:, None] * centred.square()).sum()
+        )
         shift = target_mean - scale * source_mean
         if abs(scale - previous_scale) < 1e-7 and float((shift - previous_shift).abs().max()) < 1e-7:
             break

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffnphr.eval.heads import GroundTruthHeads, compare_head, decode_mesh, sample_above_floor
+from diffnphr.eval.heads import GroundTruthHeads, compare_head, decode_mesh, sample_in_box
 from diffnphr.eval.metrics import surface_metrics
 from diffnphr.eval.reconstruction.cache import ResultCache, result_key, transfer_key
 from diffnphr.eval.reconstruction.methods import (
@@ -174,7 +174,7 @@ def reconstruction_distances(
     """
     try:
         samples = [
-            sample_above_floor(
+            sample_in_box(
                 torch.as_tensor(np.asarray(m.vertices), dtype=torch.float32, device=device),
                 torch.as_tensor(np.asarray(m.faces), device=device),
                 points,
