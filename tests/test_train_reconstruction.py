@@ -23,7 +23,8 @@ from diffnphr.train.config import ReconstructionTrainingConfig
 from diffnphr.train.ema import ExponentialAverage
 from diffnphr.train.reconstruction import export_reconstruction, train_reconstruction
 from diffnphr.train.reconstruction_data import RenderBatches, TrainingHeads
-from diffnphr.train.reconstruction_models import ReconstructionModels, initialise_from
+from diffnphr.train.reconstruction_export import initialise_from
+from diffnphr.train.reconstruction_models import ReconstructionModels
 
 LATENTS = Path(__file__).resolve().parents[1] / "weights" / "decoder_latents"
 TINY_ENCODER = dict(
@@ -48,7 +49,11 @@ TINY_DIFFUSION = dict(
 
 
 def tiny_config(**changes) -> ReconstructionTrainingConfig:
+    """A tiny ViT run on the split's heads (the path before fresh heads; `tests/test_train_fresh_heads.py` has the
+    ResNet on fresh heads)."""
     values = dict(
+        encoder_type="farl",
+        heads="split",
         encoder=TINY_ENCODER,
         diffusion=TINY_DIFFUSION,
         regression_hidden=32,
