@@ -4,6 +4,7 @@ map; and a ResNet run on them that resumes and exports weights the pipeline's lo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,26 @@ def test_every_batch_is_new_heads_with_their_exact_latents_and_own_hair(fresh_ba
     assert many.mean(0).abs().max() < 0.4 and (many.std(0) - 1).abs().median() < 0.1
 
 
+def test_copies_per_head_repeat_each_heads_target_and_factors_over_its_relit_renders(fresh_batches):
+    copied = FreshHeadBatches(
+        replace(fresh_batches.config, copies_per_head=2),
+        fresh_batches.heads,
+        fresh_batches.factor_map,
+        fresh_batches.renderer,
+        torch.device("cpu"),
+    )
+    batch = copied.training(seed=11, count=4)
+    heads = copied.draw(2, 11)  # two heads, two renders each
+    with torch.no_grad():
+        exact = pack(*copied.factor_map.latents(heads))
+    assert batch.crops.shape == (4, 3, 32, 32)
+    assert torch.allclose(batch.latents, exact.repeat_interleave(2, 0))
+    assert torch.equal(batch.factors[0], batch.factors[1]) and not torch.equal(batch.factors[1], batch.factors[2])
+    assert not torch.equal(batch.crops[0], batch.crops[1])
+    with pytest.raises(ValueError, match="copies of 2"):
+        copied.training(seed=11, count=3)
+
+
 def test_fresh_heads_validate_on_held_out_identities_with_their_fitted_latents(fresh_batches):
     batch = fresh_batches.heldout(count=2)
     fitted = fresh_batches.heads.heldout_latents
@@ -125,3 +146,9 @@ def test_configs_from_before_the_resnet_still_mean_a_vit_on_the_split():
     assert (new.encoder_type, new.heads) == ("resnet", "fresh")
     with pytest.raises(ValueError, match="heads"):
         ReconstructionTrainingConfig(heads="codebooks")
+    with pytest.raises(ValueError, match="copies_per_head"):
+        ReconstructionTrainingConfig(heads="split", copies_per_head=2)
+    # a run may change its copies per head when it resumes (the models do not depend on it)
+    given = ReconstructionTrainingConfig.from_dict({**new.to_dict(), "copies_per_head": 4})
+    resumed = ReconstructionTrainingConfig.for_run(given, new.to_dict(), None)
+    assert resumed.copies_per_head == 4

@@ -180,7 +180,13 @@ class ReconstructionTrainingConfig(JsonConfig):
     """Everything that defines a run of `train_reconstruction` (stored in the run folder)."""
 
     # Settings that may change when a run resumes; the rest must match the run's stored config.
-    resumable: ClassVar[tuple[str, ...]] = ("total_steps", "log_every", "validate_every", "checkpoint_every")
+    resumable: ClassVar[tuple[str, ...]] = (
+        "total_steps",
+        "log_every",
+        "validate_every",
+        "checkpoint_every",
+        "copies_per_head",
+    )
 
     # The encoder: "resnet" (`ResNetFaceEncoder`, ResNet-18 at 224 px by default) or "farl" (FaRL's ViT);
     # `encoder` overrides that kind's config fields (`ResNetEncoderConfig` / `farl_vision_config`).
@@ -198,6 +204,9 @@ class ReconstructionTrainingConfig(JsonConfig):
     heads: str = "fresh"
     factor_map: str = "weights/factor_map"
     mix_appearance: bool = True  # split heads only: each rendered in another training identity's colours
+    # Fresh heads only: renders per drawn and rasterised head, each in its own lights, background and photo
+    # degradations (`HeadRenderer.render_crops`); more renders per second, fewer distinct heads and poses per batch.
+    copies_per_head: int = 1
     readout_weight: float = 1.0  # weight of the encoders' generating-factor read-out loss (0: none)
     render: dict[str, Any] = field(default_factory=dict)  # RenderConfig overrides (image_size follows the encoder)
     batch_size: int = 256  # per step over all processes; each of W processes renders batch_size / W
@@ -233,5 +242,7 @@ class ReconstructionTrainingConfig(JsonConfig):
             raise ValueError(f"readout_weight must be non-negative, got {self.readout_weight}.")
         if self.encoder_type not in ("resnet", "farl"):
             raise ValueError(f"encoder_type must be 'resnet' or 'farl', got {self.encoder_type!r}.")
+        if self.copies_per_head < 1 or (self.copies_per_head > 1 and self.heads != "fresh"):
+            raise ValueError(f"copies_per_head must be 1, or more with fresh heads; got {self.copies_per_head}.")
         if self.heads not in HEAD_SOURCES:
             raise ValueError(f"heads must be one of {', '.join(HEAD_SOURCES)}; got {self.heads!r}.")

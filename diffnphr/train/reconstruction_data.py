@@ -222,8 +222,9 @@ class FreshHeadBatches:
         mean, std = self._factor_scale
         return ((_flat_factors(heads) - mean) / std).to(self.device)
 
-    def render(self, heads: HeadFactors, seed: int, latents: Tensor | None = None) -> Batch:
-        """Crops of `heads` with their own hair in scenes drawn from `seed`; targets `latents`, else the map's."""
+    def render(self, heads: HeadFactors, seed: int, latents: Tensor | None = None, copies: int = 1) -> Batch:
+        """Crops of `heads` with their own hair in scenes drawn from `seed`, each shown in `copies` lightings
+        (`HeadRenderer.render_crops`); targets `latents`, else the map's (repeated for the copies)."""
         scenes = self.renderer.sample_scenes(
             heads.identity.to(self.device),
             heads.expression.to(self.device),
@@ -234,11 +235,17 @@ class FreshHeadBatches:
         if latents is None:
             with torch.no_grad():
                 latents = pack(*self.factor_map.latents(heads)).float()
-        return Batch(self.renderer.render_crops(scenes), latents.to(self.device), self.factors(heads))
+        crops = self.renderer.render_crops(scenes, copies)
+        factors = self.factors(heads)
+        return Batch(crops, latents.to(self.device).repeat_interleave(copies, 0), factors.repeat_interleave(copies, 0))
 
     def training(self, seed: int, count: int) -> Batch:
-        """`count` new random heads drawn from `seed` (their factors, their scenes), with their exact latents."""
-        return self.render(self.draw(count, seed), seed)
+        """`count` renders of new random heads drawn from `seed` (their factors, their scenes), with their exact
+        latents: `count / copies_per_head` heads, each in `copies_per_head` lightings."""
+        copies = self.config.copies_per_head
+        if count % copies:
+            raise ValueError(f"A batch of {count} renders does not split into copies of {copies} per head.")
+        return self.render(self.draw(count // copies, seed), seed, copies=copies)
 
     def heldout(self, count: int) -> Batch | None:
         """Fixed renders of the held-out identities that have fitted latents, with those latents (None without)."""
