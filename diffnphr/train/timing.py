@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from diffnphr.bench.common import synchronize
+
 
 class RenderTiming:
     """Render and whole-step seconds of one training call's steps (the first `warmup` steps left out:
@@ -23,8 +25,7 @@ class RenderTiming:
 
     def lap(self) -> float:
         """The clock, once the device has finished what was queued on it."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         return time.perf_counter()
 
     def add(self, renders: int, render_s: float, step_s: float) -> None:
