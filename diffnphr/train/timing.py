@@ -11,8 +11,6 @@ import time
 
 import torch
 
-from diffnphr.bench.common import synchronize
-
 
 class RenderTiming:
     """Render and whole-step seconds of one training call's steps (the first `warmup` steps left out:
@@ -25,7 +23,8 @@ class RenderTiming:
 
     def lap(self) -> float:
         """The clock, once the device has finished what was queued on it."""
-        synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
     def add(self, renders: int, render_s: float, step_s: float) -> None:
