@@ -25,6 +25,13 @@ def test_the_pipeline_row_times_the_pipelines_own_stages():
     assert row["seconds"]["total"] == pytest.approx(stages, abs=0.01) and len(row["timed_totals"]) == 1
 
 
+def test_the_render_rows_report_renders_per_second_of_training_batches():
+    rows = run_benchmarks(device="cpu", quick=True, only=["renders_64_copies1", "renders_64_copies4"])["results"]
+    assert all("error" not in row for row in rows), rows
+    assert [(row["renders"], row["copies_per_head"]) for row in rows] == [(8, 1), (8, 4)]
+    assert all(row["renders_per_s"] == pytest.approx(8 / row["seconds"], rel=0.01) for row in rows)
+
+
 def test_the_app_row_reconstructs_through_the_served_app_and_reports_its_peak_memory():
     row = run_benchmarks(device="cpu", quick=True, only=["app"])["results"][0]
     assert "error" not in row, row.get("error")

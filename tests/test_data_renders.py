@@ -161,3 +161,27 @@ def test_render_mesh_draws_a_single_mesh_on_its_background():
     vertices = torch.tensor([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]])
     image = render_mesh(vertices, np.array([[0, 1, 2]]), size=32, center=(0, 0, 0), half_extent=1.0)
     assert image.shape == (32, 32, 3) and image[16, 16].max() < 255 and (image[2, 2] == 255).all()
+
+
+def test_relit_copies_share_the_rasterised_head_and_differ_in_light_background_and_degradation(renderer, monkeypatch):
+    scenes = _scenes(renderer, seed=4, count=2)
+    lit = []
+    shade = renderer._shade
+
+    def recording(*args):
+        lit.append(args[-1])
+        return shade(*args)
+
+    monkeypatch.setattr(renderer, "_shade", recording)
+    copies = renderer.render_crops(scenes, copies=3)
+    assert copies.shape == (6, 3, 32, 32) and copies.min() >= 0 and copies.max() <= 1
+    assert torch.equal(renderer.render_crops(scenes, copies=3), copies)  # seeded like every render
+    (lighting,) = lit[:1]
+    # copy 0 of each head is lit by the scene's own lights, the others by new ones
+    assert torch.equal(lighting.light_directions[::3], scenes.light_directions)
+    assert torch.equal(lighting.ambient[::3], scenes.ambient)
+    assert not torch.allclose(lighting.ambient[1::3], scenes.ambient)
+    assert len({tuple(row.tolist()) for row in lighting.ambient}) == 6
+    assert all(not torch.equal(copies[i], copies[j]) for i in range(6) for j in range(i))
+    with pytest.raises(ValueError, match="copies"):
+        renderer.render_crops(scenes, copies=0)

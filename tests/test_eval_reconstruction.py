@@ -18,7 +18,12 @@ from diffnphr.eval.reconstruction.cache import CACHE_FILE
 from diffnphr.eval.reconstruction.landmarks import build_landmark_predictions
 from diffnphr.eval.reconstruction.methods import AVERAGED_METHOD, METHODS, default_method
 from diffnphr.eval.reconstruction.renders import eval_renders
-from diffnphr.eval.reconstruction.report import consistency_summary, format_reconstruction_summary, paired_differences
+from diffnphr.eval.reconstruction.report import (
+    consistency_summary,
+    format_reconstruction_summary,
+    gap_closed,
+    paired_differences,
+)
 from diffnphr.eval.reconstruction.run import evaluate_reconstruction
 from diffnphr.eval.reconstruction.work import reconstruction_distances
 from diffnphr.heads.latents import SplitLatents
@@ -158,6 +163,12 @@ def test_the_table_has_every_method(tmp_path, tiny_weights_dir, latents_dir, reg
     assert report["paired"]["method"] == default
     assert set(report["paired"]["against"]) == set(report["methods"]) - {default, "sampling_floor"}
     assert all(pair["renders"] == 3 for pair in report["paired"]["against"].values())
+    assert all(
+        set(pair) >= {"head", "face", "aligned_head", "aligned_face"} for pair in report["paired"]["against"].values()
+    )
+    assert all(summary["aligned_face"] for summary in report["methods"].values() if summary["count"])
+    # the tiny decoder draws one mesh for every latent, so no gap is defined; the unit test above measures one
+    assert report["gap_closed"] == gap_closed(report["methods"], default) == {}
     table = format_reconstruction_summary(report)
     assert all(f"| {method} |" in table for method in report["methods"] if report["methods"][method]["count"])
     assert json.loads((tmp_path / "report.json").read_text())["compared_renders"] == 3
@@ -252,19 +263,39 @@ def test_consistency_counts_empty_reconstructions_as_failures():
     assert consistency_summary(items)["failures"] == 1 and consistency_summary(items)["pairs"] == 1
 
 
-def test_paired_differences_give_the_mean_gap_its_standard_error_and_the_wins():
-    def record(chamfer, f_score):
-        return {"head": {"chamfer_l1_mm": chamfer, "f_score_2.5mm": f_score}}
+def test_paired_differences_give_each_region_raw_and_aligned_its_mean_gap_interval_and_wins():
+    def record(chamfer, f_score, aligned_chamfer):
+        return {
+            "head": {"chamfer_l1_mm": chamfer, "f_score_2.5mm": f_score},
+            "aligned_head": {"chamfer_l1_mm": aligned_chamfer, "f_score_2.5mm": f_score},
+        }
 
-    ours = [record(4.0, 0.5), record(5.0, 0.4), {"error": "empty mesh"}, record(3.0, 0.6)]
-    theirs = [record(4.5, 0.45), record(4.9, 0.42), record(4.0, 0.5), record(3.6, 0.55)]
+    ours = [record(4.0, 0.5, 2.0), record(5.0, 0.4, 2.1), {"error": "empty mesh"}, record(3.0, 0.6, 1.9)]
+    theirs = [record(4.5, 0.45, 3.0), record(4.9, 0.42, 3.2), record(4.0, 0.5, 3.0), record(3.6, 0.55, 2.8)]
     paired = paired_differences(ours, theirs)
-    assert paired["renders"] == 3 and paired["ours_closer"] == 2
+    assert paired["renders"] == 3 and paired["head"]["ours_closer"] == 2 and paired["aligned_head"]["ours_closer"] == 3
+    assert "face" not in paired  # no region the records lack
     differences = np.array([-0.5, 0.1, -0.6])
-    assert paired["chamfer_l1_mm"]["mean_difference"] == pytest.approx(differences.mean())
-    assert paired["chamfer_l1_mm"]["standard_error"] == pytest.approx(differences.std(ddof=1) / np.sqrt(3))
-    assert paired["f_score_2.5mm"]["mean_difference"] == pytest.approx(np.mean([0.05, -0.02, 0.05]))
+    head = paired["head"]["chamfer_l1_mm"]
+    assert head["mean_difference"] == pytest.approx(differences.mean())
+    assert head["standard_error"] == pytest.approx(differences.std(ddof=1) / np.sqrt(3))
+    t = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom
+    assert head["ci95"] == pytest.approx(
+        [differences.mean() - t * head["standard_error"], differences.mean() + t * head["standard_error"]]
+    )
+    assert head["ci95"][0] < 0 < head["ci95"][1]  # raw: a tie
+    assert paired["aligned_head"]["chamfer_l1_mm"]["ci95"][1] < 0  # once the size is removed, ours is closer
+    assert paired["head"]["f_score_2.5mm"]["mean_difference"] == pytest.approx(np.mean([0.05, -0.02, 0.05]))
     assert paired_differences(ours[:1], theirs[:1]) == {"renders": 1}
+
+
+def test_gap_closed_measures_a_method_between_the_mean_latent_and_the_decoder_fit():
+    def summary(head, aligned):
+        return {"head": {"chamfer_l1_mm": {"mean": head}}, "aligned_head": {"chamfer_l1_mm": {"mean": aligned}}}
+
+    table = {"mean": summary(5.0, 4.0), "ours": summary(4.5, 2.0), "decoder_fit": summary(1.0, 1.0)}
+    assert gap_closed(table, "ours") == pytest.approx({"head": 0.125, "aligned_head": 2 / 3})
+    assert gap_closed({"ours": summary(4.5, 2.0)}, "ours") == {}
 
 
 def test_landmark_features_ignore_a_similarity_transform():

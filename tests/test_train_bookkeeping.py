@@ -87,3 +87,21 @@ def test_a_resumed_loop_continues_and_a_call_without_steps_saves_nothing(tmp_pat
     idle = _CountingTrainee(tmp_path)
     done = run_training(idle, schedule, TimeBox(3600, time.monotonic()), log, 6, tmp_path / "checkpoint-6")
     assert idle.steps == [] and idle.saved == [] and done.checkpoint == tmp_path / "checkpoint-6"
+
+
+def test_an_averages_only_slim_checkpoint_travels_half_and_resumes_from_the_averages(tmp_path):
+    from diffnphr.train.checkpoints import load_checkpoint, save_checkpoint, slim_checkpoint
+
+    weight, average, step_count = torch.randn(64, 64), torch.randn(64, 64), torch.tensor([7])
+    tensors = {"net.weight": weight, "ema.net.weight": average, "net.steps": step_count}
+    save_checkpoint(tmp_path, 1, tensors, {"adamw": {}}, {"draws": 1})
+    newest = save_checkpoint(tmp_path, 2, tensors, {"adamw": {}}, {"draws": 2})
+    full = sum(f.stat().st_size for f in newest.glob("*.safetensors"))
+    assert slim_checkpoint(tmp_path, averages_only=True) == newest
+    slimmed = sum(f.stat().st_size for f in newest.glob("*.safetensors"))
+    assert slimmed < 0.3 * full  # float16 and one copy instead of two float32 ones
+    loaded = load_checkpoint(newest)
+    assert loaded.optimizers is None and loaded.state["draws"] == 2 and loaded.step == 2
+    assert torch.allclose(loaded.tensors["net.weight"].float(), average, atol=1e-2)  # the weight is its average
+    assert torch.allclose(loaded.tensors["ema.net.weight"].float(), average, atol=1e-2)
+    assert torch.equal(loaded.tensors["net.steps"], step_count)  # what has no average stays

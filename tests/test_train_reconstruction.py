@@ -23,7 +23,8 @@ from diffnphr.train.config import ReconstructionTrainingConfig
 from diffnphr.train.ema import ExponentialAverage
 from diffnphr.train.reconstruction import export_reconstruction, train_reconstruction
 from diffnphr.train.reconstruction_data import RenderBatches, TrainingHeads
-from diffnphr.train.reconstruction_models import ReconstructionModels, initialise_from
+from diffnphr.train.reconstruction_export import initialise_from
+from diffnphr.train.reconstruction_models import ReconstructionModels
 
 LATENTS = Path(__file__).resolve().parents[1] / "weights" / "decoder_latents"
 TINY_ENCODER = dict(
@@ -48,7 +49,11 @@ TINY_DIFFUSION = dict(
 
 
 def tiny_config(**changes) -> ReconstructionTrainingConfig:
+    """A tiny ViT run on the split's heads (the path before fresh heads; `tests/test_train_fresh_heads.py` has the
+    ResNet on fresh heads)."""
     values = dict(
+        encoder_type="farl",
+        heads="split",
         encoder=TINY_ENCODER,
         diffusion=TINY_DIFFUSION,
         regression_hidden=32,
@@ -192,3 +197,13 @@ def test_exponential_average_follows_the_weights_slowly():
         ema.update(step)
     moved = ema.shadow["net"].weight - start
     assert torch.allclose(moved, torch.full_like(moved, 1 - 0.9**3), atol=1e-5)
+
+
+def test_exponential_average_takes_the_live_batchnorm_statistics():
+    """Averaged weights with the statistics of the initial ones would normalise a ResNet by the wrong scale."""
+    live = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    ema = ExponentialAverage({"net": live}, decay=0.999)
+    live(torch.randn(8, 3, 4, 4) * 5 + 3)
+    ema.update(1000)
+    assert torch.equal(ema.shadow["net"][1].running_var, live[1].running_var)
+    assert int(ema.shadow["net"][1].num_batches_tracked) == 1

@@ -5,7 +5,7 @@ diffusion model (`diffnphr.train.reconstruction`), and minimises the mean square
 normalised latent. So it predicts the conditional mean, a single blurred head per image:
 the evaluation's answer to "does sampling from a diffusion model beat plain regression?".
 
-Folder: `encoder/` (a `FaceEncoder` folder) and `head/` (`RegressionHead`: config.json,
+Folder: `encoder/` (an encoder folder of either kind, `diffnphr.encoders.load_face_encoder`) and `head/` (`RegressionHead`: config.json,
 safetensors, and the latent statistics it predicts in, as buffers).
 """
 
@@ -14,14 +14,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from diffnphr.diffusion.mean_head import latent_mlp
-from diffnphr.encoders.farl import FaceEncoder
+from diffnphr.encoders.loading import load_face_encoder
 from diffnphr.nphm.latents import PADDED
 from diffnphr.weights import PretrainedModule, resolve_weights_dir
+
+if TYPE_CHECKING:
+    from diffnphr.encoders.loading import ImageEncoder
 
 ENCODER_FOLDER, HEAD_FOLDER = "encoder", "head"
 
@@ -54,7 +58,7 @@ class RegressionHead(PretrainedModule):
 class LatentRegressor(nn.Module):
     """Face crops -> raw padded latents [B, 4456] in one forward pass (no sampling)."""
 
-    def __init__(self, encoder: FaceEncoder, head: RegressionHead) -> None:
+    def __init__(self, encoder: ImageEncoder, head: RegressionHead) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -65,7 +69,7 @@ class LatentRegressor(nn.Module):
 
     @torch.inference_mode()
     def predict(self, pixel_values: Tensor) -> Tensor:
-        """Raw (de-normalised) latents [B, 4456] for preprocessed crops (`FaceEncoder.preprocess`)."""
+        """Raw (de-normalised) latents [B, 4456] for preprocessed crops (the encoder's `preprocess`)."""
         return self(pixel_values) * self.head.data_std + self.head.data_mean
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
@@ -79,6 +83,6 @@ class LatentRegressor(nn.Module):
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, device: str | torch.device = "cpu") -> LatentRegressor:
         """Load a folder written by `save_pretrained` (local or a Hub id)."""
         directory = resolve_weights_dir(path_or_hub_id)
-        encoder = FaceEncoder.from_pretrained(directory, subfolder=ENCODER_FOLDER, device=device)
+        encoder = load_face_encoder(directory, subfolder=ENCODER_FOLDER, device=device)
         head = RegressionHead.from_pretrained(directory, subfolder=HEAD_FOLDER, device=device)
         return cls(encoder, head).eval()

@@ -24,6 +24,7 @@ from diffnphr.bench.blocks import (
 )
 from diffnphr.bench.gpu import bench_marching, bench_precision
 from diffnphr.bench.pipeline import bench_pipeline
+from diffnphr.bench.renders import bench_renders
 from diffnphr.bench.served import bench_app, bench_load
 from diffnphr.devices import resolve_device
 
@@ -64,6 +65,11 @@ def _cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], dict[s
         ("ddim_25_steps_guided", bench_ddim, {"guidance_scale": 2.0}),
         ("farl_forward", bench_farl, {}),
     ]
+    render_size = 64 if quick else 160  # 160: the encoder's input in the v3 run
+    for copies in (1, 4):
+        cases.append(
+            (f"renders_{render_size}_copies{copies}", bench_renders, {"image_size": render_size, "copies": copies})
+        )
     if not quick:
         cases.append(("pipeline_default", bench_pipeline, {"resolution": None}))
     cases.append(("pipeline_128", bench_pipeline, {"resolution": 128}))

@@ -43,6 +43,11 @@ def _add_decoder_commands(sub: argparse._SubParsersAction) -> None:
         "slim-run", help="keep a run's newest checkpoint in float16 without optimiser moments (to carry it to a GPU)"
     )
     p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--averages-only",
+        action="store_true",
+        help="keep only the moving averages of averaged weights (about half the size; the run resumes from them)",
+    )
     p.set_defaults(run=_slim_run)
 
     p = sub.add_parser(
@@ -66,7 +71,7 @@ def _train_decoder(args: argparse.Namespace) -> None:
 def _slim_run(args: argparse.Namespace) -> None:
     from diffnphr.train.checkpoints import slim_checkpoint
 
-    print(f"slimmed {slim_checkpoint(args.run_dir)}")
+    print(f"slimmed {slim_checkpoint(args.run_dir, averages_only=args.averages_only)}")
 
 
 def _export_decoder(args: argparse.Namespace) -> None:

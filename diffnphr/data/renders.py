@@ -51,6 +51,7 @@ from diffnphr.data.scenes import (
     MOTTLE_FIELDS,
     PIVOT,
     PORE_FIELDS,
+    Lighting,
     RenderConfig,
     RenderScenes,
     SceneSampler,
@@ -140,16 +141,23 @@ class HeadRenderer:
         return self._scenes.sample(identity_coefficients, expression_weights, appearance, seed, hair)
 
     # ----------------------------------------------------------------------------------------
-    def render_crops(self, scenes: RenderScenes) -> Tensor:
-        """(B, 3, S, S) float32 sRGB in [0, 1], S = image_size: the encoder's input of each scene.
+    def render_crops(self, scenes: RenderScenes, copies: int = 1) -> Tensor:
+        """(B · copies, 3, S, S) float32 sRGB in [0, 1], S = image_size: the encoder's input of each scene.
 
         The jittered head square of the crop rule, rendered directly at S · supersample and
         area-averaged, on a background drawn in crop space, then degraded like a photo.
+
+        With `copies` > 1 each scene is posed and rasterised once and shown `copies` times (row
+        b · copies + j): copy 0 in the scene's own lights, the others each in new random lights
+        (`SceneSampler.lighting`), every copy on its own background with its own degradations. A copy
+        then costs its shading, compositing and degradation, not the geometry and rasterisation.
         """
+        if copies < 1:
+            raise ValueError(f"copies must be at least 1, got {copies}")
         scenes = self._on_device(scenes)
         size = self.config.image_size * self.config.supersample
         transform = self.crop_transforms(scenes) * size
-        return self._render(scenes, transform, size, salt=0)
+        return self._render(scenes, transform, size, salt=0, copies=copies)
 
     def render_frames(self, scenes: RenderScenes, size: int = 512) -> Tensor:
         """(B, 3, size, size) float32 sRGB in [0, 1]: the whole photo each crop is cut from."""
@@ -263,37 +271,55 @@ class HeadRenderer:
         return points, inverse_depth
 
     def _shade(
-        self, camera: Tensor, faces: Tensor, albedo: Tensor, sheen: Tensor, shininess: Tensor, scenes: RenderScenes
+        self, camera: Tensor, normals: Tensor, albedo: Tensor, sheen: Tensor, shininess: Tensor, lighting: Lighting
     ) -> Tensor:
-        """(B, N, 3) sRGB vertex colours lit by the scene's lights (module docstring)."""
-        normals = vertex_normals(camera, faces)
+        """(B · k, N, 3) sRGB vertex colours of B posed meshes, each lit by k of the `lighting` rows (module
+        docstring); row b · k + j of the result is mesh b in lighting row b · k + j."""
+        copies = len(lighting.ambient) // len(camera)
         to_eye = F.normalize(-camera, dim=-1)
         normals = normals * torch.where((normals * to_eye).sum(-1, keepdim=True) < 0, -1.0, 1.0)  # two-sided
         linear = torch.where(albedo <= 0.04045, albedo / 12.92, ((albedo + 0.055) / 1.055) ** 2.4)
-        light = scenes.ambient[:, None].expand_as(linear).clone()
+        normals, to_eye, linear, sheen, shininess = (
+            values.repeat_interleave(copies, dim=0) for values in (normals, to_eye, linear, sheen, shininess)
+        )
+        light = lighting.ambient[:, None].expand_as(linear).clone()
         highlight = torch.zeros_like(linear)
-        exponent = scenes.specular[:, 1:2] * shininess
-        for index in range(scenes.light_directions.shape[1]):
-            direction = scenes.light_directions[:, index, None]  # (B, 1, 3)
-            colour = scenes.light_colours[:, index, None]
+        exponent = lighting.specular[:, 1:2] * shininess
+        for index in range(lighting.light_directions.shape[1]):
+            direction = lighting.light_directions[:, index, None]  # (B · k, 1, 3)
+            colour = lighting.light_colours[:, index, None]
             light = light + colour * (normals * direction).sum(-1, keepdim=True).clamp_min(0)
             half = F.normalize(direction + to_eye, dim=-1)
             facing = (normals * half).sum(-1).clamp_min(0)
-            highlight = highlight + colour * (facing**exponent * sheen * scenes.specular[:, :1])[..., None]
+            highlight = highlight + colour * (facing**exponent * sheen * lighting.specular[:, :1])[..., None]
         return linear_to_srgb(linear * light + highlight)
 
-    def _render(self, scenes: RenderScenes, transform: Tensor, size: int, salt: int) -> Tensor:
-        """Images (B, 3, size / supersample, …) of the scenes, with frame units mapped to pixels by `transform`."""
-        count = len(scenes)
+    def _copy_lighting(self, scenes: RenderScenes, copies: int, generator: torch.Generator) -> Lighting:
+        """B · copies lightings: each scene's own, then `copies` - 1 new ones (`render_crops`)."""
+        if copies == 1:
+            return scenes.lighting
+        drawn = self._scenes.lighting(len(scenes) * (copies - 1), generator)
+        rows = []
+        for own, new in zip(scenes.lighting, drawn):
+            new = new.to(self.device).view(len(scenes), copies - 1, *own.shape[1:])
+            rows.append(torch.cat([own[:, None], new], dim=1).flatten(0, 1))
+        return Lighting(*rows)
+
+    def _render(self, scenes: RenderScenes, transform: Tensor, size: int, salt: int, copies: int = 1) -> Tensor:
+        """Images (B · copies, 3, size / supersample, …) of the scenes (`render_crops`), with frame units mapped
+        to pixels by `transform`."""
+        count = len(scenes) * copies
         camera, faces, albedo, sheen, shininess = self._posed(scenes)
-        colours = self._shade(camera, faces, albedo, sheen, shininess, scenes)
+        generator = torch.Generator().manual_seed(scenes.seed + salt)
+        lighting = self._copy_lighting(scenes, copies, generator)
+        colours = self._shade(camera, vertex_normals(camera, faces), albedo, sheen, shininess, lighting)
         points, inverse_depth = self._project(camera, scenes)
         triangle, weights = rasterise(_apply_affine(transform, points), inverse_depth, faces, size)
+        triangle, weights = triangle.repeat_interleave(copies, dim=0), weights.repeat_interleave(copies, dim=0)
         corners = (
             faces[triangle.clamp_min(0)] + (torch.arange(count, device=self.device) * camera.shape[1])[:, None, None]
         )
-        pixels = (colours.reshape(-1, 3)[corners] * weights[..., None]).sum(dim=2)  # (B, size², 3)
-        generator = torch.Generator().manual_seed(scenes.seed + salt)
+        pixels = (colours.reshape(-1, 3)[corners] * weights[..., None]).sum(dim=2)  # (B · copies, size², 3)
         background = random_backgrounds(count, size, generator, self.device, self.backgrounds)
         drawn = (triangle >= 0).view(count, 1, size, size)
         images = torch.where(drawn, pixels.transpose(1, 2).reshape(count, 3, size, size), background)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,15 @@ class RenderConfig:
             raise ValueError(f"RenderConfig.crop_jitter_std must be non-negative, got {self.crop_jitter_std}")
 
 
+class Lighting(NamedTuple):
+    """The lights of B renders (the `RenderScenes` fields of the same names)."""
+
+    light_directions: Tensor  # (B, 2, 3)
+    light_colours: Tensor  # (B, 2, 3)
+    ambient: Tensor  # (B, 3)
+    specular: Tensor  # (B, 2)
+
+
 @dataclass(frozen=True)
 class RenderScenes:
     """Everything random about B renders, as tensors (B first); see the module docstring's frame."""
@@ -147,6 +156,11 @@ class RenderScenes:
 
     def __len__(self) -> int:
         return int(self.identity.shape[0])
+
+    @property
+    def lighting(self) -> Lighting:
+        """The scenes' lights."""
+        return Lighting(self.light_directions, self.light_colours, self.ambient, self.specular)
 
 
 class SceneSampler:
@@ -211,19 +225,7 @@ class SceneSampler:
 
         jitter = torch.randn(count, 4, generator=generator) * in_radians(config.crop_jitter_std)
 
-        directions = torch.randn(count, 2, 3, generator=generator)
-        directions[..., 2] = directions[..., 2].abs() + 0.1  # the front hemisphere, not grazing
-        directions = F.normalize(directions, dim=-1)
-        intensity = torch.stack(
-            [
-                uniform(config.key_intensity),
-                uniform(config.fill_intensity) * (torch.rand(count, generator=generator) < config.fill_probability),
-            ],
-            dim=1,
-        )
-        light_colours = intensity[..., None] * temperature_rgb(uniform(config.colour_temperature, 2))
-        ambient = uniform(config.ambient)[:, None] * temperature_rgb(uniform(config.colour_temperature))
-        specular = torch.stack([uniform(config.specular), uniform(config.shininess)], dim=1)
+        lighting = self.lighting(count, generator)
 
         texture = torch.randn(count, PORE_FIELDS + MOTTLE_FIELDS, generator=generator)
         texture[:, :PORE_FIELDS] *= uniform(config.pore_amplitude)[:, None] / math.sqrt(PORE_FIELDS)
@@ -243,16 +245,36 @@ class SceneSampler:
             translation=translation,
             focal=focal,
             crop_jitter=jitter,
-            light_directions=directions,
-            light_colours=light_colours,
-            ambient=ambient,
-            specular=specular,
+            **lighting._asdict(),
             skin_texture=texture,
             freckles=freckles,
             hair=hair,
             torso=torso,
             seed=pixel_seed,
         )
+
+    def lighting(self, count: int, generator: torch.Generator) -> Lighting:
+        """`count` random lightings (`RenderScenes.light_directions`, `light_colours`, `ambient`, `specular`):
+        part of every scene, and alone what tells a head's relit copies apart (`HeadRenderer.render_crops`)."""
+        config = self.config
+
+        def uniform(bounds: tuple[float, float], *shape: int) -> Tensor:
+            return bounds[0] + (bounds[1] - bounds[0]) * torch.rand((count, *shape), generator=generator)
+
+        directions = torch.randn(count, 2, 3, generator=generator)
+        directions[..., 2] = directions[..., 2].abs() + 0.1  # the front hemisphere, not grazing
+        directions = F.normalize(directions, dim=-1)
+        intensity = torch.stack(
+            [
+                uniform(config.key_intensity),
+                uniform(config.fill_intensity) * (torch.rand(count, generator=generator) < config.fill_probability),
+            ],
+            dim=1,
+        )
+        light_colours = intensity[..., None] * temperature_rgb(uniform(config.colour_temperature, 2))
+        ambient = uniform(config.ambient)[:, None] * temperature_rgb(uniform(config.colour_temperature))
+        specular = torch.stack([uniform(config.specular), uniform(config.shininess)], dim=1)
+        return Lighting(directions, light_colours, ambient, specular)
 
 
 def key_points(points: Tensor, landmark_ids) -> tuple[Tensor, Tensor, Tensor, Tensor]:

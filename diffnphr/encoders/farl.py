@@ -15,16 +15,15 @@ PIL path in normalised units.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from diffnphr.encoders.images import ImageBatch, normalise, pil_batch, resize_centre_crop, unit_pixels
 from diffnphr.weights import CONFIG_NAME, MAX_SHARD_SIZE, WeightsNotFoundError, resolve_weights_dir
 
 FARL_VIT_B16 = dict(
@@ -39,8 +38,6 @@ FARL_VIT_B16 = dict(
     hidden_act="quick_gelu",
     layer_norm_eps=1e-5,
 )
-
-ImageBatch = Image.Image | Sequence[Image.Image] | torch.Tensor
 
 
 def farl_vision_config(**overrides: object) -> CLIPVisionConfig:
@@ -77,6 +74,12 @@ class FaceEncoder(nn.Module):
         directory = resolve_weights_dir(path_or_hub_id, subfolder)
         if not (directory / CONFIG_NAME).is_file():
             raise WeightsNotFoundError(f"{directory} has no {CONFIG_NAME}; it is not an encoder weights folder.")
+        stored_type = json.loads((directory / CONFIG_NAME).read_text()).get("encoder_type")
+        if stored_type is not None:
+            raise ValueError(
+                f"The encoder folder {directory} holds a {stored_type!r} encoder, not a CLIP vision model; "
+                "load it with diffnphr.encoders.load_face_encoder."
+            )
         model, info = CLIPVisionModelWithProjection.from_pretrained(directory, dtype=dtype, output_loading_info=True)
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
@@ -114,6 +117,16 @@ class FaceEncoder(nn.Module):
         """The device the weights live on."""
         return self.model.device
 
+    @property
+    def image_size(self) -> int:
+        """The side of the square input it reads (224 for FaRL ViT-B/16, 128 for the shipped encoder)."""
+        return int(self.model.config.image_size)
+
+    @property
+    def cond_dim(self) -> int:
+        """The width of `z_cond` (its projection)."""
+        return int(self.model.config.projection_dim)
+
     def preprocess(self, images: ImageBatch) -> torch.Tensor:
         """Turn face crops into normalised `pixel_values` [B, 3, S, S] (float32; S = the config's `image_size`).
 
@@ -122,44 +135,10 @@ class FaceEncoder(nn.Module):
         in 0..255 or float in [0, 1] (output on the tensor's device).
         """
         if isinstance(images, torch.Tensor):
-            return self._preprocess_tensor(images)
-        batch = [images] if isinstance(images, Image.Image) else list(images)
-        if not batch or not all(isinstance(image, Image.Image) for image in batch):
-            raise ValueError(
-                "FaceEncoder.preprocess takes a PIL image, a non-empty list of PIL images, "
-                "or an image tensor [B, H, W, 3] / [B, 3, H, W]."
-            )
-        pixel_values = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+            pixels = resize_centre_crop(unit_pixels(images), self.image_size)
+            return normalise(pixels, self.processor.image_mean, self.processor.image_std)
+        pixel_values = self.processor(images=pil_batch(images), return_tensors="pt")["pixel_values"]
         return pixel_values.to(self.device)
-
-    def _preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """The tensor path of `preprocess`: antialiased bicubic resize, centre crop, CLIP mean/std."""
-        if images.ndim != 4 or 3 not in (images.shape[1], images.shape[-1]):
-            raise ValueError(
-                f"An image tensor must be a batch [B, H, W, 3] or [B, 3, H, W]; got shape {tuple(images.shape)}."
-            )
-        pixels = images if images.shape[1] == 3 else images.permute(0, 3, 1, 2)
-        if pixels.dtype == torch.uint8:
-            pixels = pixels.float() / 255.0
-        elif pixels.is_floating_point():
-            pixels = pixels.float()
-            low, high = pixels.aminmax()
-            if low < -1e-3 or high > 1 + 1e-3:
-                raise ValueError(
-                    f"Float image tensors must hold values in [0, 1]; got {low.item():.3g}..{high.item():.3g} "
-                    "(pass uint8 for 0..255 images)."
-                )
-        else:
-            raise ValueError(f"Image tensors must be uint8 or floating point; got {pixels.dtype}.")
-        side = self.model.config.image_size
-        height, width = pixels.shape[-2:]
-        size = (side, int(side * width / height)) if height <= width else (int(side * height / width), side)
-        resized = F.interpolate(pixels, size=size, mode="bicubic", antialias=True, align_corners=False)
-        top, left = (size[0] - side) // 2, (size[1] - side) // 2
-        cropped = resized[..., top : top + side, left : left + side].clamp(0.0, 1.0)
-        mean = torch.tensor(self.processor.image_mean, device=cropped.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.processor.image_std, device=cropped.device).view(1, 3, 1, 1)
-        return (cropped - mean) / std
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`z_cond` [B, 512]: the projected CLS embedding (`image_embeds`), not normalised."""

@@ -12,7 +12,10 @@ A checkpoint is a folder `checkpoint-<step>` in the run folder holding
 
 Folders are written under a temporary name and renamed, and only the newest `keep` are kept.
 `slim_checkpoint` makes a run folder light enough to carry to the next GPU command: the newest
-checkpoint alone, its floating-point tensors in half precision, no optimiser moments.
+checkpoint alone, its floating-point tensors in half precision, no optimiser moments; with
+`averages_only`, of each weight that has a moving average (`ema.<name>`) only the average, and
+`load_checkpoint` then gives the weights their averages back (the run resumes from the averaged
+weights, which halves what travels).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -34,6 +38,8 @@ STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 TENSORS_PATTERN = "tensors{suffix}.safetensors"
 MAX_SHARD_SIZE = "15MB"
+AVERAGE_PREFIX = "ema."  # a weight's moving average is stored as AVERAGE_PREFIX + its name
+LIVE_FROM_AVERAGES = "live_from_averages"  # state key: the weights were dropped for their averages
 
 
 @dataclass
@@ -108,21 +114,48 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     optimizers = None
     if (path / OPTIMIZER_FILE).is_file():
         optimizers = torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True)
-    return Checkpoint(path, tensors, optimizers, json.loads((path / STATE_FILE).read_text()))
+    state = json.loads((path / STATE_FILE).read_text())
+    if state.get(LIVE_FROM_AVERAGES):
+        averaged = {name[len(AVERAGE_PREFIX) :]: value for name, value in tensors.items() if _is_average(name)}
+        tensors.update({name: value.clone() for name, value in averaged.items() if name not in tensors})
+    return Checkpoint(path, tensors, optimizers, state)
 
 
-def slim_checkpoint(run_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+def _is_average(name: str) -> bool:
+    """Whether a checkpoint tensor is a weight's moving average."""
+    return name.startswith(AVERAGE_PREFIX)
+
+
+def slim_checkpoint(
+    run_dir: str | os.PathLike, dtype: torch.dtype = torch.float16, averages_only: bool = False
+) -> Path:
     """Keep only a run's newest checkpoint, its floating-point tensors stored as `dtype` (they load
     back into float32 modules), without `optimizer.pt`; returns its folder. For carrying a run to
-    the next short GPU command: resumed, it restarts the optimiser moments with a warm-up."""
+    the next short GPU command: resumed, it restarts the optimiser moments with a warm-up.
+
+    `averages_only` also drops every weight that has a moving average (module docstring): about
+    half the size, for runs whose weights and averages would not travel together."""
     found = list_checkpoints(run_dir)
     if not found:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint to slim.")
     newest = found[-1]
     for old in found[:-1]:
         shutil.rmtree(old)
-    for shard in sorted(newest.glob(TENSORS_PATTERN.format(suffix="*"))):
-        tensors = load_file(str(shard))
+    shards = sorted(newest.glob(TENSORS_PATTERN.format(suffix="*")))
+    averaged = set()
+    if averages_only:
+        averaged = {name[len(AVERAGE_PREFIX) :] for shard in shards for name in _names(shard) if _is_average(name)}
+    for shard in shards:
+        tensors = {k: v for k, v in load_file(str(shard)).items() if k not in averaged}
         save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, str(shard))
     (newest / OPTIMIZER_FILE).unlink(missing_ok=True)
+    if averaged:
+        state = json.loads((newest / STATE_FILE).read_text())
+        (newest / STATE_FILE).write_text(json.dumps({**state, LIVE_FROM_AVERAGES: True}, indent=1) + "\n")
     return newest
+
+
+def _names(shard: Path) -> list[str]:
+    """The tensor names a safetensors shard holds (its header alone is read)."""
+    with safe_open(str(shard), framework="pt") as handle:
+        return list(handle.keys())

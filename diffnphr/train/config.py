@@ -164,11 +164,15 @@ class DecoderTrainingConfig(JsonConfig):
             raise ValueError(f"DecoderTrainingConfig counts must be positive; got {', '.join(bad)}.")
 
 
-# The default encoder: FaRL's ViT (CLIP vision tower) at ViT-Tiny width and half its depth, on
-# 128-px crops (64 patches): 2.9 M parameters, a few ms per image on a CPU core.
-DEFAULT_ENCODER = dict(
+# The ViT the shipped weights were trained with (FaRL's architecture at ViT-Tiny width and half its
+# depth, 128-px crops): the `encoder` overrides of configs written before `encoder_type` existed.
+LEGACY_FARL_ENCODER = dict(
     hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768, image_size=128, patch_size=16
 )
+HEAD_SOURCES = ("fresh", "split")
+# What a stored config without `encoder_type` meant: it was written when the encoder was always the ViT and
+# the heads always the split's.
+_BEFORE_ENCODER_TYPE = {"encoder_type": "farl", "heads": "split"}
 
 
 @dataclass(frozen=True)
@@ -176,20 +180,36 @@ class ReconstructionTrainingConfig(JsonConfig):
     """Everything that defines a run of `train_reconstruction` (stored in the run folder)."""
 
     # Settings that may change when a run resumes; the rest must match the run's stored config.
-    resumable: ClassVar[tuple[str, ...]] = ("total_steps", "log_every", "validate_every", "checkpoint_every")
+    resumable: ClassVar[tuple[str, ...]] = (
+        "total_steps",
+        "log_every",
+        "validate_every",
+        "checkpoint_every",
+        "copies_per_head",
+    )
 
-    encoder: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENCODER))  # farl_vision_config overrides
-    frozen_encoder: str | None = None  # a FaceEncoder folder (e.g. converted FaRL) to use frozen instead
+    # The encoder: "resnet" (`ResNetFaceEncoder`, ResNet-18 at 224 px by default) or "farl" (FaRL's ViT);
+    # `encoder` overrides that kind's config fields (`ResNetEncoderConfig` / `farl_vision_config`).
+    encoder_type: str = "resnet"
+    encoder: dict[str, Any] = field(default_factory=dict)
+    frozen_encoder: str | None = None  # an encoder folder (e.g. converted FaRL) to use frozen instead
     init_from: str | None = None  # a weights folder whose trained models start a new run (`initialise_from`)
     # DiffusionConfig overrides; by default the diffusion is centred on a conditional mean whose MLP
     # is as wide as the regression baseline's (`LatentDiffusion`)
     diffusion: dict[str, Any] = field(default_factory=lambda: {"mean_head_hidden": 256})
     regression: bool = True  # train the direct-regression baseline alongside
     regression_hidden: int = 256
-    mix_appearance: bool = True  # each head rendered in another training identity's colours (module docstring)
+    # Where the heads come from: "fresh" (a new random head every render, its latent from the factor map at
+    # `factor_map`) or "split" (the split's training identities × expressions and their codebook latents).
+    heads: str = "fresh"
+    factor_map: str = "weights/factor_map"
+    mix_appearance: bool = True  # split heads only: each rendered in another training identity's colours
+    # Fresh heads only: renders per drawn and rasterised head, each in its own lights, background and photo
+    # degradations (`HeadRenderer.render_crops`); more renders per second, fewer distinct heads and poses per batch.
+    copies_per_head: int = 1
     readout_weight: float = 1.0  # weight of the encoders' generating-factor read-out loss (0: none)
     render: dict[str, Any] = field(default_factory=dict)  # RenderConfig overrides (image_size follows the encoder)
-    batch_size: int = 256
+    batch_size: int = 256  # per step over all processes; each of W processes renders batch_size / W
     total_steps: int = 12_000
     learning_rate: float = 4e-4
     weight_decay: float = 0.02
@@ -203,6 +223,14 @@ class ReconstructionTrainingConfig(JsonConfig):
     validation_renders: int = 256
     checkpoint_every: int = 1000
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ReconstructionTrainingConfig:
+        """The defaults with `values` applied; `values` naming `encoder` but no `encoder_type` are the format of
+        before the ResNet (a FaRL ViT on the split's heads), and read as such."""
+        if isinstance(values, dict) and "encoder" in values and "encoder_type" not in values:
+            values = {**_BEFORE_ENCODER_TYPE, **values}
+        return _apply(cls(), values)
+
     def __post_init__(self) -> None:
         if min(self.batch_size, self.total_steps, self.log_every, self.validate_every, self.checkpoint_every) < 1:
             raise ValueError("batch_size, total_steps and the log/validate/checkpoint intervals must be positive.")
@@ -212,3 +240,9 @@ class ReconstructionTrainingConfig(JsonConfig):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
         if not self.readout_weight >= 0:
             raise ValueError(f"readout_weight must be non-negative, got {self.readout_weight}.")
+        if self.encoder_type not in ("resnet", "farl"):
+            raise ValueError(f"encoder_type must be 'resnet' or 'farl', got {self.encoder_type!r}.")
+        if self.copies_per_head < 1 or (self.copies_per_head > 1 and self.heads != "fresh"):
+            raise ValueError(f"copies_per_head must be 1, or more with fresh heads; got {self.copies_per_head}.")
+        if self.heads not in HEAD_SOURCES:
+            raise ValueError(f"heads must be one of {', '.join(HEAD_SOURCES)}; got {self.heads!r}.")

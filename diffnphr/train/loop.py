@@ -5,7 +5,10 @@ validate and how to save a checkpoint; `run_training` owns everything around tha
 box of one GPU command (`TimeBox`), log lines every `log_every` steps (`TrainingLog`, plus a
 `logging` line with the rate and the time left), validation every `validate_every` steps,
 checkpoints every `checkpoint_every` steps and always one at the end. One place decides when a
-call stops and what is saved, which is where distributed training's rank-0 rules will go.
+call stops and what is saved, and so holds distributed training's rules (`diffnphr.train.distributed`):
+every process takes a step only when all of them can, the logged losses are averaged over the
+processes, and only rank 0 validates, logs and writes checkpoints (the others wait for each
+checkpoint to be complete).
 
 Randomness is explicit: a trainer draws its batches from `torch.Generator`s seeded from its
 config (`step_generator` gives each step its own, so a resumed run draws what an uninterrupted
@@ -26,7 +29,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
+from diffnphr.train.distributed import SINGLE_PROCESS
+
 if TYPE_CHECKING:
+    from diffnphr.train.distributed import DistributedContext
     from diffnphr.train.log import TrainingLog
 
 logger = logging.getLogger(__name__)
@@ -104,7 +110,7 @@ class LoopOutcome:
 
     step: int
     records: list[dict[str, Any]]
-    checkpoint: Path
+    checkpoint: Path | None  # None on processes other than rank 0, which write none
 
 
 def run_training(
@@ -114,34 +120,49 @@ def run_training(
     log: TrainingLog,
     step: int,
     last_checkpoint: Path | None,
+    distributed: DistributedContext = SINGLE_PROCESS,
+    device: torch.device | str = "cpu",
 ) -> LoopOutcome:
     """Train from `step` until `schedule.total_steps` or the end of `budget`, and leave a checkpoint.
 
     `last_checkpoint` is the checkpoint the run resumed from (None for a new run): a call that
-    takes no step saves nothing new.
+    takes no step saves nothing new. With several processes (`distributed`; `device` is where
+    they exchange their flags and losses) every process calls this with the same arguments and
+    the rules of the module docstring apply.
     """
-    first_step, records = step, []
-    while step < schedule.total_steps and budget.allows_step():
+    first_step, records, has_checkpoint = step, [], last_checkpoint is not None
+    main = distributed.is_main
+
+    def save() -> None:
+        nonlocal last_checkpoint, has_checkpoint
+        tick = time.monotonic()
+        if main:
+            last_checkpoint = trainee.save(step)
+        distributed.barrier()
+        has_checkpoint = True
+        budget.saved(time.monotonic() - tick)
+
+    while step < schedule.total_steps and distributed.all_agree(budget.allows_step(), torch.device(device)):
         tick = time.monotonic()
         result = trainee.train_step(step)
         step += 1
-        log.add(result.terms, result.loss)
+        terms = distributed.average({**result.terms, "loss": result.loss})
+        loss = terms.pop("loss")
+        log.add(terms, loss)
         last = step == schedule.total_steps
         validation = {}
-        if schedule.validate_every and (step % schedule.validate_every == 0 or last):
+        if main and schedule.validate_every and (step % schedule.validate_every == 0 or last):
             validation = trainee.validate()
-        if step % schedule.log_every == 0 or last or validation:
+        if main and (step % schedule.log_every == 0 or last or validation):
             record = log.flush(step, {**result.logged, "elapsed_s": budget.elapsed_s(), **validation})
             records.append(record)
             _log_progress(record, schedule.total_steps, step - first_step, budget)
         budget.stepped(time.monotonic() - tick)
         if step % schedule.checkpoint_every == 0:
-            tick = time.monotonic()
-            last_checkpoint = trainee.save(step)
-            budget.saved(time.monotonic() - tick)
-    if last_checkpoint is None or (step != first_step and step % schedule.checkpoint_every != 0):
-        last_checkpoint = trainee.save(step)
-    return LoopOutcome(step, records, last_checkpoint)
+            save()
+    if not has_checkpoint or (step != first_step and step % schedule.checkpoint_every != 0):
+        save()
+    return LoopOutcome(step, records, last_checkpoint if main else None)
 
 
 def _log_progress(record: dict[str, Any], total_steps: int, steps_this_call: int, budget: TimeBox) -> None:

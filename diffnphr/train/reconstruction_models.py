@@ -1,10 +1,9 @@
 """What a reconstruction run trains: the encoder, the diffusion model, the regression baseline and the
-encoders' factor read-outs, and how a run starts from exported weights."""
+encoders' factor read-outs; and the loss they are trained by (`ReconstructionObjective`, the one module a
+distributed run wraps)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,13 +12,11 @@ from torch import Tensor, nn
 from diffnphr.baselines.regression import LatentRegressor, RegressionHead, RegressionHeadConfig
 from diffnphr.diffusion.config import DiffusionConfig
 from diffnphr.diffusion.model import LatentDiffusion
-from diffnphr.encoders.farl import FaceEncoder, farl_vision_config
+from diffnphr.encoders.loading import build_face_encoder, load_face_encoder
 
 if TYPE_CHECKING:
     from diffnphr.train.config import ReconstructionTrainingConfig
-    from diffnphr.train.reconstruction_data import TrainingHeads
-
-ENCODER_DIR, DIFFUSION_DIR, REGRESSION_DIR = "encoder", "diffusion", "baselines/regression"
+    from diffnphr.train.reconstruction_data import Batch, TrainingHeads
 
 
 class FactorReadout(nn.Module):
@@ -44,13 +41,16 @@ class ReconstructionModels:
     """What a run trains: encoder + diffusion, and optionally the regression baseline (own encoder)."""
 
     def __init__(self, config: ReconstructionTrainingConfig, heads: TrainingHeads, device: torch.device) -> None:
+        """`heads.mean`, `heads.std`: the per-dimension latent statistics the diffusion model and the baseline
+        normalise by."""
+        mean, std = heads.mean, heads.std
         if config.frozen_encoder:
-            self.encoder = FaceEncoder.from_pretrained(config.frozen_encoder, device=device).freeze()
+            self.encoder = load_face_encoder(config.frozen_encoder, device=device).freeze()
         else:
-            self.encoder = FaceEncoder.from_config(farl_vision_config(**config.encoder)).to(device).train()
-        cond_dim = self.encoder.model.config.projection_dim
+            self.encoder = build_face_encoder(config.encoder_type, config.encoder).to(device).train()
+        cond_dim = self.encoder.cond_dim
         self.diffusion = LatentDiffusion(DiffusionConfig(**{**config.diffusion, "cond_dim": cond_dim})).to(device)
-        self.diffusion.set_normalization(heads.mean, heads.std)
+        self.diffusion.set_normalization(mean, std)
         self.diffusion.train()
         self.regressor: LatentRegressor | None = None
         if config.regression:
@@ -58,12 +58,12 @@ class ReconstructionModels:
                 regression_encoder = self.encoder
             else:  # its own weights, initialised independently
                 torch.manual_seed(config.seed + 1)
-                regression_encoder = FaceEncoder.from_config(farl_vision_config(**config.encoder)).to(device).train()
+                regression_encoder = build_face_encoder(config.encoder_type, config.encoder).to(device).train()
             head = RegressionHead(RegressionHeadConfig(cond_dim=cond_dim, hidden_dim=config.regression_hidden)).to(
                 device
             )
-            head.data_mean.copy_(heads.mean)
-            head.data_std.copy_(heads.std)
+            head.data_mean.copy_(mean)
+            head.data_std.copy_(std)
             self.regressor = LatentRegressor(regression_encoder, head).train()
         self.trained: dict[str, nn.Module] = {"diffusion": self.diffusion}
         if not config.frozen_encoder:
@@ -76,7 +76,7 @@ class ReconstructionModels:
         """A factor read-out per trained encoder (it exists to shape the encoder: a frozen one gets none)."""
         if config.readout_weight == 0 or config.frozen_encoder:
             return
-        cond_dim, device = self.encoder.model.config.projection_dim, self.diffusion.data_mean.device
+        cond_dim, device = self.encoder.cond_dim, self.diffusion.data_mean.device
         self.readouts["diffusion"] = FactorReadout(cond_dim, factor_dim).to(device)
         if self.regressor is not None:
             self.readouts["regression"] = FactorReadout(cond_dim, factor_dim).to(device)
@@ -87,34 +87,32 @@ class ReconstructionModels:
         return [p for module in self.trained.values() for p in module.parameters() if p.requires_grad]
 
 
-def initialise_from(models: ReconstructionModels, weights_dir: str | os.PathLike) -> None:
-    """Start a run's models from an exported weights folder (`encoder/`, `diffusion/`, `baselines/regression/`).
+class ReconstructionObjective(nn.Module):
+    """The loss terms of one batch: the diffusion loss, the regression baseline's MSE (if trained) and each
+    encoder's weighted factor read-out. One module holding every trained module, so that a distributed run
+    wraps it once in `DistributedDataParallel` (whose forward must be the one that computes the loss)."""
 
-    Lets a run continue a shipped model with a changed recipe instead of starting from scratch.
-    Shapes must match; what the folder lacks may only be the diffusion's mean head (a run that
-    adds one starts it fresh); a frozen encoder stays the one the config names. The factor
-    read-outs are not exported, so they start fresh. The latent normalisation statistics stay
-    the run's own: its targets may come from another decoder than the folder's models saw.
-    """
-    weights_dir = Path(weights_dir)
-    if not (weights_dir / DIFFUSION_DIR).is_dir():
-        raise FileNotFoundError(f"{weights_dir} holds no {DIFFUSION_DIR}/ folder to start the run from.")
-    own = models.diffusion.data_mean.clone(), models.diffusion.data_std.clone()
-    if "encoder" in models.trained:
-        models.encoder.load_state_dict(FaceEncoder.from_pretrained(weights_dir / ENCODER_DIR).state_dict())
-    diffusion = LatentDiffusion.from_pretrained(weights_dir / DIFFUSION_DIR)
-    missing, unexpected = models.diffusion.load_state_dict(diffusion.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("mean_head.") for key in missing):
-        raise ValueError(
-            f"{weights_dir / DIFFUSION_DIR} does not fit this run's diffusion model "
-            f"(missing {missing}, unexpected {unexpected})."
-        )
-    if models.regressor is not None:
-        regressor = LatentRegressor.from_pretrained(weights_dir / REGRESSION_DIR)
-        if "encoder" in models.trained:
-            models.regressor.load_state_dict(regressor.state_dict())
-        else:
-            models.regressor.head.load_state_dict(regressor.head.state_dict())
-        models.regressor.head.data_mean.copy_(own[0])
-        models.regressor.head.data_std.copy_(own[1])
-    models.diffusion.set_normalization(*own)
+    def __init__(self, models: ReconstructionModels, readout_weight: float) -> None:
+        super().__init__()
+        self.encoder, self.diffusion, self.regressor = models.encoder, models.diffusion, models.regressor
+        self.readouts = nn.ModuleDict(models.readouts)
+        self.readout_weight = readout_weight
+
+    def forward(self, batch: Batch, autocast: bool, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Named loss terms (float32 scalars) of `batch`; `generator` draws the diffusion noise."""
+        with torch.autocast(device_type=batch.crops.device.type, dtype=torch.bfloat16, enabled=autocast):
+            pixels = self.encoder.preprocess(batch.crops)
+            z_cond = self.encoder(pixels).float()
+            diffusion_terms = self.diffusion.training_losses(batch.latents, z_cond, generator)
+            terms = {"diffusion": diffusion_terms["denoising"]}
+            if "conditional_mean" in diffusion_terms:
+                terms["diffusion_mean"] = diffusion_terms["conditional_mean"]
+            embeddings = {"diffusion": z_cond}
+            if self.regressor is not None:
+                embeddings["regression"] = self.regressor.encoder(pixels).float()
+                predicted = self.regressor.head(embeddings["regression"]).float()
+                terms["regression"] = (predicted - self.diffusion.normalize(batch.latents)).pow(2).mean()
+            for name, readout in self.readouts.items():
+                error = readout(embeddings[name]).float() - batch.factors
+                terms[f"{name}_readout"] = self.readout_weight * error.pow(2).mean()
+        return terms
