@@ -14,7 +14,7 @@ names it: "Photo 2 of 3 (name.jpg): ...".
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -30,13 +30,29 @@ if TYPE_CHECKING:
 
     from diffnphr.face.crop import FaceCrop
     from diffnphr.face.images import ImageSource
-    from diffnphr.pipeline.pipeline import HeadReconstructionPipeline
 
 STAGES = ["crop", "encode", "diffusion", "extraction", "colour"]
 
 
+class StagedPipeline(Protocol):
+    """What a batch takes of `HeadReconstructionPipeline`: its public stages and parts, named here
+    so that this module needs no import of the pipeline module (which imports this one)."""
+
+    device: torch.device
+    execution: Any
+    defaults: Any
+    diffusion: Any
+    decoder: Any
+
+    def crop(self, image: Any, allow_no_face: bool = False) -> Any: ...
+
+    def encode(self, crops: Any) -> torch.Tensor: ...
+
+    def decode(self, latents: Any) -> Any: ...
+
+
 def reconstruct_batch(
-    pipeline: HeadReconstructionPipeline,
+    pipeline: StagedPipeline,
     images: Sequence[ImageSource | FaceCrop],
     settings: SamplingSettings | Sequence[SamplingSettings],
     allow_no_face: bool = False,
@@ -95,7 +111,7 @@ def _groups(keys: Sequence[object]) -> dict[object, list[int]]:
 
 
 def _sample(
-    pipeline: HeadReconstructionPipeline,
+    pipeline: StagedPipeline,
     z_cond: torch.Tensor,
     per_photo: list[SamplingSettings],
     timer: StageTimer,
@@ -131,7 +147,7 @@ def _sample(
 
 
 def _meshes(
-    pipeline: HeadReconstructionPipeline,
+    pipeline: StagedPipeline,
     latents: list[HeadLatents],
     resolutions: list[int],
     labels: list[str | None],
@@ -165,7 +181,7 @@ def _meshes(
 
 
 def _extract_part(
-    pipeline: HeadReconstructionPipeline,
+    pipeline: StagedPipeline,
     latents: list[HeadLatents],
     rows: list[int],
     resolution: int,
