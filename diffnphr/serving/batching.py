@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from diffnphr.face.images import ImageInputError
+from diffnphr.pipeline.progress import STAGE_LABELS
 
 if TYPE_CHECKING:
     from diffnphr.face.crop import FaceCrop
@@ -293,6 +294,7 @@ def reconstruction_batches(pipeline: HeadReconstructionPipeline) -> BatchRunner:
     def run(requests: list[ReconstructionRequest], progress: Progress) -> list[Reconstruction | Exception]:
         outcomes: list[Any] = [None] * len(requests)
         cropped = []
+        progress(STAGE_LABELS["crop"], 0.0)  # the pipeline call below gets crops: its bar starts at the embedding
         for index, request in enumerate(requests):
             try:
                 cropped.append((index, pipeline.crop(request.image, request.allow_no_face)))
