@@ -24,13 +24,15 @@ RESOLUTION, POINTS = 64, 20_000
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    renders = tmp_path_factory.mktemp("renders")
-    result = evaluate_decoder(WEIGHTS, count=1, resolution=RESOLUTION, points=POINTS, device="cpu", renders_dir=renders)
-    return result, renders
+    renders, out = tmp_path_factory.mktemp("renders"), tmp_path_factory.mktemp("decoder_eval")
+    result = evaluate_decoder(
+        WEIGHTS, count=1, resolution=RESOLUTION, points=POINTS, device="cpu", renders_dir=renders, out_dir=out
+    )
+    return result, renders, out
 
 
 def test_held_out_head_is_reconstructed_from_its_factors(report):
-    result, renders = report
+    result, renders, _ = report
     head = result["mapped"]["heads"][0]
     assert head["slot"] == 0 and head["head"]["chamfer_l1_mm"] < 5.0
     assert head["head"]["f_score_5mm"] > 0.5 and head["face"]["f_score_5mm"] > 0.5
@@ -52,8 +54,23 @@ def test_held_out_head_is_reconstructed_from_its_factors(report):
     assert (picture[:384, 384:] != 255).any(axis=-1).mean() > 0.2  # reconstruction drawn
 
 
+def test_a_run_cut_short_keeps_its_heads_and_the_next_call_goes_on_from_them(report):
+    """A device command's time limit must not lose the heads measured so far (their lines are on disk)."""
+    first, _, out = report
+    assert first["complete"] == {"heads": 1, "of": 1}
+    assert len((out / "heads.jsonl").read_text().splitlines()) == 2  # mapped and mean latent (no fitted)
+    again = evaluate_decoder(
+        WEIGHTS, count=2, resolution=RESOLUTION, points=POINTS, device="cpu", out_dir=out, max_minutes=0
+    )
+    assert again["complete"] == {"heads": 1, "of": 2}  # nothing new started, the stored head kept
+    assert again["mapped"]["heads"] == first["mapped"]["heads"]
+    assert (out / "report.json").is_file()
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate_decoder(WEIGHTS, count=1, resolution=RESOLUTION + 16, points=POINTS, device="cpu", out_dir=out)
+
+
 def test_another_heads_latent_is_measurably_worse(report):
-    result, _ = report
+    result, _, _ = report
     right = result["mapped"]["heads"][0]["head"]
     split = load_head_split(f"{WEIGHTS}/decoder_latents")
     model = MonoNPHM.from_pretrained(f"{WEIGHTS}/decoder")

@@ -132,3 +132,20 @@ def test_freeze_stops_gradients_and_batchnorm_updates():
     encoder(encoder.preprocess(torch.rand(3, 3, 32, 32)))
     assert torch.equal(encoder.model.bn1.running_mean, before)
     assert not any(p.requires_grad for p in encoder.parameters()) and encoder.cond_dim == 16
+
+
+def test_a_pipeline_folder_with_a_resnet_encoder_loads_and_reconstructs(tiny_weights_dir, face_photo_file, tmp_path):
+    """The shipped default encoder is a ResNet: `from_pretrained` must read whichever kind the folder holds."""
+    import shutil
+
+    from diffnphr.pipeline import HeadReconstructionPipeline
+
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights_dir, folder)
+    shutil.rmtree(folder / "encoder")
+    torch.manual_seed(0)
+    ResNetFaceEncoder(ResNetEncoderConfig(**{**TINY, "projection_dim": 512})).save_pretrained(folder / "encoder")
+    pipeline = HeadReconstructionPipeline.from_pretrained(folder, device="cpu")
+    assert isinstance(pipeline.encoder, ResNetFaceEncoder)
+    result = pipeline(face_photo_file, seed=0)
+    assert len(result.mesh.faces) > 0 and result.seed == 0

@@ -50,6 +50,10 @@ def _add_decoder(evaluations: argparse._SubParsersAction) -> None:
     p.add_argument("--points", type=int, default=200_000, help="surface samples per side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--renders", type=Path, default=None, help="folder for ground truth | mapped | fitted PNGs")
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder for heads.jsonl and report.json: a rerun resumes from it"
+    )
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after about this long; rerun to continue")
     add_training_data_options(p)
     p.add_argument("--json", action="store_true", help="print the full JSON report instead of a table")
     p.set_defaults(run=_eval_decoder)
@@ -68,6 +72,8 @@ def _eval_decoder(args: argparse.Namespace) -> None:
         seed=args.seed,
         ict_path=args.ict,
         renders_dir=args.renders,
+        out_dir=args.out,
+        max_minutes=args.max_minutes,
     )
     print(json.dumps(report, indent=2) if args.json else format_summary(report))
 

@@ -21,10 +21,12 @@ between methods on the same heads come with 95 % intervals (mean ± 1.96 standar
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,8 @@ def evaluate_decoder(
     seed: int = 0,
     ict_path: str | os.PathLike | None = None,
     renders_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of decoded held-out heads against their ground truth, per method (module docstring).
 
@@ -77,6 +81,11 @@ def evaluate_decoder(
     chosen heads (ground truth | mapped | fitted, front and 45° yaw) are written there.
     Returns per method: summary (mean and median per metric and part), per-head metrics; and
     paired differences of the methods against "mapped".
+
+    With `out_dir`, every measured head is appended to its `heads.jsonl` as soon as it is measured
+    and a later call with the same settings measures only the heads still missing, so a run cut
+    short (a device command's time limit) loses nothing; `max_minutes` stops starting new heads
+    after that long. The report then says how many of the `count` heads it holds ("complete").
     """
     if count < 1 or points < 1:
         raise ValueError(f"count and points must be positive; got {count}, {points}")
@@ -105,9 +114,15 @@ def evaluate_decoder(
         if fitted is not None
         else {"fitted": "no fitted latents given (fit them with `python -m diffnphr fit`)"},
     }
-    heads: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
+    store = _HeadStore(out_dir, report["settings"])
+    deadline = None if max_minutes is None else time.monotonic() + 60.0 * max_minutes
     for row, identity in enumerate(identities.tolist()):
         slot = row % slots
+        if store.has(identity, slot):
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            logger.info("stopped after %.1f minutes; run again with the same --out to go on", max_minutes)
+            break
         truth = truth_heads.mesh(split, identity, slot)
         factors = split.factors(torch.tensor([identity]), torch.tensor([slot]))
         with torch.no_grad():
@@ -122,19 +137,81 @@ def evaluate_decoder(
             mesh = decode_mesh(model, z_geo, z_exp, z_app, resolution, colours=identity in chosen)
             metrics = compare_head(mesh.vertices, mesh.faces, truth, points, seed + 7919 * identity + slot)
             metrics["eyes"] = _eye_luminance(model, (z_geo, z_exp, z_app), eye_points)
-            heads[method].append({"identity": identity, "slot": slot, **metrics})
+            store.add(method, {"identity": identity, "slot": slot, **metrics})
             meshes[method] = mesh
+        store.finish_head()
         logger.info("held-out head %d of %d (identity %d, slot %d) measured", row + 1, len(identities), identity, slot)
         if identity in chosen:
             path = Path(renders_dir) / f"heldout_{chosen[identity]}_identity{identity:04d}_slot{slot}.png"
             write_comparison(path, truth, [meshes[m] for m in ("mapped", "fitted") if m in meshes])
+    heads = store.by_method(identities.tolist(), slots)
+    report["complete"] = {"heads": len(heads["mapped"]), "of": len(identities)}
     for method, rows in heads.items():
         if rows:
             report[method] = {"summary": _summary(rows), "heads": rows}
     report["paired"] = {
         f"{method} - mapped": _paired(heads[method], heads["mapped"]) for method in METHODS[1:] if heads[method]
     }
+    store.write_report(report)
     return report
+
+
+class _HeadStore:
+    """The measured heads of one evaluation, kept in `out_dir/heads.jsonl` (one line per head and method)
+    when there is an `out_dir`, so that a later call resumes; refuses a folder measured with other settings."""
+
+    def __init__(self, out_dir: str | os.PathLike | None, settings: dict[str, Any]) -> None:
+        self.folder = None if out_dir is None else Path(out_dir)
+        self.rows: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stored = self.folder / "settings.json"
+        kept = {key: value for key, value in settings.items() if key not in ("count", "device")}
+        comparable = json.loads(json.dumps(kept))  # tuples as JSON lists, as stored
+        if stored.is_file() and json.loads(stored.read_text()) != comparable:
+            raise ValueError(
+                f"{self.folder} holds heads measured with other settings ({stored.read_text().strip()}); "
+                "use another --out folder."
+            )
+        stored.write_text(json.dumps(comparable) + "\n")
+        if (self.folder / "heads.jsonl").is_file():
+            for line in (self.folder / "heads.jsonl").read_text().splitlines():
+                record = json.loads(line)
+                self.rows.setdefault((record["identity"], record["slot"]), {})[record.pop("method")] = record
+
+    def has(self, identity: int, slot: int) -> bool:
+        """Whether this head was measured before (by an earlier call on the same folder)."""
+        return "mapped" in self.rows.get((identity, slot), {})
+
+    def add(self, method: str, row: dict[str, Any]) -> None:
+        """One method's metrics for the head being measured (kept when the head is finished)."""
+        self._pending.append((method, row))
+
+    def finish_head(self) -> None:
+        """All methods of one head measured: keep them (and append them to heads.jsonl)."""
+        lines = []
+        for method, row in self._pending:
+            self.rows.setdefault((row["identity"], row["slot"]), {})[method] = row
+            lines.append(json.dumps({"method": method, **row}))
+        self._pending = []
+        if self.folder is not None:
+            with open(self.folder / "heads.jsonl", "a") as file:
+                file.write("".join(line + "\n" for line in lines))
+
+    def by_method(self, identities: list[int], slots: int) -> dict[str, list[dict[str, Any]]]:
+        """The measured heads per method, in the order of the held-out identities."""
+        heads: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
+        for row, identity in enumerate(identities):
+            for method, metrics in self.rows.get((identity, row % slots), {}).items():
+                heads[method].append(metrics)
+        return heads
+
+    def write_report(self, report: dict[str, Any]) -> None:
+        """The report as report.json beside the heads (when there is a folder)."""
+        if self.folder is not None:
+            (self.folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _eye_points(geometry: HeadGeometry, factors) -> dict[str, Tensor]:
@@ -272,6 +349,9 @@ def format_summary(report: dict[str, Any]) -> str:
     """A plain-text table of an `evaluate_decoder` report: mean (median) per method and part, floor beside."""
     header = ["method", "part", "Chamfer-L1 mm", "normal cons.", "F@1mm", "F@2.5mm", "F@5mm"]
     lines = ["  ".join(f"{h:>15}" for h in header)]
+    if "complete" in report and report["complete"]["heads"] < report["complete"]["of"]:
+        done = report["complete"]
+        lines.insert(0, f"partial: {done['heads']} of {done['of']} heads measured (run again with the same --out)")
     for method in METHODS:
         part = report.get(method)
         if part is None:

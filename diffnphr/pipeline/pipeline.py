@@ -4,7 +4,7 @@
 
     weights/
       pipeline.json   defaults: steps, guidance_scale, samples, resolution, scheduler
-      encoder/        FaceEncoder (CLIPVisionModelWithProjection folder)
+      encoder/        the image encoder (a ResNet or a FaRL CLIP vision folder; `load_face_encoder`)
       diffusion/      LatentDiffusion
       decoder/        MonoNPHM
 
@@ -31,7 +31,7 @@ from PIL import Image
 
 from diffnphr.devices import resolve_device
 from diffnphr.diffusion.model import LatentDiffusion
-from diffnphr.encoders.farl import FaceEncoder
+from diffnphr.encoders.loading import ImageEncoder, load_face_encoder
 from diffnphr.face.crop import FaceCrop, crop_face
 from diffnphr.mesh.extract import MeshExtraction, extract_mesh_with_stats
 from diffnphr.nphm.decoder import HeadField, MonoNPHM
@@ -86,7 +86,7 @@ class HeadReconstructionPipeline:
 
     def __init__(
         self,
-        encoder: FaceEncoder,
+        encoder: ImageEncoder,
         diffusion: LatentDiffusion,
         decoder: MonoNPHM,
         defaults: PipelineDefaults | None = None,
@@ -117,7 +117,7 @@ class HeadReconstructionPipeline:
                     _missing_weights_message(f"The weights folder {root} has no '{folder}' sub-folder.")
                 )
         return cls(
-            FaceEncoder.from_pretrained(root, subfolder=ENCODER_FOLDER, device=device),
+            load_face_encoder(root, subfolder=ENCODER_FOLDER, device=device),
             LatentDiffusion.from_pretrained(root, subfolder=DIFFUSION_FOLDER, device=device),
             MonoNPHM.from_pretrained(root, subfolder=DECODER_FOLDER, device=device),
             PipelineDefaults.load(root / PIPELINE_CONFIG_NAME),

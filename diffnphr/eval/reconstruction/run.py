@@ -99,7 +99,7 @@ def evaluate_reconstruction(
     renders = eval_renders(split, fitted.z_exp.shape[1])
     model = load_ict(ict_path)
     if renderer is None:
-        renderer = default_renderer(model, device, pipeline.encoder.model.config.image_size, backgrounds)
+        renderer = default_renderer(model, device, pipeline.encoder.image_size, backgrounds)
     truth_heads = GroundTruthHeads(HeadGeometry(model, device))
 
     mean_head = pipeline.diffusion.mean_head is not None
