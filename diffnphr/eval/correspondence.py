@@ -22,15 +22,28 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from diffnphr.refine.landmark_model import LANDMARK_COUNT, LandmarkModel
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from diffnphr.data.ict import ICTFaceModel
+
 logger = logging.getLogger(__name__)
 
 CORRESPONDENCE_SEED = 2_800_000_000
+CALIBRATED = (
+    "jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R", "mouthPucker", "mouthFunnel",
+    "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R", "browDown_L", "browDown_R",
+    "eyeWide_L", "eyeWide_R", "eyeSquint_L", "eyeSquint_R", "mouthClose",
+)  # fmt: skip
+"""The expressions whose Face Mesh gain is measured (the others keep a gain of 1)."""
+GAIN_WEIGHT = 0.8
 SHORT_HAIR = ("bald", "buzz", "short")
 """The hair styles of the renders: nothing over the face that Face Mesh would trace instead of the skin."""
 ICT_LICENCE_NOTE = (
@@ -42,62 +55,76 @@ ICT_LICENCE_NOTE = (
 
 @dataclass(frozen=True)
 class CorrespondenceReport:
-    """What `build_correspondence` did: renders traced, and how far each render's points lie from the chosen ones."""
+    """What `build_correspondence` did: renders traced, how far each render's points lie from the chosen ones,
+    and the measured gain of every calibrated expression (Face Mesh's landmark motion over the model's)."""
 
     renders: int
     traced: int
     median_spread_mm: float  # median over landmarks of the median distance of per-render points to the chosen one
     p90_spread_mm: float
+    gains: dict[str, float]
     seconds: float
+
+
+class _Heads:
+    """Seeded heads with short hair (or none) on the correspondence's renderer, rendered and traced by rows."""
+
+    def __init__(self, model: ICTFaceModel, count: int, seed: int) -> None:
+        from diffnphr.data.appearance import appearance_params
+        from diffnphr.data.hair_styles import HAIR_KINDS, sample_hair_styles
+        from diffnphr.data.renders import HeadRenderer
+        from diffnphr.data.scenes import RenderConfig
+
+        config = RenderConfig(yaw_deg=25.0, pitch_deg=10.0, roll_deg=8.0, head_fraction=(0.55, 0.8), augment=None)
+        self.model, self.renderer, self.seed = model, HeadRenderer(model, "cpu", config), seed
+        rng = np.random.default_rng(seed)
+        self.identity = torch.as_tensor(
+            rng.standard_normal((count, model.identity_modes.shape[0])), dtype=torch.float32
+        )
+        self.appearance = appearance_params(rng.integers(0, 2**62, count).tolist())
+        pool = sample_hair_styles(8 * count, torch.Generator().manual_seed(seed))
+        short = torch.isin(pool.kind, torch.tensor([HAIR_KINDS.index(k) for k in SHORT_HAIR]))
+        self.hair = pool.select(torch.nonzero(short).squeeze(1)[:count])
+
+    def render(self, heads: Tensor, expression: Tensor, seed: int, frame_size: int):
+        """Frames, head projections (frame pixels), inverse depths and triangles of heads (rows) in one pose each
+        drawn from `seed` (the same rows and seed give the same poses whatever the expression)."""
+        scenes = self.renderer.sample_scenes(
+            self.identity[heads], expression, self.appearance.select(heads), seed, self.hair.select(heads)
+        )
+        frames = self.renderer.render_frames(scenes, frame_size)
+        points, inverse_depth, faces = self.renderer.head_projection(scenes)
+        return frames, points * frame_size, inverse_depth, faces
 
 
 def build_correspondence(
     out_file: str | os.PathLike,
     *,
-    renders: int = 32,
+    renders: int = 48,
+    gain_heads: int = 4,
     frame_size: int = 512,
     ict_path: str | os.PathLike | None = None,
 ) -> CorrespondenceReport:
-    """Build the Face Mesh -> ICT correspondence from `renders` renders (up to ~100) (module docstring) and write it."""
+    """Build the Face Mesh -> ICT correspondence from `renders` renders (module docstring), measure the gains of
+    `CALIBRATED` on `gain_heads` heads (`_expression_gains`) and write the landmark model."""
     import time
 
-    from diffnphr.data.appearance import appearance_params
-    from diffnphr.data.hair_styles import HAIR_KINDS, sample_hair_styles
     from diffnphr.data.ict import load_ict
-    from diffnphr.data.renders import HeadRenderer
-    from diffnphr.data.scenes import RenderConfig
     from diffnphr.frame import MM_PER_UNIT
+    from diffnphr.render import rasterise
 
     start = time.perf_counter()
     model = load_ict(ict_path)
-    config = RenderConfig(yaw_deg=25.0, pitch_deg=10.0, roll_deg=8.0, head_fraction=(0.55, 0.8), augment=None)
-    renderer = HeadRenderer(model, "cpu", config)
-    rng = np.random.default_rng(CORRESPONDENCE_SEED)
-    identity = torch.as_tensor(rng.standard_normal((renders, model.identity_modes.shape[0])), dtype=torch.float32)
-    expression = torch.zeros(renders, len(model.expression_names))
-    appearance = appearance_params(rng.integers(0, 2**62, renders).tolist())
-    pool = sample_hair_styles(8 * renders, torch.Generator().manual_seed(CORRESPONDENCE_SEED))
-    short = torch.isin(pool.kind, torch.tensor([HAIR_KINDS.index(k) for k in SHORT_HAIR]))
-    bald = torch.nonzero(short).squeeze(1)[:renders]
+    heads = _Heads(model, renders, CORRESPONDENCE_SEED)
     neutral = torch.as_tensor(model.neutral)
     samples = np.full((renders, LANDMARK_COUNT, 3), np.nan)
     for first in range(0, renders, 4):
-        rows = slice(first, min(first + 4, renders))
-        scenes = renderer.sample_scenes(
-            identity[rows],
-            expression[rows],
-            appearance.select(torch.arange(renders)[rows]),
-            CORRESPONDENCE_SEED + first,
-            pool.select(bald[rows]),
-        )
-        frames = renderer.render_frames(scenes, frame_size)
-        points, inverse_depth, faces = renderer.head_projection(scenes)
-        screen = points * frame_size
-        from diffnphr.render import rasterise
-
+        rows = torch.arange(first, min(first + 4, renders))
+        expression = torch.zeros(len(rows), len(model.expression_names))
+        frames, screen, inverse_depth, faces = heads.render(rows, expression, CORRESPONDENCE_SEED + first, frame_size)
         triangles, _ = rasterise(screen, inverse_depth, faces, frame_size)
         for offset, frame in enumerate(frames):
-            traced = _traced_points(frame, frame_size)
+            traced = _traced_points(frame)
             if traced is not None:
                 samples[first + offset] = _back_project(
                     traced, screen[offset], triangles[offset], faces, neutral, frame_size
@@ -109,12 +136,75 @@ def build_correspondence(
     chosen = np.nanmedian(samples, axis=0)
     spread = np.nanmedian(np.linalg.norm(samples - chosen, axis=2), axis=0) * MM_PER_UNIT
     vertex_ids, weights = _on_surface(chosen, model.neutral, faces.numpy())
-    LandmarkModel.from_ict(model, vertex_ids, weights, ICT_LICENCE_NOTE).save(out_file)
+    landmark_model = sampled_model(model, vertex_ids, weights)
+    gains = _expression_gains(heads, landmark_model, gain_heads, frame_size)
+    landmark_model = landmark_model.with_gains(gains)
+    landmark_model.save(out_file)
     report = CorrespondenceReport(
-        renders, traced_renders, float(np.median(spread)), float(np.percentile(spread, 90)), time.perf_counter() - start
+        renders,
+        traced_renders,
+        float(np.median(spread)),
+        float(np.percentile(spread, 90)),
+        gains,
+        time.perf_counter() - start,
     )
     logger.info("correspondence written to %s: %s", Path(out_file), report)
     return report
+
+
+def sampled_model(model: ICTFaceModel, vertex_ids: np.ndarray, weights: np.ndarray) -> LandmarkModel:
+    """The ICT model sampled at barycentric points (`vertex_ids`, `weights`, each (P, 3)), with its licence note."""
+    w = torch.as_tensor(weights, dtype=torch.float32)
+
+    def sampled(array: np.ndarray) -> Tensor:
+        return (torch.as_tensor(array[..., vertex_ids, :], dtype=torch.float32) * w[..., None]).sum(dim=-2)
+
+    return LandmarkModel(
+        sampled(model.neutral),
+        sampled(model.identity_modes),
+        sampled(model.expression_modes),
+        tuple(model.expression_names),
+        np.asarray(vertex_ids, np.int64),
+        np.asarray(weights, np.float32),
+        ICT_LICENCE_NOTE,
+    )
+
+
+def _expression_gains(heads: _Heads, landmark_model: LandmarkModel, count: int, frame_size: int) -> dict[str, float]:
+    """Per calibrated expression, how far Face Mesh's points move against how far the model's projected points
+    move (least squares over landmarks and heads): each head rendered neutral and with each expression at
+    `GAIN_WEIGHT`, in one pose. Face Mesh under-reports some motions (a closed eye stays half open to it), and
+    the fit, seeing the model's motion scaled by the gain, then reads the expression's true weight."""
+    names = landmark_model.expression_names
+    vertex_ids, weights = torch.as_tensor(landmark_model.vertex_ids), torch.as_tensor(landmark_model.weights)
+    expression = torch.zeros(len(CALIBRATED) + 1, len(names))
+    for row, name in enumerate(CALIBRATED, start=1):
+        expression[row, names.index(name)] = GAIN_WEIGHT
+    observed_dot, model_dot = torch.zeros(len(CALIBRATED)), torch.zeros(len(CALIBRATED))
+    for head in range(count):
+        rows = torch.full((len(expression),), head, dtype=torch.long)
+        traced, projected = [], []
+        for first in range(0, len(expression), 4):
+            part = slice(first, first + 4)
+            seed = CORRESPONDENCE_SEED + 10_000 + head
+            frames, screen, _, _ = heads.render(rows[part], expression[part], seed, frame_size)
+            for offset, frame in enumerate(frames):
+                found = _traced_points(frame)
+                traced.append(None if found is None else torch.as_tensor(found, dtype=torch.float32))
+                projected.append((screen[offset][vertex_ids] * weights[..., None]).sum(dim=1))
+        if traced[0] is None:
+            continue
+        for index in range(len(CALIBRATED)):
+            if traced[index + 1] is None:
+                continue
+            seen, modelled = traced[index + 1] - traced[0], projected[index + 1] - projected[0]
+            observed_dot[index] += (seen * modelled).sum()
+            model_dot[index] += modelled.pow(2).sum()
+        logger.info("expression gains: head %d/%d traced", head + 1, count)
+    return {
+        name: float((observed_dot[i] / model_dot[i]).clamp(0.1, 1.5)) if model_dot[i] > 0 else 1.0
+        for i, name in enumerate(CALIBRATED)
+    }
 
 
 def _on_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +232,7 @@ def _on_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> 
     return vertex_ids, weights
 
 
-def _traced_points(frame: torch.Tensor, frame_size: int) -> np.ndarray | None:
+def _traced_points(frame: torch.Tensor) -> np.ndarray | None:
     """Face Mesh's 478 points in frame pixels, through the app's crop, or None when it finds no face."""
     from diffnphr.face import NoFaceError, crop_face
 

@@ -40,7 +40,9 @@ from diffnphr.pipeline.batch import reconstruct_batch
 from diffnphr.pipeline.execution import ExecutionOptions
 from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
 from diffnphr.pipeline.reconstruction import Reconstruction, naming_the_photo, usable_copy
+from diffnphr.pipeline.refining import refine_heads, refines
 from diffnphr.pipeline.settings import PIPELINE_CONFIG_NAME, PipelineDefaults, SamplingSettings
+from diffnphr.refine.refiner import FACTOR_MAP_FOLDER, Refiner
 from diffnphr.weights import WeightsNotFoundError, resolve_weights_dir
 
 if TYPE_CHECKING:
@@ -91,12 +93,14 @@ class HeadReconstructionPipeline:
         decoder: MonoNPHM,
         defaults: PipelineDefaults | None = None,
         execution: ExecutionOptions | None = None,
+        refiner: Refiner | None = None,
     ) -> None:
         self.encoder = encoder.eval()
         self.diffusion = diffusion.eval()
         self.decoder = decoder.eval()
         self.defaults = defaults or PipelineDefaults()
         self.execution = execution or ExecutionOptions()
+        self.refiner = refiner
 
     @classmethod
     def from_pretrained(
@@ -122,6 +126,7 @@ class HeadReconstructionPipeline:
             MonoNPHM.from_pretrained(root, subfolder=DECODER_FOLDER, device=device),
             PipelineDefaults.load(root / PIPELINE_CONFIG_NAME),
             execution,
+            Refiner.from_weights(root),
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -132,6 +137,8 @@ class HeadReconstructionPipeline:
         self.encoder.save_pretrained(directory / ENCODER_FOLDER)
         self.diffusion.save_pretrained(directory / DIFFUSION_FOLDER)
         self.decoder.save_pretrained(directory / DECODER_FOLDER)
+        if self.refiner is not None:
+            self.refiner.factor_map.save_pretrained(directory / FACTOR_MAP_FOLDER)
         return directory
 
     @property
@@ -145,8 +152,8 @@ class HeadReconstructionPipeline:
         return self.defaults.resolution if self.device.type == "cuda" else self.defaults.cpu_resolution
 
     def settings(self, **given: Any) -> SamplingSettings:
-        """One call's `SamplingSettings`: the values given (seed, steps, guidance_scale, samples, resolution; None
-        or left out: this pipeline's defaults, a random seed), validated once."""
+        """One call's `SamplingSettings`: the values given (seed, steps, guidance_scale, samples, resolution,
+        refine; None or left out: this pipeline's defaults, a random seed), validated once."""
         return SamplingSettings.resolve(
             self.defaults, self.default_resolution, self.diffusion.max_sampling_steps, **given
         )
@@ -203,14 +210,16 @@ class HeadReconstructionPipeline:
             return reconstruct_batch(self, image, settings, allow_no_face, progress)
         if not isinstance(settings, SamplingSettings):
             raise TypeError("One photo takes one SamplingSettings; give a list of photos for a list of settings.")
-        tracker = StageProgress(progress, ["crop", "encode", "diffusion", "extraction", "colour"])
+        refining = ["refine"] if refines(self.refiner, [settings]) else []
+        tracker = StageProgress(progress, ["crop", "encode", "diffusion", *refining, "extraction", "colour"])
         timer = StageTimer(self.device)
         crop = self._timed_crop(image, allow_no_face, timer, tracker)
         with torch.inference_mode(), self.execution.precision(self.device):
-            z_cond = self._timed_encode(crop, timer, tracker)
-            latents = self._timed_sample(z_cond, settings, timer, tracker)
+            latents = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
+        (latents,), (refine_warnings,) = refine_heads(self.refiner, [latents], [crop], [settings], timer, tracker)
+        with torch.inference_mode(), self.execution.precision(self.device):
             mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
-        warnings = list(crop.warnings)
+        warnings = list(crop.warnings) + refine_warnings
         return Reconstruction(mesh, crop, usable_copy(latents), settings.seed, timer.summary(), warnings)
 
     def warm_up(self, resolution: int | None = None, heads: int = 1) -> float:
@@ -241,7 +250,9 @@ class HeadReconstructionPipeline:
 
         `expression` is a second photo, whose z_exp is sampled with the same seed, or a z_exp
         tensor ([100] or [1, 100], e.g. `Reconstruction.latents.z_exp`). With the same seed the
-        identity is exactly the one `__call__` gives for `identity_image`. Settings as for `__call__`.
+        identity is exactly the one `__call__` gives for `identity_image`. Settings as for `__call__`; with
+        `settings.refine` the expression photo's head is refined to that photo's landmarks before its z_exp is
+        taken (the identity's expression is not used, so it is not refined).
         """
         settings = self._resolved(settings, given)
         from_photo = not isinstance(expression, torch.Tensor)
@@ -249,7 +260,8 @@ class HeadReconstructionPipeline:
         sampling = ["crop", "encode", "diffusion"]
         if from_photo:  # both crops first, so a bad second photo fails before any model work
             sampling = ["crop", "crop", "encode", "diffusion", "encode", "diffusion"]
-        tracker = StageProgress(progress, [*sampling, "extraction", "colour"])
+        refining = ["refine"] if from_photo and refines(self.refiner, [settings]) else []
+        tracker = StageProgress(progress, [*sampling, *refining, "extraction", "colour"])
         timer = StageTimer(self.device)
         with naming_the_photo("Identity photo"):
             crop = self._timed_crop(identity_image, allow_no_face, timer, tracker)
@@ -261,12 +273,19 @@ class HeadReconstructionPipeline:
             identity = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
             if expression_crop is not None:
                 z_cond = self._timed_encode(expression_crop, timer, tracker)
-                given_z_exp = self._timed_sample(z_cond, settings, timer, tracker).z_exp
+                expression_head = self._timed_sample(z_cond, settings, timer, tracker)
+        refine_warnings: list[str] = []
+        if expression_crop is not None:
+            (expression_head,), (refine_warnings,) = refine_heads(
+                self.refiner, [expression_head], [expression_crop], [settings], timer, tracker
+            )
+            given_z_exp = expression_head.z_exp
+        with torch.inference_mode(), self.execution.precision(self.device):
             latents = HeadLatents(identity.z_geo, given_z_exp, identity.z_app)
             mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
         warnings = list(crop.warnings)
         if expression_crop is not None:
-            warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings]
+            warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings + refine_warnings]
         latents = usable_copy(latents)
         return Reconstruction(mesh, crop, latents, settings.seed, timer.summary(), warnings, expression_crop)
 

@@ -111,12 +111,19 @@ def fit_landmarks(
     priors = torch.tensor(list(settings.priors.values()))
     start_identity, start_expression = identity.detach().float(), expression.detach().float()
     with torch.inference_mode(False), torch.enable_grad():
-        pose = _initial_pose(model.points(start_identity[None], start_expression[None])[0], landmarks)
+        first = _initial_pose(model.points(start_identity[None], start_expression[None])[0], landmarks)
+        # Adam sees the pose in even units: the rotation in radians, the scale as a log, the shift in head units.
+        rotation = first.rotation.clone().requires_grad_(True)
+        log_scale, shift = torch.zeros(1, requires_grad=True), torch.zeros(2, requires_grad=True)
+
+        def pose() -> Pose:
+            return Pose(rotation, first.scale * log_scale.exp(), first.translation + first.scale * shift)
+
         fitted = start_expression[rows].clone().requires_grad_(True)
         shape = start_identity.clone().requires_grad_(settings.fit_identity)
         # The points are linear in the unknowns: a fixed part plus the fitted weights' modes (and the identity's).
         base = model.points(start_identity[None], start_expression.index_fill(0, rows, 0.0)[None])[0]
-        expression_modes = model.expression_modes[rows].reshape(len(rows), -1)
+        expression_modes = model.seen_expression_modes[rows].reshape(len(rows), -1)
         identity_modes = model.identity_modes.reshape(len(start_identity), -1)
 
         def points() -> Tensor:
@@ -126,13 +133,13 @@ def fit_landmarks(
             return base + moved.view(base.shape)
 
         def data_term() -> Tensor:
-            residual = (project(points(), pose) - landmarks) / unit
+            residual = (project(points(), pose()) - landmarks) / unit
             return (weight * residual.pow(2).sum(dim=1)).sum()
 
-        pose_values = [pose.rotation, pose.scale, pose.translation]
+        pose_values = [rotation, log_scale, shift]
         _adam(pose_values, data_term, settings.pose_steps, settings.learning_rate)
         with torch.no_grad():
-            start_error = _mean_distance(project(points(), pose), landmarks)
+            start_error = _mean_distance(project(points(), pose()), landmarks)
 
         def loss() -> Tensor:
             total = data_term() + (priors * (fitted - start_expression[rows]).pow(2)).sum()
@@ -143,9 +150,12 @@ def fit_landmarks(
         unknowns = [*pose_values, fitted] + ([shape] if settings.fit_identity else [])
         _adam(unknowns, loss, settings.steps, settings.learning_rate, clamp=fitted)
         with torch.no_grad():
-            error = _mean_distance(project(points(), pose), landmarks)
+            fitted_pose = pose()
+            final_pose = Pose(
+                fitted_pose.rotation.detach(), fitted_pose.scale.detach(), fitted_pose.translation.detach()
+            )
+            error = _mean_distance(project(points(), final_pose), landmarks)
             expression_out = start_expression.index_put((rows,), fitted.detach())
-    final_pose = Pose(*(value.detach() for value in pose_values))
     return LandmarkFit(expression_out, shape.detach(), final_pose, start_error, error)
 
 
@@ -178,8 +188,7 @@ def _initial_pose(points: Tensor, landmarks: Tensor) -> Pose:
     axis_angle = _axis_angle(rotation)
     pose = Pose(axis_angle, scale.reshape(1), torch.zeros(2))
     offset = (landmarks - project(points, pose)).mean(dim=0)
-    return Pose(axis_angle.clone().requires_grad_(True), scale.reshape(1).clone().requires_grad_(True),
-                offset.clone().requires_grad_(True))  # fmt: skip
+    return Pose(axis_angle, scale.reshape(1), offset)
 
 
 def _rotation_matrix(axis_angle: Tensor) -> Tensor:

@@ -10,16 +10,12 @@ needs no ICT archive at run time. Its ICT-FaceKit licence note (MIT) travels in 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from diffnphr.data.ict import ICTFaceModel
 
 LANDMARK_COUNT = 478
 DEFAULT_MODEL_FILE = Path(__file__).with_name("facemesh_ict.npz")
@@ -37,29 +33,32 @@ class LandmarkModel:
     vertex_ids: np.ndarray  # (P, 3) ICT vertices of each point's triangle
     weights: np.ndarray  # (P, 3) barycentric weights
     licence: str
+    expression_gains: Tensor | None = None  # (E,) Face Mesh's motion over the model's per expression (1: not measured)
 
-    @classmethod
-    def from_ict(cls, model: ICTFaceModel, vertex_ids: np.ndarray, weights: np.ndarray, licence: str) -> LandmarkModel:
-        """The ICT model sampled at barycentric points (`vertex_ids`, `weights`, each (P, 3))."""
-        w = torch.as_tensor(weights, dtype=torch.float32)
+    @property
+    def gains(self) -> Tensor:
+        """(E,) the expressions' gains (`expression_gains`, ones when none were measured)."""
+        if self.expression_gains is None:
+            return torch.ones(len(self.expression_names))
+        return self.expression_gains
 
-        def sampled(array: np.ndarray) -> Tensor:
-            return (torch.as_tensor(array[..., vertex_ids, :], dtype=torch.float32) * w[..., None]).sum(dim=-2)
+    @property
+    def seen_expression_modes(self) -> Tensor:
+        """(E, P, 3) the expression modes as Face Mesh sees them: each scaled by its gain."""
+        return self.expression_modes * self.gains[:, None, None]
 
-        return cls(
-            sampled(model.neutral),
-            sampled(model.identity_modes),
-            sampled(model.expression_modes),
-            tuple(model.expression_names),
-            np.asarray(vertex_ids, np.int64),
-            np.asarray(weights, np.float32),
-            licence,
-        )
+    def with_gains(self, gains: dict[str, float]) -> LandmarkModel:
+        """The same model with the named expressions' gains set (the others 1)."""
+        values = torch.ones(len(self.expression_names))
+        for name, gain in gains.items():
+            values[self.expression_index(name)] = float(gain)
+        return replace(self, expression_gains=values)
 
     def points(self, identity: Tensor, expression: Tensor) -> Tensor:
-        """(B, P, 3) canonical points of B heads from identity coefficients (B, I) and expression weights (B, E)."""
+        """(B, P, 3) canonical points of B heads, as Face Mesh sees them (`seen_expression_modes`), from identity
+        coefficients (B, I) and expression weights (B, E)."""
         offsets = torch.einsum("bi,ipc->bpc", identity, self.identity_modes)
-        return self.neutral + offsets + torch.einsum("be,epc->bpc", expression, self.expression_modes)
+        return self.neutral + offsets + torch.einsum("be,epc->bpc", expression, self.seen_expression_modes)
 
     def expression_index(self, name: str) -> int:
         """Position of a named blendshape in `expression_modes`."""
@@ -81,6 +80,7 @@ class LandmarkModel:
             vertex_ids=self.vertex_ids,
             weights=self.weights,
             licence=np.array(self.licence),
+            expression_gains=self.gains.numpy(),
         )
         return path
 
@@ -104,6 +104,7 @@ class LandmarkModel:
                 data["vertex_ids"],
                 data["weights"],
                 str(data["licence"]),
+                torch.as_tensor(data["expression_gains"]),
             )
         if model.neutral.shape != (LANDMARK_COUNT, 3):
             raise ValueError(f"{path} holds {model.neutral.shape[0]} points, not Face Mesh's {LANDMARK_COUNT}")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +64,18 @@ class Refinement:
     warning: str | None = None
 
 
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Torch on one thread meanwhile: the fit's hundreds of tiny steps ran 0.1 s on one thread and 5-10 s on two
+    of the 2-core CPU under load (thread hand-offs cost more than the work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Refiner:
     """Fits sampled heads to their photos' landmarks (module docstring); build once per pipeline."""
 
@@ -96,7 +110,7 @@ class Refiner:
 
     def head_expression(self, latents: HeadLatents) -> Tensor:
         """The ICT expression weights (E,) a head's z_exp stands for (`inversion.invert_expression`)."""
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), single_thread():
             return invert_expression(self.factor_map, latents.z_exp.clone().cpu(), self.settings.inversion)
 
     def refine(self, latents: HeadLatents, crop: FaceCrop) -> Refinement:
@@ -104,7 +118,7 @@ class Refiner:
         start = time.perf_counter()
         if crop.landmarks is None:
             return Refinement(latents, None, None, None, None, time.perf_counter() - start, NO_LANDMARKS_WARNING)
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), single_thread():
             z_geo, z_exp = latents.z_geo.clone().cpu(), latents.z_exp.clone().cpu()
             identity = invert_identity(
                 self.factor_map, z_geo, self.model.identity_modes.shape[0], self.settings.inversion
@@ -132,7 +146,7 @@ class Refiner:
         bad = [name for name, value in weights.items() if not 0.0 <= float(value) <= 1.0]
         if bad:
             raise ValueError(f"Expression values must lie from 0 to 1; {', '.join(bad)} do not.")
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), single_thread():
             z_exp = latents.z_exp.clone().cpu()
             start = invert_expression(self.factor_map, z_exp, self.settings.inversion)
             target = start.clone()
