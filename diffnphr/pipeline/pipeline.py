@@ -11,7 +11,8 @@
 Calling it on a photo returns a `Reconstruction` (mesh with vertex colours, the crop, the latents,
 the seed used, seconds per stage, warnings); on a list of photos, a list of them, the photos taken
 through every stage together (`batch`); `transfer_expression` puts the expression of one photo
-(or a given `z_exp`) on the head of another. Its stages (`crop`, `encode`, `sample_latents` /
+(or a given `z_exp`) on the head of another, `with_expression` re-decodes a head with expression weights a
+person chose (the app's sliders). Its stages (`crop`, `encode`, `sample_latents` /
 `sample_flat`, `decode`, `mesh`) are public, so the benchmark and the evaluation run exactly
 them. How it runs (batched extraction, TF32 and bf16 on a GPU) is its `execution`
 (`ExecutionOptions`); `warm_up` makes a server's first request as fast as the next.
@@ -288,6 +289,29 @@ class HeadReconstructionPipeline:
             warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings + refine_warnings]
         latents = usable_copy(latents)
         return Reconstruction(mesh, crop, latents, settings.seed, timer.summary(), warnings, expression_crop)
+
+    def with_expression(
+        self,
+        head: Reconstruction,
+        expression: dict[str, float],
+        resolution: int | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> Reconstruction:
+        """`head` (a reconstruction) re-decoded with the named ICT expression weights set (each in [0, 1]; the
+        others as the head has them), through the factor map (`Refiner.with_expression`); its seed and crop
+        kept. Needs weights with a factor map."""
+        if self.refiner is None:
+            raise ValueError("These weights have no factor map, so a head's expression cannot be edited.")
+        tracker = StageProgress(progress, ["refine", "extraction", "colour"])
+        timer = StageTimer(self.device)
+        tracker.report(0.0)
+        with timer.stage("refine"):
+            latents = self.refiner.with_expression(head.latents, expression)
+        tracker.next()
+        with torch.inference_mode(), self.execution.precision(self.device):
+            mesh = self._timed_mesh(latents, resolution or self.default_resolution, timer, tracker)
+        return Reconstruction(mesh, head.crop, usable_copy(latents), head.seed, timer.summary(), [])
 
     # -- the stages, public so that the benchmark and the evaluation time and call these very steps ----------
 

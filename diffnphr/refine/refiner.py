@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FACTOR_MAP_FOLDER = "factor_map"
+EXPRESSION_CONTROLS: dict[str, tuple[str, ...]] = {
+    "jaw_open": ("jawOpen",),
+    "smile": ("mouthSmile_L", "mouthSmile_R"),
+    "blink": ("eyeBlink_L", "eyeBlink_R"),
+    "pucker": ("mouthPucker",),
+    "brows_up": ("browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R"),
+}
+"""The few expressions a person sets by hand (the app's sliders), each the ICT weights it drives together."""
 NO_LANDMARKS_WARNING = (
     "The facial landmarks could not be traced in this photo, so the head was not refined to them "
     "(its expression is the model's guess)."
@@ -74,6 +82,14 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def control_weights(**values: float) -> dict[str, float]:
+    """The ICT expression weights of the `EXPRESSION_CONTROLS` given by name (e.g. `smile=0.6`), each in [0, 1]."""
+    unknown = sorted(set(values) - set(EXPRESSION_CONTROLS))
+    if unknown:
+        raise ValueError(f"Unknown expression control {', '.join(unknown)}; known: {', '.join(EXPRESSION_CONTROLS)}.")
+    return {name: float(value) for control, value in values.items() for name in EXPRESSION_CONTROLS[control]}
 
 
 class Refiner:
