@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from diffnphr.pipeline import HeadReconstructionPipeline
+from diffnphr.pipeline.refining import reconstruction_with_expression
 from diffnphr.refine.refiner import control_weights
 from diffnphr.serving import (
     ExamplePhotos,
@@ -192,7 +193,7 @@ def _reconstruct_endpoint(server: _Server) -> Endpoint:
         resolution: float = pipeline.default_resolution,
         samples: float = defaults.samples,
         allow_no_face: bool = False,
-        refine: bool = True,
+        refine: bool = False,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple:
@@ -235,7 +236,7 @@ def _transfer_endpoint(server: _Server) -> Endpoint:
         resolution: float = pipeline.default_resolution,
         samples: float = defaults.samples,
         allow_no_face: bool = False,
-        refine: bool = True,
+        refine: bool = False,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple:
@@ -296,7 +297,7 @@ def _expression_endpoint(server: _Server) -> Endpoint:
                 raise user_error(str(error), "Cannot change the expression") from error
 
             def work(report: Progress) -> Reconstruction:
-                return pipeline.with_expression(kept.head, weights, kept.resolution, progress=report)
+                return reconstruction_with_expression(pipeline, kept.head, weights, kept.resolution, report)
 
             result = server.alone(work, progress, request)
             downloads = export_downloads(result, run.folder(), "expression")

@@ -19,12 +19,12 @@ def refining_url(tiny_refining_weights_dir, tmp_path_factory):
         yield url
 
 
-def test_reconstruct_refines_by_default_and_not_when_switched_off(refining_url, face_photo_file):
+def test_reconstruct_refines_when_asked_and_not_by_default(refining_url, face_photo_file):
     client = Client(refining_url, verbose=False)
-    *_, on = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
-    *_, off = client.predict(handle_file(face_photo_file), *SETTINGS, False, api_name="/reconstruct")
+    *_, on = client.predict(handle_file(face_photo_file), *SETTINGS, True, api_name="/reconstruct")
+    *_, off = client.predict(handle_file(face_photo_file), *SETTINGS, api_name="/reconstruct")
     assert on["seconds"]["refine"] >= 0 and "refine" not in off["seconds"]
-    *_, moved = client.predict(handle_file(face_photo_file), handle_file(face_photo_file), *SETTINGS,
+    *_, moved = client.predict(handle_file(face_photo_file), handle_file(face_photo_file), *SETTINGS, True,
                                api_name="/transfer")  # fmt: skip
     assert "refine" in moved["seconds"]
 

@@ -59,11 +59,11 @@ def _add_reconstruction_options(p: argparse.ArgumentParser) -> None:
     add_device_option(p)
     p.add_argument("--allow-no-face", action="store_true", help="use the centre of the image when no face is found")
     p.add_argument(
-        "--no-refine",
-        dest="refine",
-        action="store_false",
+        "--refine",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="keep the sampled head as it is: no fitting to the photo's landmarks (default: pipeline.json's refine)",
+        help="fit the sampled head to the photo's landmarks, or with --no-refine keep it as sampled "
+        "(default: pipeline.json's refine, off)",
     )
 
 

@@ -9,7 +9,8 @@ its expression error is the mean distance, in mm, between its expression displac
 (weights × ICT expression modes) and the true one over the expression-driven region (the ICT
 skin vertices some expression moves by at least `REGION_MM`). The displacement is added to the
 head's own identity the same way for every arm, so no alignment is needed. Arms: the sample
-unrefined, each refined variant, and the always-neutral head; raw means with 95 % intervals
+unrefined, each refined variant, and the always-neutral head (and, as a diagnosis, each variant's
+fitted ICT weights themselves, before the factor map carries them into z_exp); raw means with 95 % intervals
 and the paired differences to the unrefined head. The landmark reprojection error (mean px in
 the 512 crop) of the starting head under its best pose and of the fitted head is reported too,
 on the renders and on scikit-image's astronaut photo.
@@ -78,6 +79,7 @@ def evaluate_refinement(
     modes, region = _expression_region(model, MM_PER_UNIT)
     settings = pipeline.settings(seed=0)
     errors: dict[str, list[float]] = {"unrefined": [], "neutral": [], **{name: [] for name in variants}}
+    errors.update({f"{name}: fitted ICT weights": [] for name in variants})
     reprojection: dict[str, list[float]] = {"start": [], **{name: [] for name in variants}}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     missed, start = 0, time.perf_counter()
@@ -105,6 +107,7 @@ def evaluate_refinement(
                 outcome = refiner.refine(latents, crop)
                 refined = refiner.head_expression(outcome.latents)
                 errors[name].append(_error(refined, truth, modes, region))
+                errors[f"{name}: fitted ICT weights"].append(_error(outcome.expression, truth, modes, region))
                 reprojection[name].append(outcome.error_px)
                 seconds[name].append(outcome.seconds)
             reprojection["start"].append(outcome.start_error_px)

@@ -85,8 +85,7 @@ def reconstruct_batch(
             z_cond = pipeline.encode(crops)
         tracker.next()
         latents = _sample(pipeline, z_cond, per_photo, timer, tracker)
-    latents, refine_warnings = refine_heads(pipeline.refiner, latents, crops, per_photo, timer, tracker)
-    with torch.inference_mode(), pipeline.execution.precision(pipeline.device):
+        latents, refine_warnings = refine_heads(pipeline.refiner, latents, crops, per_photo, timer, tracker)
         meshes = _meshes(pipeline, latents, [s.resolution for s in per_photo], labels, timer, tracker)
     summary = timer.summary()
     return [

@@ -11,8 +11,7 @@
 Calling it on a photo returns a `Reconstruction` (mesh with vertex colours, the crop, the latents,
 the seed used, seconds per stage, warnings); on a list of photos, a list of them, the photos taken
 through every stage together (`batch`); `transfer_expression` puts the expression of one photo
-(or a given `z_exp`) on the head of another, `with_expression` re-decodes a head with expression weights a
-person chose (the app's sliders). Its stages (`crop`, `encode`, `sample_latents` /
+(or a given `z_exp`) on the head of another. Its stages (`crop`, `encode`, `sample_latents` /
 `sample_flat`, `decode`, `mesh`) are public, so the benchmark and the evaluation run exactly
 them. How it runs (batched extraction, TF32 and bf16 on a GPU) is its `execution`
 (`ExecutionOptions`); `warm_up` makes a server's first request as fast as the next.
@@ -40,7 +39,7 @@ from diffnphr.nphm.latents import HeadLatents, unpack
 from diffnphr.pipeline.batch import reconstruct_batch
 from diffnphr.pipeline.execution import ExecutionOptions
 from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
-from diffnphr.pipeline.reconstruction import Reconstruction, naming_the_photo, usable_copy
+from diffnphr.pipeline.reconstruction import Reconstruction, checked_expression_code, naming_the_photo, usable_copy
 from diffnphr.pipeline.refining import refine_heads, refines
 from diffnphr.pipeline.settings import PIPELINE_CONFIG_NAME, PipelineDefaults, SamplingSettings
 from diffnphr.refine.refiner import FACTOR_MAP_FOLDER, Refiner
@@ -217,8 +216,7 @@ class HeadReconstructionPipeline:
         crop = self._timed_crop(image, allow_no_face, timer, tracker)
         with torch.inference_mode(), self.execution.precision(self.device):
             latents = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
-        (latents,), (refine_warnings,) = refine_heads(self.refiner, [latents], [crop], [settings], timer, tracker)
-        with torch.inference_mode(), self.execution.precision(self.device):
+            (latents,), (refine_warnings,) = refine_heads(self.refiner, [latents], [crop], [settings], timer, tracker)
             mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
         warnings = list(crop.warnings) + refine_warnings
         return Reconstruction(mesh, crop, usable_copy(latents), settings.seed, timer.summary(), warnings)
@@ -251,13 +249,12 @@ class HeadReconstructionPipeline:
 
         `expression` is a second photo, whose z_exp is sampled with the same seed, or a z_exp
         tensor ([100] or [1, 100], e.g. `Reconstruction.latents.z_exp`). With the same seed the
-        identity is exactly the one `__call__` gives for `identity_image`. Settings as for `__call__`; with
-        `settings.refine` the expression photo's head is refined to that photo's landmarks before its z_exp is
-        taken (the identity's expression is not used, so it is not refined).
+        identity is exactly the one `__call__` gives for `identity_image`. Settings as for `__call__`; `refine`
+        refines the expression photo's head (only its z_exp is used).
         """
         settings = self._resolved(settings, given)
         from_photo = not isinstance(expression, torch.Tensor)
-        given_z_exp = None if from_photo else _checked_expression_code(expression, self.decoder.config.lat_dim_exp)
+        given_z_exp = None if from_photo else checked_expression_code(expression, self.decoder.config.lat_dim_exp)
         sampling = ["crop", "encode", "diffusion"]
         if from_photo:  # both crops first, so a bad second photo fails before any model work
             sampling = ["crop", "crop", "encode", "diffusion", "encode", "diffusion"]
@@ -266,7 +263,7 @@ class HeadReconstructionPipeline:
         timer = StageTimer(self.device)
         with naming_the_photo("Identity photo"):
             crop = self._timed_crop(identity_image, allow_no_face, timer, tracker)
-        expression_crop = None
+        expression_crop, more = None, []
         if from_photo:
             with naming_the_photo("Expression photo"):
                 expression_crop = self._timed_crop(expression, allow_no_face, timer, tracker)
@@ -274,44 +271,16 @@ class HeadReconstructionPipeline:
             identity = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
             if expression_crop is not None:
                 z_cond = self._timed_encode(expression_crop, timer, tracker)
-                expression_head = self._timed_sample(z_cond, settings, timer, tracker)
-        refine_warnings: list[str] = []
-        if expression_crop is not None:
-            (expression_head,), (refine_warnings,) = refine_heads(
-                self.refiner, [expression_head], [expression_crop], [settings], timer, tracker
-            )
-            given_z_exp = expression_head.z_exp
-        with torch.inference_mode(), self.execution.precision(self.device):
+                heads = [self._timed_sample(z_cond, settings, timer, tracker)]
+                (head,), (more,) = refine_heads(self.refiner, heads, [expression_crop], [settings], timer, tracker)
+                given_z_exp = head.z_exp
             latents = HeadLatents(identity.z_geo, given_z_exp, identity.z_app)
             mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
         warnings = list(crop.warnings)
         if expression_crop is not None:
-            warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings + refine_warnings]
+            warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings + more]
         latents = usable_copy(latents)
         return Reconstruction(mesh, crop, latents, settings.seed, timer.summary(), warnings, expression_crop)
-
-    def with_expression(
-        self,
-        head: Reconstruction,
-        expression: dict[str, float],
-        resolution: int | None = None,
-        *,
-        progress: ProgressCallback | None = None,
-    ) -> Reconstruction:
-        """`head` (a reconstruction) re-decoded with the named ICT expression weights set (each in [0, 1]; the
-        others as the head has them), through the factor map (`Refiner.with_expression`); its seed and crop
-        kept. Needs weights with a factor map."""
-        if self.refiner is None:
-            raise ValueError("These weights have no factor map, so a head's expression cannot be edited.")
-        tracker = StageProgress(progress, ["refine", "extraction", "colour"])
-        timer = StageTimer(self.device)
-        tracker.report(0.0)
-        with timer.stage("refine"):
-            latents = self.refiner.with_expression(head.latents, expression)
-        tracker.next()
-        with torch.inference_mode(), self.execution.precision(self.device):
-            mesh = self._timed_mesh(latents, resolution or self.default_resolution, timer, tracker)
-        return Reconstruction(mesh, head.crop, usable_copy(latents), head.seed, timer.summary(), [])
 
     # -- the stages, public so that the benchmark and the evaluation time and call these very steps ----------
 
@@ -428,13 +397,3 @@ class HeadReconstructionPipeline:
             tracker.next()
         tracker.next()
         return extraction.mesh
-
-
-def _checked_expression_code(z_exp: torch.Tensor, size: int) -> torch.Tensor:
-    """A z_exp given by the caller ([size] or [1, size]), as a CPU float vector like the sampled ones."""
-    code = z_exp[0] if z_exp.dim() == 2 and z_exp.shape[0] == 1 else z_exp
-    if code.shape != (size,):
-        raise ValueError(f"An expression code must be a tensor of {size} values; got shape {tuple(z_exp.shape)}.")
-    if not torch.isfinite(code).all():
-        raise ValueError("The expression code holds NaN or infinite values.")
-    return code.detach().float().cpu()

@@ -62,7 +62,7 @@ class ServingLimits:
 REQUEST_PARAMETERS = (
     "seed", "randomize_seed", "steps", "guidance_scale", "resolution", "samples", "allow_no_face", "refine",
 )  # fmt: skip
-OPTIONAL_PARAMETERS = {"refine": True}
+OPTIONAL_PARAMETERS = {"refine": False}
 """Parameters a request may leave out (added after the API's first callers), with the value they then take."""
 
 
