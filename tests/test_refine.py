@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import ImageOps
 
-from diffnphr.refine.fit import FitSettings, Pose, fit_landmarks, project
+from diffnphr.refine.fit import DEFAULT_PRIORS, SMILE_AND_PUCKER, FitSettings, Pose, fit_landmarks, project
 from diffnphr.refine.landmark_model import LandmarkModel
 from diffnphr.refine.refiner import NO_LANDMARKS_WARNING
 
@@ -95,9 +95,10 @@ def test_the_fit_moves_jaw_smile_and_blink_toward_the_truth_on_renders(landmark_
 
     pixels, cases, identity = known_renders
     names = landmark_model.expression_names
+    every = FitSettings(priors={**DEFAULT_PRIORS, **SMILE_AND_PUCKER})  # the smile too, off by default
     for image, case in zip(pixels, cases):
         crop = crop_face(image)
-        fit = fit_landmarks(landmark_model, torch.as_tensor(crop.landmarks), identity, torch.zeros(len(names)))
+        fit = fit_landmarks(landmark_model, torch.as_tensor(crop.landmarks), identity, torch.zeros(len(names)), every)
         for name, value in case.items():
             found = float(fit.expression[names.index(name)])
             assert found > 0.3 * value, (case, name, found)

@@ -37,7 +37,7 @@ REFINE_EVAL_SEED = 1_280_000_000
 BROWS = ("browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R", "browDown_L", "browDown_R")
 VARIANTS: dict[str, FitSettings] = {
     "default": FitSettings(),
-    "priors 0.05": FitSettings(priors=dict.fromkeys(DEFAULT_PRIORS, 0.05)),
+    "with smile and pucker": FitSettings(priors={**DEFAULT_PRIORS, **SMILE_AND_PUCKER}),
     "with brows": FitSettings(priors={**DEFAULT_PRIORS, **dict.fromkeys(BROWS, 0.2)}),
 }
 """The fit variants `eval refinement` compares (the pipeline uses "default")."""
