@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffnphr.refine.fit import DEFAULT_PRIORS, FitSettings
+from diffnphr.refine.fit import DEFAULT_PRIORS, SMILE_AND_PUCKER, FitSettings
 
 logger = logging.getLogger(__name__)
 
