@@ -123,7 +123,7 @@ def test_refinement_off_gives_the_head_of_a_pipeline_without_it(refining, tiny_w
     plain = HeadReconstructionPipeline.from_pretrained(tiny_weights_dir)
     assert plain.refiner is None and refining.refiner is not None
     before = plain(face_photo, seed=3)
-    assert not refining.settings(seed=3).refine  # off unless asked for (it measured worse: docs/RESULTS.md)
+    assert not refining.settings(seed=3).refine  # off unless asked for (no measured gain: docs/RESULTS.md)
     off = refining(face_photo, refining.settings(seed=3, refine=False))
     on = refining(face_photo, refining.settings(seed=3, refine=True))
     assert "refine" not in off.timings and "refine" in on.timings and on.timings["refine"] >= 0

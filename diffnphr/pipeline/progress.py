@@ -13,7 +13,7 @@ ProgressCallback = Callable[[str, float], None]
 # What progress reports per stage, and the stage's share of the time (so that the reported
 # fraction of the whole call only grows, at an even pace): the seconds measured on 2 CPU cores at
 # 128³ (docs/eval/bench_cpu.json: crop 0.05, encode 0.02, diffusion 1.0, extraction 7.7, colour 2.7;
-# refine about 0.6 s, docs/RESULTS.md's issue-28 section).
+# refine about 0.4 s, docs/RESULTS.md, "Fit to the photo").
 STAGE_LABELS = {
     "crop": "Finding and cropping the face",
     "encode": "Embedding the face",

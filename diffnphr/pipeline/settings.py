@@ -37,7 +37,7 @@ class PipelineDefaults:
     cpu_resolution: int = 128  # on a CPU: 256 takes about 4x as long (about 55 s on 2 cores)
     scheduler: str = "ddim"
     # Fit the sampled head to the photo's Face Mesh landmarks (`diffnphr.refine`; needs the weights'
-    # factor_map/). Off: on 24 held-out renders it raised the expression error 1.34 -> 1.97 mm
+    # factor_map/). Off: on 24 held-out renders it lowered the expression error only 1.34 -> 1.27 mm (-5 %, within noise)
     # (docs/RESULTS.md, "Fit to the photo (issue 28)"); the checkbox and `refine=True` switch it on
     refine: bool = False
 
