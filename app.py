@@ -3,8 +3,8 @@
 The work lives in `diffnphr.pipeline`; what a server accepts and keeps in `diffnphr.serving`; what
 the app reads of Gradio and how each outcome reaches a person in `diffnphr.webapp`. This file lays
 out two tabs (Reconstruct, Expression transfer), each with a status line that keeps the last
-request's outcome, and joins them to those. Exactly two API endpoints are public: `/reconstruct`
-and `/transfer`.
+request's outcome, and joins them to those. Three API endpoints are public: `/reconstruct`,
+`/transfer` and `/expression` (the session's last head with the sliders' expression).
 
     python app.py [--weights DIR_OR_HUB_ID] [--device cpu|cuda] [--share] [--queue-size N] [--keep-results-s S]
 
@@ -23,11 +23,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from diffnphr.pipeline import HeadReconstructionPipeline
+from diffnphr.pipeline.refining import reconstruction_with_expression
+from diffnphr.refine.refiner import control_weights
 from diffnphr.serving import (
     ExamplePhotos,
     QueueAdmission,
@@ -43,14 +45,21 @@ from diffnphr.serving import (
     run_details,
     write_example_photos,
 )
+from diffnphr.serving.heads import RecentHeads
 from diffnphr.webapp.checks import admission_checks, request_settings, settings_checks, uploaded_path
-from diffnphr.webapp.components import head_viewer, photo_input, result_panel, settings_panel
+from diffnphr.webapp.components import (
+    expression_panel,
+    head_viewer,
+    photo_input,
+    refine_choice,
+    result_panel,
+    settings_panel,
+)
 from diffnphr.webapp.gradio_state import (
     client_watch,
     is_upload,
     queued_sessions,
     session,
-    show_progress_only_on,
     upload_paths,
     waiting,
 )
@@ -59,10 +68,9 @@ from diffnphr.webapp.outcomes import (
     Failures,
     progress_bar,
     run_request,
-    status_outcome,
-    status_working,
-    upload_status,
+    user_error,
 )
+from diffnphr.webapp.wiring import Endpoint, example_row, request_wiring
 from diffnphr.weights import WeightsNotFoundError
 
 if TYPE_CHECKING:
@@ -115,6 +123,7 @@ class _Server:
         self.batching = options.batching(pipeline.device.type)
         self.batcher = RequestBatcher(reconstruction_batches(pipeline), self.batching)
         self.failures = Failures()
+        self.heads = RecentHeads()
         self.demo: gr.Blocks | None = None
         self.admission = QueueAdmission(options.queue_size, lambda: waiting(self.demo))
         self.files = ServedFiles(
@@ -156,8 +165,9 @@ class _Server:
     def page_closed(self, request: gr.Request) -> None:
         """A page closed: its photos and results go, and the holds of its requests still waiting."""
         self.files.page_closed(session(request))
+        self.heads.forget(session(request))
 
-    def validator(self, endpoint: _Endpoint) -> Callable[..., list[dict]]:
+    def validator(self, endpoint: Endpoint) -> Callable[..., list[dict]]:
         """The validator of `endpoint` (run before the queue): its checks; when all pass, the request's photos are
         held until it is over."""
 
@@ -170,16 +180,7 @@ class _Server:
         return validate
 
 
-class _Endpoint(NamedTuple):
-    """One public endpoint: its function (whose signature is the API's), the checks of its inputs before the queue
-    (one `gr.validate` per input, without side effects) and what its first inputs, the photos, are called."""
-
-    run: Callable[..., tuple]
-    checks: Callable[..., list[dict]]
-    photos: tuple[str, ...]
-
-
-def _reconstruct_endpoint(server: _Server) -> _Endpoint:
+def _reconstruct_endpoint(server: _Server) -> Endpoint:
     """`/reconstruct`: one photo to its crop, the head, the downloads, the seed used and the run details."""
     pipeline, defaults = server.pipeline, server.pipeline.defaults
 
@@ -192,6 +193,7 @@ def _reconstruct_endpoint(server: _Server) -> _Endpoint:
         resolution: float = pipeline.default_resolution,
         samples: float = defaults.samples,
         allow_no_face: bool = False,
+        refine: bool = False,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple:
@@ -200,12 +202,13 @@ def _reconstruct_endpoint(server: _Server) -> _Endpoint:
         Returns the face crop, the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and
         the run details (seconds per stage, mesh size, how the face was found, warnings).
         """
-        values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
+        values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face, refine)
         with server.request(request, "reconstruct", upload_paths(image)) as run:
             settings = request_settings(server.limits, *values)
             allow = settings.pop("allow_no_face")
             job = ReconstructionRequest(uploaded_path(image, "photo"), pipeline.settings(**settings), allow)
             result = server.reconstruct(job, progress, request)
+            server.heads.keep(session(request), result, job.settings.resolution)
             folder = run.folder()
             downloads = export_downloads(result, folder, "head")
             crop = export_crop(result, folder)
@@ -216,10 +219,10 @@ def _reconstruct_endpoint(server: _Server) -> _Endpoint:
         photo = gr.validate(image is not None, "Please upload a photo first.")
         return admission_checks([photo, *settings_checks(server.limits, settings)], server.admission)
 
-    return _Endpoint(reconstruct, checks, ("this photo",))
+    return Endpoint(reconstruct, checks, ("this photo",))
 
 
-def _transfer_endpoint(server: _Server) -> _Endpoint:
+def _transfer_endpoint(server: _Server) -> Endpoint:
     """`/transfer`: the head of one photo wearing the expression of another."""
     pipeline, defaults = server.pipeline, server.pipeline.defaults
 
@@ -233,6 +236,7 @@ def _transfer_endpoint(server: _Server) -> _Endpoint:
         resolution: float = pipeline.default_resolution,
         samples: float = defaults.samples,
         allow_no_face: bool = False,
+        refine: bool = False,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple:
@@ -240,7 +244,7 @@ def _transfer_endpoint(server: _Server) -> _Endpoint:
 
         Returns the GLB mesh, the GLB/OBJ/PLY downloads, the seed used and the run details.
         """
-        values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face)
+        values = (seed, randomize_seed, steps, guidance_scale, resolution, samples, allow_no_face, refine)
         with server.request(request, "transfer", upload_paths(identity_image, expression_image)) as run:
             settings = request_settings(server.limits, *values)
             allow = settings.pop("allow_no_face")
@@ -265,10 +269,45 @@ def _transfer_endpoint(server: _Server) -> _Endpoint:
         ]
         return admission_checks([*photos, *settings_checks(server.limits, settings)], server.admission)
 
-    return _Endpoint(transfer, checks, ("the identity photo", "the expression photo"))
+    return Endpoint(transfer, checks, ("the identity photo", "the expression photo"))
 
 
-def _reconstruct_tab(server: _Server, endpoint: _Endpoint, example_photos: ExamplePhotos) -> None:
+def _expression_endpoint(server: _Server) -> Endpoint:
+    """`/expression`: the session's last reconstructed head re-decoded with the sliders' expression."""
+    pipeline = server.pipeline
+
+    def expression(
+        jaw_open: float = 0.0,
+        smile: float = 0.0,
+        blink: float = 0.0,
+        pucker: float = 0.0,
+        brows_up: float = 0.0,
+        request: gr.Request | None = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple:
+        """Re-decode the last head this session reconstructed with the given expression (each value from 0 to 1).
+
+        Returns the GLB mesh, the GLB/OBJ/PLY downloads and the run details.
+        """
+        values = {"jaw_open": jaw_open, "smile": smile, "blink": blink, "pucker": pucker, "brows_up": brows_up}
+        with server.request(request, "expression", []) as run:
+            try:
+                kept, weights = server.heads.last(session(request)), control_weights(**values)
+            except ValueError as error:
+                raise user_error(str(error), "Cannot change the expression") from error
+
+            def work(report: Progress) -> Reconstruction:
+                return reconstruction_with_expression(pipeline, kept.head, weights, kept.resolution, report)
+
+            result = server.alone(work, progress, request)
+            downloads = export_downloads(result, run.folder(), "expression")
+        return_freed_memory()
+        return downloads[0], downloads, run_details(result)
+
+    return Endpoint(expression, lambda *values: [gr.validate(True, "") for _ in values], ())
+
+
+def _reconstruct_tab(server: _Server, endpoint: Endpoint, example_photos: ExamplePhotos) -> None:
     """The Reconstruct tab: a photo (and its crop), the settings, the button and its status line; the head, its
     downloads and the run details; the example portrait."""
     pipeline = server.pipeline
@@ -278,6 +317,7 @@ def _reconstruct_tab(server: _Server, endpoint: _Endpoint, example_photos: Examp
                 photo = photo_input("Photo", "photo")
                 crop = gr.Image(label="Face crop", format="png", interactive=False, elem_id="crop_preview")
             no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
+            refine = refine_choice(pipeline.refiner is not None, pipeline.defaults.refine)
             settings = settings_panel(pipeline.defaults, pipeline.default_resolution, server.limits)
             button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct_button")
             status = gr.Markdown("", elem_id="reconstruct_status")  # the status line
@@ -286,12 +326,15 @@ def _reconstruct_tab(server: _Server, endpoint: _Endpoint, example_photos: Examp
             downloads, details = result_panel("head_downloads")
     results = [crop, head, downloads, settings[0], details]
     about = "NASA's public-domain astronaut portrait"
-    _example(endpoint, [str(example_photos.portrait)], [photo, settings[0], settings[1]], results, head, about)
-    inputs = [photo, *settings, no_face]
-    _request_wiring(server, endpoint, "reconstruct", button, inputs, results, status, details, head)
+    example_row(endpoint, [str(example_photos.portrait)], [photo, settings[0], settings[1]], results, head, about)
+    inputs = [photo, *settings, no_face, refine]
+    request_wiring(server, endpoint, "reconstruct", button, inputs, results, status, details, head)
+    sliders, apply = expression_panel(pipeline.refiner is not None)
+    outputs = [head, downloads, details]
+    request_wiring(server, _expression_endpoint(server), "expression", apply, sliders, outputs, status, details, head)
 
 
-def _transfer_tab(server: _Server, endpoint: _Endpoint, example_photos: ExamplePhotos) -> None:
+def _transfer_tab(server: _Server, endpoint: Endpoint, example_photos: ExamplePhotos) -> None:
     """The Expression transfer tab: the two photos, the settings, the button and its status line; the head, its
     downloads and the run details; the example pair."""
     pipeline = server.pipeline
@@ -301,6 +344,7 @@ def _transfer_tab(server: _Server, endpoint: _Endpoint, example_photos: ExampleP
                 identity = photo_input("Head from this photo", "identity_photo")
                 expression = photo_input("Expression from this photo", "expression_photo")
             no_face = gr.Checkbox(label=NO_FACE_CHOICE, value=False)
+            refine = refine_choice(pipeline.refiner is not None, pipeline.defaults.refine)
             settings = settings_panel(pipeline.defaults, pipeline.default_resolution, server.limits)
             button = gr.Button("Transfer expression", variant="primary", elem_id="transfer_button")
             status = gr.Markdown("", elem_id="transfer_status")
@@ -310,61 +354,9 @@ def _transfer_tab(server: _Server, endpoint: _Endpoint, example_photos: ExampleP
     results = [head, downloads, settings[0], details]
     photos = [str(example_photos.portrait), str(example_photos.expression)]
     about = "the astronaut's head with the camera operator's expression; scikit-image photos, public domain and CC0"
-    _example(endpoint, photos, [identity, expression, settings[0], settings[1]], results, head, about)
-    inputs = [identity, expression, *settings, no_face]
-    _request_wiring(server, endpoint, "transfer", button, inputs, results, status, details, head)
-
-
-def _example(
-    endpoint: _Endpoint, photos: list[str], inputs: list[Any], results: list[Any], head: gr.Model3D, about: str
-) -> None:
-    """A tab's example row (the photos, seed 0, no randomizing): run on its first click and cached, its progress
-    drawn over the 3D `head` only, as a request's is."""
-    example = gr.Examples(
-        [[*photos, 0, False]],
-        inputs,
-        results,
-        fn=endpoint.run,
-        cache_examples=True,
-        cache_mode="lazy",
-        preprocess=False,
-        visible_columns=list(range(len(photos))),
-        label=f"Example ({about}; seed 0)",
-    )
-    show_progress_only_on(example.cache_event, head)
-
-
-def _request_wiring(
-    server: _Server,
-    endpoint: _Endpoint,
-    api_name: str,
-    button: gr.Button,
-    inputs: list[Any],
-    results: list[Any],
-    status: gr.Markdown,
-    details: gr.JSON,
-    head: gr.Model3D,
-) -> None:
-    """A tab's request and its status line: an upload that is not an image is named at once; the button says
-    "Working…" at once, or why the request is refused before the queue; the request runs (public as `api_name`,
-    in the concurrency group of the other tab's: one at a time, or on a GPU as many together as a batch holds,
-    which the batcher then runs as one) with its progress, stage by stage, drawn once: over the 3D `head`; then
-    the line says it is done, or why not, until the next request."""
-    for photo, what in zip(inputs, endpoint.photos):
-        upload_status(photo, status, what)
-    status_working(button, inputs, status, endpoint.checks)
-    event = button.click(
-        endpoint.run,
-        inputs,
-        results,
-        api_name=api_name,
-        preprocess=False,
-        validator=server.validator(endpoint),
-        concurrency_id="model",
-        concurrency_limit=server.batching.max_batch_size,
-        show_progress_on=head,
-    )
-    status_outcome(event, status, details, server.failures)
+    example_row(endpoint, photos, [identity, expression, settings[0], settings[1]], results, head, about)
+    inputs = [identity, expression, *settings, no_face, refine]
+    request_wiring(server, endpoint, "transfer", button, inputs, results, status, details, head)
 
 
 def main(argv: list[str] | None = None) -> int:

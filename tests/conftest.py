@@ -132,6 +132,24 @@ def tiny_weights_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_refining_weights_dir(tiny_weights_dir, tmp_path_factory) -> Path:
+    """The tiny weights plus a tiny random factor map (`factor_map/`), so the pipeline refines to the landmarks."""
+    import shutil
+
+    import torch
+
+    from diffnphr.nphm.factor_map import FactorMap, FactorMapConfig
+
+    folder = tmp_path_factory.mktemp("tiny_refining_weights")
+    shutil.copytree(tiny_weights_dir, folder, dirs_exist_ok=True)
+    torch.manual_seed(0)
+    FactorMap(FactorMapConfig(geometry_dim=190, hidden_dim=8, expression_hidden_dim=8, layers=1)).save_pretrained(
+        folder / "factor_map"
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
 def face_photo_file(tmp_path_factory) -> Path:
     """scikit-image's astronaut portrait saved as a PNG file."""
     from skimage import data

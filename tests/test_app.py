@@ -30,10 +30,11 @@ def _coloured_mesh(path: str) -> trimesh.Trimesh:
     return mesh
 
 
-def test_only_reconstruct_and_transfer_are_public(client):
+def test_only_reconstruct_transfer_and_expression_are_public(client):
     assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
         "/reconstruct",
         "/transfer",
+        "/expression",
     }
 
 

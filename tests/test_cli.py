@@ -27,7 +27,7 @@ GROUP_COMMANDS = {
     "eval": ["eval"],
     "reconstruct": ["reconstruct", "transfer"],
 }
-EVAL_COMMANDS = ["decoder", "reconstruction", "landmarks", "crops"]
+EVAL_COMMANDS = ["decoder", "reconstruction", "landmarks", "crops", "correspondence", "refinement"]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

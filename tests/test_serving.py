@@ -35,7 +35,10 @@ def test_good_values_become_the_pipeline_settings():
         "resolution": 128,
         "samples": 8,
         "allow_no_face": False,
+        "refine": False,  # optional: left out, refinement stays off
     }
+    assert read_request(CPU, **GOOD, refine=True)["refine"] is True
+    assert "refine" in request_problems(CPU, **GOOD, refine="maybe")
     # what JSON clients send for whole numbers, and numbers typed as text, are read as meant
     read = read_request(CPU, **{**GOOD, "steps": 12.0, "samples": "4", "guidance_scale": "2.5"})
     assert (read["steps"], read["samples"], read["guidance_scale"]) == (12, 4, 2.5)

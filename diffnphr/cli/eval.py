@@ -1,4 +1,5 @@
-"""`eval decoder`, `eval reconstruction`, `eval landmarks`, `eval crops`: measurements against ground-truth heads."""
+"""`eval decoder`, `eval reconstruction`, `eval landmarks`, `eval crops`, `eval correspondence`, `eval refinement`:
+measurements against ground-truth heads (and the Face Mesh correspondence the refinement is built on)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from diffnphr.cli.options import add_ict_option, add_training_data_options
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add `eval` and its four subcommands to the command line."""
+    """Add `eval` and its subcommands to the command line."""
     evaluations = sub.add_parser("eval", help="measure models against ground-truth ICT heads (mm)").add_subparsers(
         dest="what", required=True
     )
@@ -19,6 +20,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_reconstruction(evaluations)
     _add_landmarks(evaluations)
     _add_crops(evaluations)
+    _add_correspondence(evaluations)
+    _add_refinement(evaluations)
 
 
 def _add_latents_option(p: argparse.ArgumentParser) -> None:
@@ -209,3 +212,47 @@ def _eval_crops(args: argparse.Namespace) -> None:
         progress=lambda done, total: print(f"{done}/{total}", file=sys.stderr, flush=True),
     )
     print(json.dumps(report, indent=2) if args.json else format_crop_agreement(report))
+
+
+def _add_correspondence(evaluations: argparse._SubParsersAction) -> None:
+    """`eval correspondence`: where Face Mesh's points lie on the ICT head, for the refinement (CPU, MediaPipe)."""
+    p = evaluations.add_parser(
+        "correspondence", help="build the Face Mesh -> ICT correspondence and expression gains from renders (CPU)"
+    )
+    p.add_argument("--out", type=Path, default=Path("diffnphr/refine/facemesh_ict.npz"), help="landmark model file")
+    p.add_argument("--renders", type=int, default=48, help="neutral renders the correspondence is the median of")
+    p.add_argument("--gain-heads", type=int, default=4, help="heads each calibrated expression is rendered on")
+    add_ict_option(p)
+    p.set_defaults(run=_eval_correspondence)
+
+
+def _eval_correspondence(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from diffnphr.eval.correspondence import build_correspondence
+
+    report = build_correspondence(args.out, renders=args.renders, gain_heads=args.gain_heads, ict_path=args.ict)
+    print(json.dumps(asdict(report), indent=2))
+
+
+def _add_refinement(evaluations: argparse._SubParsersAction) -> None:
+    """`eval refinement`: expression error with and without the landmark fit, on held-out renders (CPU)."""
+    p = evaluations.add_parser(
+        "refinement", help="expression error (mm) and landmark reprojection (px) with and without refinement (CPU)"
+    )
+    p.add_argument("--weights", type=Path, default=Path("weights"), help="pipeline weights with factor_map/")
+    _add_latents_option(p)
+    p.add_argument("--count", type=int, default=24, help="evaluation renders (identity-major: neutral, 2 expressive)")
+    _add_backgrounds_option(p)
+    add_ict_option(p)
+    p.add_argument("--json", action="store_true", help="print the full JSON report instead of a table")
+    p.set_defaults(run=_eval_refinement)
+
+
+def _eval_refinement(args: argparse.Namespace) -> None:
+    from diffnphr.eval.refinement import evaluate_refinement, format_report
+
+    report = evaluate_refinement(
+        args.weights, args.latents, count=args.count, ict_path=args.ict, backgrounds=args.backgrounds
+    )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))

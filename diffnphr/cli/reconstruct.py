@@ -58,6 +58,13 @@ def _add_reconstruction_options(p: argparse.ArgumentParser) -> None:
     )
     add_device_option(p)
     p.add_argument("--allow-no-face", action="store_true", help="use the centre of the image when no face is found")
+    p.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fit the sampled head to the photo's landmarks, or with --no-refine keep it as sampled "
+        "(default: pipeline.json's refine, off)",
+    )
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -88,7 +95,12 @@ def _transfer(args: argparse.Namespace) -> None:
 def _sampling_settings(pipeline: HeadReconstructionPipeline, args: argparse.Namespace) -> SamplingSettings:
     """The pipeline's validated settings for the command's options (left out: the weights' pipeline.json)."""
     return pipeline.settings(
-        seed=args.seed, steps=args.steps, resolution=args.resolution, guidance_scale=args.guidance, samples=args.samples
+        seed=args.seed,
+        steps=args.steps,
+        resolution=args.resolution,
+        guidance_scale=args.guidance,
+        samples=args.samples,
+        refine=args.refine,
     )
 
 

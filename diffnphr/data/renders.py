@@ -177,6 +177,14 @@ class HeadRenderer:
             return points
         return _apply_affine(self.crop_transforms(scenes), points)
 
+    def head_projection(self, scenes: RenderScenes) -> tuple[Tensor, Tensor, Tensor]:
+        """The bare heads' vertices (no hair) projected into the frame: (B, V, 2) in frame sides (x right, y
+        down), (B, V) inverse depths and the rendered triangles (F, 3): what a point Face Mesh traces on a
+        render is back-projected through (`diffnphr.eval.correspondence`)."""
+        scenes = self._on_device(scenes)
+        points, inverse_depth = self._project(self._to_camera(self._head_vertices(scenes), scenes), scenes)
+        return points, inverse_depth, self._faces
+
     def head_squares(self, scenes: RenderScenes, jitter: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """The crop squares in frame units (side 1): centre (B, 2), unit x_axis (B, 2), half_side (B,).
 

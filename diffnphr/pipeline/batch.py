@@ -3,7 +3,8 @@
 The photos go through every stage together: their crops through the encoder in one batch; the
 diffusion samples of all heads with the same steps and guidance in one pass (one U-Net forward
 per step for every sample of every head), each head's noise from its own seed, so a head's
-latent is the one it gets alone with the same settings, whatever its batch-mates; then the
+latent is the one it gets alone with the same settings, whatever its batch-mates; each head
+refined to its own photo's landmarks where its settings ask (`refining`); then the
 extraction, batched where it pays (`ExecutionOptions.batches_extraction`: on CUDA each grid
 level of all heads of one resolution in one query, `mesh.batch`; on the CPU head by head).
 So each head's mesh is the one a single call with its settings gives, up to the float rounding
@@ -23,6 +24,7 @@ from diffnphr.mesh.extract import NoSurfaceError, extract_mesh_with_stats, verte
 from diffnphr.nphm.latents import HeadLatents, unpack
 from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
 from diffnphr.pipeline.reconstruction import Reconstruction, naming_the_photo, photo_label, usable_copy
+from diffnphr.pipeline.refining import refine_heads, refines
 from diffnphr.pipeline.settings import SamplingSettings
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from diffnphr.face.crop import FaceCrop
     from diffnphr.face.images import ImageSource
 
-STAGES = ["crop", "encode", "diffusion", "extraction", "colour"]
+STAGES = ["crop", "encode", "diffusion", "refine", "extraction", "colour"]
 
 
 class StagedPipeline(Protocol):
@@ -43,6 +45,7 @@ class StagedPipeline(Protocol):
     defaults: Any
     diffusion: Any
     decoder: Any
+    refiner: Any
 
     def crop(self, image: Any, allow_no_face: bool = False) -> Any: ...
 
@@ -65,7 +68,8 @@ def reconstruct_batch(
     """
     per_photo = _settings_per_photo(settings, len(images))
     labels = [photo_label(index, len(images), image) for index, image in enumerate(images)]
-    tracker = StageProgress(progress, STAGES)
+    stages = STAGES if refines(pipeline.refiner, per_photo) else [stage for stage in STAGES if stage != "refine"]
+    tracker = StageProgress(progress, stages)
     timer = StageTimer(pipeline.device)
     tracker.report(0.0)
     crops = []
@@ -81,11 +85,12 @@ def reconstruct_batch(
             z_cond = pipeline.encode(crops)
         tracker.next()
         latents = _sample(pipeline, z_cond, per_photo, timer, tracker)
+        latents, refine_warnings = refine_heads(pipeline.refiner, latents, crops, per_photo, timer, tracker)
         meshes = _meshes(pipeline, latents, [s.resolution for s in per_photo], labels, timer, tracker)
     summary = timer.summary()
     return [
-        Reconstruction(mesh, crop, usable_copy(head), chosen.seed, dict(summary), list(crop.warnings))
-        for mesh, crop, head, chosen in zip(meshes, crops, latents, per_photo)
+        Reconstruction(mesh, crop, usable_copy(head), chosen.seed, dict(summary), list(crop.warnings) + more)
+        for mesh, crop, head, chosen, more in zip(meshes, crops, latents, per_photo, refine_warnings)
     ]
 
 

@@ -39,8 +39,10 @@ from diffnphr.nphm.latents import HeadLatents, unpack
 from diffnphr.pipeline.batch import reconstruct_batch
 from diffnphr.pipeline.execution import ExecutionOptions
 from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
-from diffnphr.pipeline.reconstruction import Reconstruction, naming_the_photo, usable_copy
+from diffnphr.pipeline.reconstruction import Reconstruction, checked_expression_code, naming_the_photo, usable_copy
+from diffnphr.pipeline.refining import refine_heads, refines
 from diffnphr.pipeline.settings import PIPELINE_CONFIG_NAME, PipelineDefaults, SamplingSettings
+from diffnphr.refine.refiner import FACTOR_MAP_FOLDER, Refiner
 from diffnphr.weights import WeightsNotFoundError, resolve_weights_dir
 
 if TYPE_CHECKING:
@@ -91,12 +93,14 @@ class HeadReconstructionPipeline:
         decoder: MonoNPHM,
         defaults: PipelineDefaults | None = None,
         execution: ExecutionOptions | None = None,
+        refiner: Refiner | None = None,
     ) -> None:
         self.encoder = encoder.eval()
         self.diffusion = diffusion.eval()
         self.decoder = decoder.eval()
         self.defaults = defaults or PipelineDefaults()
         self.execution = execution or ExecutionOptions()
+        self.refiner = refiner
 
     @classmethod
     def from_pretrained(
@@ -122,6 +126,7 @@ class HeadReconstructionPipeline:
             MonoNPHM.from_pretrained(root, subfolder=DECODER_FOLDER, device=device),
             PipelineDefaults.load(root / PIPELINE_CONFIG_NAME),
             execution,
+            Refiner.from_weights(root),
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -132,6 +137,8 @@ class HeadReconstructionPipeline:
         self.encoder.save_pretrained(directory / ENCODER_FOLDER)
         self.diffusion.save_pretrained(directory / DIFFUSION_FOLDER)
         self.decoder.save_pretrained(directory / DECODER_FOLDER)
+        if self.refiner is not None:
+            self.refiner.factor_map.save_pretrained(directory / FACTOR_MAP_FOLDER)
         return directory
 
     @property
@@ -145,8 +152,8 @@ class HeadReconstructionPipeline:
         return self.defaults.resolution if self.device.type == "cuda" else self.defaults.cpu_resolution
 
     def settings(self, **given: Any) -> SamplingSettings:
-        """One call's `SamplingSettings`: the values given (seed, steps, guidance_scale, samples, resolution; None
-        or left out: this pipeline's defaults, a random seed), validated once."""
+        """One call's `SamplingSettings`: the values given (seed, steps, guidance_scale, samples, resolution,
+        refine; None or left out: this pipeline's defaults, a random seed), validated once."""
         return SamplingSettings.resolve(
             self.defaults, self.default_resolution, self.diffusion.max_sampling_steps, **given
         )
@@ -203,14 +210,15 @@ class HeadReconstructionPipeline:
             return reconstruct_batch(self, image, settings, allow_no_face, progress)
         if not isinstance(settings, SamplingSettings):
             raise TypeError("One photo takes one SamplingSettings; give a list of photos for a list of settings.")
-        tracker = StageProgress(progress, ["crop", "encode", "diffusion", "extraction", "colour"])
+        refining = ["refine"] if refines(self.refiner, [settings]) else []
+        tracker = StageProgress(progress, ["crop", "encode", "diffusion", *refining, "extraction", "colour"])
         timer = StageTimer(self.device)
         crop = self._timed_crop(image, allow_no_face, timer, tracker)
         with torch.inference_mode(), self.execution.precision(self.device):
-            z_cond = self._timed_encode(crop, timer, tracker)
-            latents = self._timed_sample(z_cond, settings, timer, tracker)
+            latents = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
+            (latents,), (refine_warnings,) = refine_heads(self.refiner, [latents], [crop], [settings], timer, tracker)
             mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
-        warnings = list(crop.warnings)
+        warnings = list(crop.warnings) + refine_warnings
         return Reconstruction(mesh, crop, usable_copy(latents), settings.seed, timer.summary(), warnings)
 
     def warm_up(self, resolution: int | None = None, heads: int = 1) -> float:
@@ -241,19 +249,21 @@ class HeadReconstructionPipeline:
 
         `expression` is a second photo, whose z_exp is sampled with the same seed, or a z_exp
         tensor ([100] or [1, 100], e.g. `Reconstruction.latents.z_exp`). With the same seed the
-        identity is exactly the one `__call__` gives for `identity_image`. Settings as for `__call__`.
+        identity is exactly the one `__call__` gives for `identity_image`. Settings as for `__call__`; `refine`
+        refines the expression photo's head (only its z_exp is used).
         """
         settings = self._resolved(settings, given)
         from_photo = not isinstance(expression, torch.Tensor)
-        given_z_exp = None if from_photo else _checked_expression_code(expression, self.decoder.config.lat_dim_exp)
+        given_z_exp = None if from_photo else checked_expression_code(expression, self.decoder.config.lat_dim_exp)
         sampling = ["crop", "encode", "diffusion"]
         if from_photo:  # both crops first, so a bad second photo fails before any model work
             sampling = ["crop", "crop", "encode", "diffusion", "encode", "diffusion"]
-        tracker = StageProgress(progress, [*sampling, "extraction", "colour"])
+        refining = ["refine"] if from_photo and refines(self.refiner, [settings]) else []
+        tracker = StageProgress(progress, [*sampling, *refining, "extraction", "colour"])
         timer = StageTimer(self.device)
         with naming_the_photo("Identity photo"):
             crop = self._timed_crop(identity_image, allow_no_face, timer, tracker)
-        expression_crop = None
+        expression_crop, more = None, []
         if from_photo:
             with naming_the_photo("Expression photo"):
                 expression_crop = self._timed_crop(expression, allow_no_face, timer, tracker)
@@ -261,12 +271,14 @@ class HeadReconstructionPipeline:
             identity = self._timed_sample(self._timed_encode(crop, timer, tracker), settings, timer, tracker)
             if expression_crop is not None:
                 z_cond = self._timed_encode(expression_crop, timer, tracker)
-                given_z_exp = self._timed_sample(z_cond, settings, timer, tracker).z_exp
+                heads = [self._timed_sample(z_cond, settings, timer, tracker)]
+                (head,), (more,) = refine_heads(self.refiner, heads, [expression_crop], [settings], timer, tracker)
+                given_z_exp = head.z_exp
             latents = HeadLatents(identity.z_geo, given_z_exp, identity.z_app)
             mesh = self._timed_mesh(latents, settings.resolution, timer, tracker)
         warnings = list(crop.warnings)
         if expression_crop is not None:
-            warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings]
+            warnings += [f"Expression photo: {warning}" for warning in expression_crop.warnings + more]
         latents = usable_copy(latents)
         return Reconstruction(mesh, crop, latents, settings.seed, timer.summary(), warnings, expression_crop)
 
@@ -385,13 +397,3 @@ class HeadReconstructionPipeline:
             tracker.next()
         tracker.next()
         return extraction.mesh
-
-
-def _checked_expression_code(z_exp: torch.Tensor, size: int) -> torch.Tensor:
-    """A z_exp given by the caller ([size] or [1, size]), as a CPU float vector like the sampled ones."""
-    code = z_exp[0] if z_exp.dim() == 2 and z_exp.shape[0] == 1 else z_exp
-    if code.shape != (size,):
-        raise ValueError(f"An expression code must be a tensor of {size} values; got shape {tuple(z_exp.shape)}.")
-    if not torch.isfinite(code).all():
-        raise ValueError("The expression code holds NaN or infinite values.")
-    return code.detach().float().cpu()

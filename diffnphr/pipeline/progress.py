@@ -12,15 +12,17 @@ ProgressCallback = Callable[[str, float], None]
 
 # What progress reports per stage, and the stage's share of the time (so that the reported
 # fraction of the whole call only grows, at an even pace): the seconds measured on 2 CPU cores at
-# 128³ (docs/eval/bench_cpu.json: crop 0.05, encode 0.02, diffusion 1.0, extraction 7.7, colour 2.7).
+# 128³ (docs/eval/bench_cpu.json: crop 0.05, encode 0.02, diffusion 1.0, extraction 7.7, colour 2.7;
+# refine about 0.4 s, docs/RESULTS.md, "Fit to the photo").
 STAGE_LABELS = {
     "crop": "Finding and cropping the face",
     "encode": "Embedding the face",
     "diffusion": "Sampling the head latent",
+    "refine": "Fitting the head to the photo's landmarks",
     "extraction": "Extracting the surface",
     "colour": "Colouring the mesh",
 }
-_STAGE_WEIGHTS = {"crop": 0.3, "encode": 0.2, "diffusion": 1.0, "extraction": 7.7, "colour": 2.7}
+_STAGE_WEIGHTS = {"crop": 0.3, "encode": 0.2, "diffusion": 1.0, "refine": 0.6, "extraction": 7.7, "colour": 2.7}
 
 
 class StageProgress:

@@ -1,4 +1,5 @@
-"""What a reconstruction gives back (`Reconstruction`), and the naming of the photo an input error is about."""
+"""What a reconstruction gives back (`Reconstruction`), the naming of the photo an input error is about, and the
+check of a z_exp a caller gives."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import torch
 
 from diffnphr.face.images import ImageInputError
 from diffnphr.mesh.marching import NoSurfaceError
@@ -65,3 +68,13 @@ def photo_label(index: int, count: int, image: object) -> str | None:
 def usable_copy(latents: HeadLatents) -> HeadLatents:
     """Copies made outside inference mode, so callers may optimise or differentiate through them."""
     return HeadLatents(latents.z_geo.clone(), latents.z_exp.clone(), latents.z_app.clone())
+
+
+def checked_expression_code(z_exp: torch.Tensor, size: int) -> torch.Tensor:
+    """A z_exp given by the caller ([size] or [1, size]), as a CPU float vector like the sampled ones."""
+    code = z_exp[0] if z_exp.dim() == 2 and z_exp.shape[0] == 1 else z_exp
+    if code.shape != (size,):
+        raise ValueError(f"An expression code must be a tensor of {size} values; got shape {tuple(z_exp.shape)}.")
+    if not torch.isfinite(code).all():
+        raise ValueError("The expression code holds NaN or infinite values.")
+    return code.detach().float().cpu()

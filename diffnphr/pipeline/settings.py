@@ -36,6 +36,10 @@ class PipelineDefaults:
     resolution: int = 256  # on a GPU: under 1 s per head on an H100 (docs/RESULTS.md)
     cpu_resolution: int = 128  # on a CPU: 256 takes about 4x as long (about 55 s on 2 cores)
     scheduler: str = "ddim"
+    # Fit the sampled head to the photo's Face Mesh landmarks (`diffnphr.refine`; needs the weights'
+    # factor_map/). Off: on 24 held-out renders it lowered the expression error only 1.34 -> 1.27 mm (-5 %, within noise)
+    # (docs/RESULTS.md, "Fit to the photo (issue 28)"); the checkbox and `refine=True` switch it on
+    refine: bool = False
 
     def __post_init__(self) -> None:
         if self.scheduler not in SAMPLERS:
@@ -57,7 +61,8 @@ class PipelineDefaults:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """One call's settings, validated: diffusion seed, DDIM steps, guidance, samples averaged, mesh resolution.
+    """One call's settings, validated: diffusion seed, DDIM steps, guidance, samples averaged, mesh resolution,
+    and whether the sampled head is refined to the photo's landmarks.
 
     `max_steps` is the diffusion model's limit (`LatentDiffusion.max_sampling_steps`).
     """
@@ -68,6 +73,7 @@ class SamplingSettings:
     samples: int
     resolution: int
     max_steps: int = 500
+    refine: bool = False
 
     def __post_init__(self) -> None:
         _check_whole("The seed", self.seed, 0, MAX_SEED)
@@ -82,6 +88,9 @@ class SamplingSettings:
         for name, kind in (("seed", int), ("steps", int), ("resolution", int), ("samples", int)):
             object.__setattr__(self, name, kind(getattr(self, name)))
         object.__setattr__(self, "guidance_scale", float(value))
+        if not isinstance(self.refine, (bool, np.bool_)):
+            raise ValueError(f"Refinement is switched on or off with true or false; got {self.refine!r}.")
+        object.__setattr__(self, "refine", bool(self.refine))
 
     @classmethod
     def resolve(
@@ -95,6 +104,7 @@ class SamplingSettings:
         guidance_scale: float | None = None,
         samples: int | None = None,
         resolution: int | None = None,
+        refine: bool | None = None,
     ) -> SamplingSettings:
         """The settings of one call: the values given, else `defaults` (`default_resolution` for the mesh);
         `seed=None` draws a random seed (the result reports it)."""
@@ -105,6 +115,7 @@ class SamplingSettings:
             samples=defaults.samples if samples is None else samples,
             resolution=default_resolution if resolution is None else resolution,
             max_steps=max_steps,
+            refine=defaults.refine if refine is None else refine,
         )
 
 

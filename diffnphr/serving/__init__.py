@@ -5,7 +5,8 @@
 - `files`: result folders and uploads, each removed when the last one who needs it is done;
 - `options`: how many requests may wait and how long files are kept (`ServerOptions`);
 - `results`: the details and status line beside a result, the example photos, freed memory;
-- `batching`: concurrent requests reconstructed together on a GPU, each caller getting its own outcome.
+- `batching`: concurrent requests reconstructed together on a GPU, each caller getting its own outcome;
+- `heads`: each session's last head, for the expression sliders (`RecentHeads`).
 
 The app (`app.py`) joins these to Gradio; nothing here imports it.
 """

@@ -59,12 +59,16 @@ class ServingLimits:
         return cls(max_resolution=CPU_MAX_RESOLUTION, device_name="CPU")
 
 
-REQUEST_PARAMETERS = ("seed", "randomize_seed", "steps", "guidance_scale", "resolution", "samples", "allow_no_face")
+REQUEST_PARAMETERS = (
+    "seed", "randomize_seed", "steps", "guidance_scale", "resolution", "samples", "allow_no_face", "refine",
+)  # fmt: skip
+OPTIONAL_PARAMETERS = {"refine": False}
+"""Parameters a request may leave out (added after the API's first callers), with the value they then take."""
 
 
 def read_request(limits: ServingLimits, **values: Any) -> dict[str, Any]:
-    """The pipeline settings (`seed` None when randomised) and `allow_no_face` for one request's raw values
-    (`REQUEST_PARAMETERS`). Raises `RequestError` for the first value that cannot be used."""
+    """The pipeline settings (`seed` None when randomised, `refine`) and `allow_no_face` for one request's raw values
+    (`REQUEST_PARAMETERS`; `OPTIONAL_PARAMETERS` may be left out). Raises `RequestError` for the first value that cannot be used."""
     read, problems = _read_each(limits, values)
     if problems:
         parameter, message = next(iter(problems.items()))
@@ -80,6 +84,7 @@ def request_problems(limits: ServingLimits, **values: Any) -> dict[str, str]:
 def _read_each(limits: ServingLimits, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Every parameter read once: the values that could be read, and a sentence for each that could not. The
     seed is not read when the seed is randomised (its value is then unused)."""
+    values = {**OPTIONAL_PARAMETERS, **values}
     if set(values) != set(REQUEST_PARAMETERS):
         raise TypeError(f"a request has exactly {', '.join(REQUEST_PARAMETERS)}; got {', '.join(values)}")
     readers, read, problems = _readers(limits), {}, {}
@@ -109,6 +114,7 @@ def _readers(limits: ServingLimits) -> dict[str, Any]:
         ),
         "samples": lambda v: _whole("samples", "The number of samples averaged", v, 1, limits.max_samples),
         "allow_no_face": lambda v: _flag("allow_no_face", "The centre-crop choice", v),
+        "refine": lambda v: _flag("refine", "The refinement choice", v),
     }
 
 

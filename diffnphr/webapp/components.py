@@ -45,6 +45,27 @@ def settings_panel(defaults: PipelineDefaults, resolution: int, limits: ServingL
     return [seed, randomize, steps, guidance, resolution, samples]
 
 
+REFINE_CHOICE = "Refine to the photo's landmarks (the expression follows the face in the photo)"
+
+
+def refine_choice(available: bool, default: bool) -> gr.Checkbox:
+    """The refinement switch (`SamplingSettings.refine`), on by the weights' default; hidden when the weights have no
+    factor map to refine with."""
+    return gr.Checkbox(label=REFINE_CHOICE, value=default and available, visible=available)
+
+
+def expression_panel(available: bool) -> tuple[list[gr.Slider], gr.Button]:
+    """The expression sliders (jaw open, smile, blink, pucker, brows up; 0-1, in `refine.EXPRESSION_CONTROLS`'
+    order) and their "Apply expression" button, in a closed accordion; hidden without a factor map."""
+    with gr.Accordion("Expression (re-decode the head above)", open=False, visible=available):
+        sliders = [
+            gr.Slider(0.0, 1.0, value=0.0, step=0.05, label=label)
+            for label in ("Jaw open", "Smile", "Blink", "Pucker", "Brows up")
+        ]
+        button = gr.Button("Apply expression", elem_id="expression_button")
+    return sliders, button
+
+
 def head_viewer(elem_id: str) -> gr.Model3D:
     """The 3D view of a head, looking at its face."""
     # (90°, 90°) looks straight at +Z, where the face points; the radius is Gradio's default framing.
