@@ -82,7 +82,7 @@ TITLE = "diffnphr: one photo to a 3D head"
 MAX_FILE_SIZE = "20mb"
 DESCRIPTION = """\
 Upload a photo with one clearly visible face. The app crops the head, embeds it with an image
-encoder of FaRL's architecture, samples MonoNPHM head codes with a 1D diffusion model and
+encoder (a ResNet trained on rendered heads), samples MonoNPHM head codes with a 1D diffusion model and
 extracts a coloured mesh (+Y up, face towards +Z). The back of the head is the model's guess:
 change the seed for another plausible one. The default weights were trained on synthetic heads
 only and do not yet capture a person's identity (see the model card).

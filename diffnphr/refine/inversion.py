@@ -11,6 +11,7 @@ so whatever of z_exp the map cannot explain stays as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,17 +45,14 @@ def invert_expression(factor_map: FactorMap, z_exp: Tensor, settings: InversionS
     """The expression weights (E,) in [0, 1] whose mapped z_exp is nearest to `z_exp` (Z,)."""
     settings = settings or InversionSettings()
     target = z_exp.detach().float().reshape(1, -1)
-    weights = torch.zeros(1, factor_map.config.expression_dim, requires_grad=True)
-    optimiser = torch.optim.Adam([weights], lr=settings.learning_rate)
-    with torch.enable_grad():
-        for _ in range(settings.expression_steps):
-            optimiser.zero_grad()
-            residual = (factor_map.expression(weights) - target).pow(2).mean()
-            (residual + settings.expression_prior * weights.pow(2).sum()).backward()
-            optimiser.step()
-            with torch.no_grad():
-                weights.clamp_(0.0, 1.0)
-    return weights.detach()[0]
+    weights = _minimise(
+        factor_map.config.expression_dim,
+        lambda w: (factor_map.expression(w) - target).pow(2).mean() + settings.expression_prior * w.pow(2).sum(),
+        settings.expression_steps,
+        settings.learning_rate,
+        clamp=(0.0, 1.0),
+    )
+    return weights[0]
 
 
 def invert_identity(
@@ -66,12 +64,33 @@ def invert_identity(
     if not 0 < identity_dim <= factor_map.config.geometry_dim:
         raise ValueError(f"identity_dim must lie in 1..{factor_map.config.geometry_dim}, got {identity_dim}")
     target = z_geo.detach().float().reshape(1, -1)
-    inputs = torch.zeros(1, factor_map.config.geometry_dim, requires_grad=True)
-    optimiser = torch.optim.Adam([inputs], lr=settings.learning_rate)
+    inputs = _minimise(
+        factor_map.config.geometry_dim,
+        lambda x: (
+            (factor_map.geometry(x) - target).pow(2).mean() + settings.identity_prior * x[:, :identity_dim].pow(2).sum()
+        ),
+        settings.geometry_steps,
+        settings.learning_rate,
+    )
+    return inputs[0, :identity_dim]
+
+
+def _minimise(
+    size: int,
+    objective: Callable[[Tensor], Tensor],
+    steps: int,
+    learning_rate: float,
+    clamp: tuple[float, float] | None = None,
+) -> Tensor:
+    """Adam from zeros (1, size) on `objective`, optionally kept inside `clamp` after every step; the answer detached."""
+    inputs = torch.zeros(1, size, requires_grad=True)
+    optimiser = torch.optim.Adam([inputs], lr=learning_rate)
     with torch.enable_grad():
-        for _ in range(settings.geometry_steps):
+        for _ in range(steps):
             optimiser.zero_grad()
-            residual = (factor_map.geometry(inputs) - target).pow(2).mean()
-            (residual + settings.identity_prior * inputs[:, :identity_dim].pow(2).sum()).backward()
+            objective(inputs).backward()
             optimiser.step()
-    return inputs.detach()[0, :identity_dim]
+            if clamp is not None:
+                with torch.no_grad():
+                    inputs.clamp_(*clamp)
+    return inputs.detach()
