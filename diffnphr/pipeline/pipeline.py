@@ -38,7 +38,7 @@ from diffnphr.nphm.decoder import HeadField, MonoNPHM
 from diffnphr.nphm.latents import HeadLatents, unpack
 from diffnphr.pipeline.batch import reconstruct_batch
 from diffnphr.pipeline.execution import ExecutionOptions
-from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
+from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer, timed_extraction
 from diffnphr.pipeline.reconstruction import Reconstruction, checked_expression_code, naming_the_photo, usable_copy
 from diffnphr.pipeline.refining import refine_heads, refines
 from diffnphr.pipeline.settings import PIPELINE_CONFIG_NAME, PipelineDefaults, SamplingSettings
@@ -380,20 +380,4 @@ class HeadReconstructionPipeline:
     def _timed_mesh(
         self, latents: HeadLatents, resolution: int, timer: StageTimer, tracker: StageProgress
     ) -> trimesh.Trimesh:
-        tracker.report(0.0)
-        colouring = False
-
-        def follow(stage: str, fraction: float) -> None:
-            nonlocal colouring
-            if stage == "colour" and not colouring:
-                tracker.next()
-                colouring = True
-            tracker.report(fraction)
-
-        extraction = self.mesh(self.decode(latents), resolution, follow)
-        timer.add("extraction", extraction.seconds_sdf + extraction.seconds_mcubes)
-        timer.add("colour", extraction.seconds_color)
-        if not colouring:
-            tracker.next()
-        tracker.next()
-        return extraction.mesh
+        return timed_extraction(lambda follow: self.mesh(self.decode(latents), resolution, follow), timer, tracker)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import trimesh
+
+    from diffnphr.mesh.extract import MeshExtraction
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -77,3 +83,28 @@ class StageTimer:
         result = {name: round(value, 3) for name, value in self.seconds.items()}
         result["total"] = round(time.perf_counter() - self.start, 3)
         return result
+
+
+def timed_extraction(
+    extract: Callable[[ProgressCallback], MeshExtraction], timer: StageTimer, tracker: StageProgress
+) -> trimesh.Trimesh:
+    """Run `extract` (a pipeline's `mesh` stage, given the progress callback to report through) as the
+    "extraction" and "colour" stages: the tracker moves to colour when the extraction says so, and both
+    stages' seconds are timed. Returns the mesh."""
+    tracker.report(0.0)
+    colouring = False
+
+    def follow(stage: str, fraction: float) -> None:
+        nonlocal colouring
+        if stage == "colour" and not colouring:
+            tracker.next()
+            colouring = True
+        tracker.report(fraction)
+
+    extraction = extract(follow)
+    timer.add("extraction", extraction.seconds_sdf + extraction.seconds_mcubes)
+    timer.add("colour", extraction.seconds_color)
+    if not colouring:
+        tracker.next()
+    tracker.next()
+    return extraction.mesh

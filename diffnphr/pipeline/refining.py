@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer
+from diffnphr.pipeline.progress import ProgressCallback, StageProgress, StageTimer, timed_extraction
 
 if TYPE_CHECKING:
     from diffnphr.face.crop import FaceCrop
@@ -76,14 +76,9 @@ def reconstruction_with_expression(
     with timer.stage("refine"):
         latents = pipeline.refiner.with_expression(head.latents, expression)
     tracker.next()
-
-    def follow(stage: str, fraction: float) -> None:
-        if stage == "colour" and tracker.index == 1:
-            tracker.next()
-        tracker.report(fraction)
-
+    resolution = resolution or pipeline.default_resolution
     with torch.inference_mode(), pipeline.execution.precision(pipeline.device):
-        extraction = pipeline.mesh(pipeline.decode(latents), resolution or pipeline.default_resolution, follow)
-    timer.add("extraction", extraction.seconds_sdf + extraction.seconds_mcubes)
-    timer.add("colour", extraction.seconds_color)
-    return Reconstruction(extraction.mesh, head.crop, usable_copy(latents), head.seed, timer.summary(), [])
+        mesh = timed_extraction(
+            lambda follow: pipeline.mesh(pipeline.decode(latents), resolution, follow), timer, tracker
+        )
+    return Reconstruction(mesh, head.crop, usable_copy(latents), head.seed, timer.summary(), [])
